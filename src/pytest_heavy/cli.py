@@ -1,0 +1,112 @@
+"""The ``pytest-heavy`` command: ``doctor``, ``split`` and ``mps``.
+
+``doctor`` reads the project's pytest configuration the way a session would (ini keys, -p plugins,
+``--heavy-assume``), so what it prints is what ``pytest`` would decide here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import pytest
+
+from . import gating, hardware, markers, tiers
+
+
+def _settings(pytest_args: list[str]) -> Any:
+    from .settings import load
+
+    config = pytest.Config.fromdictargs({}, ["-p", "no:cacheprovider", *pytest_args])
+    return load(config), config
+
+
+def doctor_document(pytest_args: list[str]) -> dict[str, Any]:
+    settings, config = _settings(pytest_args)
+    hw = hardware.probe(settings.assume or None)
+    gpu_markers = sorted({"requires_gpu", "requires_vram", *settings.gpu_markers})
+    names = sorted({spec.split("(")[0] for spec in markers.MARKERS} | set(gpu_markers)
+                   | set(settings.isolate_markers))
+    verdicts: dict[str, dict[str, Any]] = {}
+    for name in names:
+        mark = pytest.Mark(name, (1,) if name == "requires_vram" else (), {})
+        reason = gating.skip_reason([mark], settings, hw)
+        if reason is None and name == "qualitative" and settings.cicd:
+            reason = tiers.CICD_QUALITATIVE_REASON
+        if reason is None and name == "slow" and not tiers.slow_is_selected(config, settings):
+            reason = "deselected by default (run with -m slow or --run-slow)"
+        verdicts[name] = {"runs": reason is None, "reason": reason,
+                          "isolated": name in settings.isolate_markers, "gpu": name in gpu_markers}
+    return {
+        "hardware": json.loads(hw.to_json()),
+        "summary": hw.summary(),
+        "parent_trap_risk": hw.parent_trap_risk,
+        "cicd": settings.cicd,
+        "isolate": settings.isolate,
+        "start": settings.start,
+        "tiers": {
+            "fast": 'pytest -m "not qualitative"',
+            "default": "pytest (qualitative included, slow deselected)",
+            "slow": "pytest -m slow",
+            "gpu": "pytest -m requires_gpu",
+        },
+        "markers": verdicts,
+    }
+
+
+def doctor(args: argparse.Namespace) -> int:
+    try:
+        doc = doctor_document(args.pytest_args)
+    except (pytest.UsageError, hardware.AssumeError) as exc:
+        print(f"pytest-heavy doctor: {exc}", file=sys.stderr)
+        return 4
+    if args.json:
+        print(json.dumps(doc, indent=2, sort_keys=True))
+        return 0
+    print(f"machine: {doc['summary']}")
+    gpus = doc["hardware"]["gpus"]
+    for g in gpus:
+        print(f"  GPU {g['index']}: {g['name']} {g['total_mib']} MiB total, {g['used_mib']} MiB used, "
+              f"compute mode {g['compute_mode']}{' (MIG)' if g['mig'] else ''} [{g['uuid']}]")
+    print(f"CI mode (CICD=1): {'on' if doc['cicd'] else 'off'}; isolation: {doc['isolate']}; "
+          f"start method: {doc['start']}")
+    if doc["parent_trap_risk"]:
+        print("PARENT TRAP RISK: a GPU is in EXCLUSIVE_PROCESS mode and MPS is not running. A CUDA context in "
+              "the pytest parent would make every GPU child fail with 'device busy'. Start MPS "
+              "(make mps-start) or split the run (pytest-heavy split N).")
+    else:
+        print("parent trap: no risk here")
+    print("tiers:")
+    for name, cmd in doc["tiers"].items():
+        print(f"  {name:8} {cmd}")
+    print("markers here:")
+    for name, v in doc["markers"].items():
+        flags = ", ".join(f for f, on in (("isolated", v["isolated"]), ("GPU", v["gpu"])) if on)
+        state = "runs" if v["runs"] else f"skipped: {v['reason']}"
+        print(f"  {name:24} {state}{f'  [{flags}]' if flags else ''}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pytest-heavy", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("doctor", help="what this machine can run, and why")
+    p.add_argument("--json", action="store_true", help="print a stable JSON document")
+    p.add_argument("pytest_args", nargs=argparse.REMAINDER,
+                   help="pytest options to read (e.g. --heavy-assume gpus=1x80GiB)")
+    p.set_defaults(func=doctor)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest:
+        args.pytest_args = [*rest, *getattr(args, "pytest_args", [])]
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Hardware gating: pure functions from (markers, settings, hardware) to a skip reason.
+
+Decided at collection so fixtures of a skipped test never run, and phrased so that every skip says
+what the test needs and what the probe saw.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterable
+
+import pytest
+
+from .hardware import Hardware
+from .settings import Settings
+
+
+def vram_gib(mark: pytest.Mark) -> float:
+    """The GiB asked for by ``requires_vram(24)`` or ``requires_vram(gb=24)``."""
+    value = mark.kwargs.get("gb", mark.args[0] if mark.args else None)
+    try:
+        gib = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"requires_vram expects a number of GiB, e.g. requires_vram(24); got {value!r}") from None
+    if gib <= 0:
+        raise ValueError(f"requires_vram expects a positive number of GiB; got {value!r}")
+    return gib
+
+
+def gpu_marker(marker_names: Iterable[str], settings: Settings) -> str | None:
+    """The first marker that implies a GPU, or None."""
+    gpu = ("requires_gpu", "requires_vram", *settings.gpu_markers)
+    return next((m for m in gpu if m in marker_names), None)
+
+
+def skip_reason(marks: list[pytest.Mark], settings: Settings, hw: Hardware) -> str | None:
+    """Why this test cannot run here, or None when it can."""
+    by_name = {m.name: m for m in reversed(marks)}  # closest mark wins
+    gpu = gpu_marker(by_name, settings)
+    if gpu and not settings.ignore_gpu_check:
+        if not hw.gpus:
+            return f"needs a GPU ({gpu}): {hw.no_gpu_reason()}"
+        if "requires_vram" in by_name:
+            need = vram_gib(by_name["requires_vram"])
+            best = max(hw.gpus, key=lambda g: g.total_mib)
+            if best.total_gib < need:
+                return (f"needs a GPU with {need:g} GiB (requires_vram): largest visible GPU has "
+                        f"{best.total_gib:.1f} GiB ({best.name})")
+    if "requires_heavy_ram" in by_name and not settings.ignore_ram_check:
+        have = hw.ram_total_mib / 1024
+        if have < settings.ram_gb:
+            return (f"needs {settings.ram_gb:g} GiB RAM (requires_heavy_ram, heavy_ram_gb): "
+                    f"this machine has {have:.1f} GiB")
+    if "vllm" in by_name and importlib.util.find_spec("vllm") is None:
+        return "needs vllm (vllm marker): the vllm package is not installed"
+    return None
+
+
+def reason_group(reason: str) -> str:
+    """The part of a reason shared by many tests: 'needs a GPU (NVML unavailable: ...)'."""
+    head, sep, detail = reason.partition(": ")
+    if not head.startswith("needs ") or not sep:
+        return reason
+    return f"{head.split(' (', 1)[0]} ({detail})"

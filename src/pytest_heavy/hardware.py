@@ -1,0 +1,375 @@
+"""What this machine has: GPUs (NVML), MPS, RAM and CPUs (psutil).
+
+The probe never imports torch and never creates a CUDA context: NVML is a read-only management
+library, so a pytest parent that probes stays safe to fork and never occupies a GPU that is in
+EXCLUSIVE_PROCESS mode. The snapshot is taken once per session and handed to child processes as
+JSON (``PYTEST_HEAVY_HARDWARE``), so children never probe again.
+
+``--heavy-assume SPEC`` replaces parts of the probe to plan a run for another machine; it is also
+how CPU-only CI exercises the GPU paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+HARDWARE_ENV = "PYTEST_HEAVY_HARDWARE"
+ASSUME_ENV = "PYTEST_HEAVY_ASSUME"
+
+# NVML's nvmlComputeMode_t values (nvml.h); the names are ours and appear in specs and reports.
+COMPUTE_MODES = {0: "default", 1: "exclusive_thread", 2: "prohibited", 3: "exclusive_process"}
+
+
+@dataclass(frozen=True)
+class GPU:
+    """One device CUDA would show this process, in CUDA_VISIBLE_DEVICES order."""
+
+    index: int  # NVML index of the physical device
+    uuid: str
+    name: str
+    total_mib: int
+    used_mib: int
+    compute_mode: str = "default"
+    mig: bool = False  # a MIG instance rather than a whole device
+
+    @property
+    def free_mib(self) -> int:
+        return max(self.total_mib - self.used_mib, 0)
+
+    @property
+    def total_gib(self) -> float:
+        return self.total_mib / 1024
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """One snapshot of the machine; every gating and routing decision reads only this."""
+
+    gpus: tuple[GPU, ...] = ()
+    gpu_reason: str = ""  # why there are no GPUs, when there are none
+    driver: str = ""
+    mps: bool = False  # an NVIDIA MPS control daemon answers
+    mps_detail: str = ""
+    apple_mps: bool = False  # Metal backend on arm64 macOS
+    ram_total_mib: int = 0
+    ram_available_mib: int = 0
+    cpus: int = 1
+    assumed: tuple[str, ...] = field(default_factory=tuple)  # fields set by --heavy-assume
+
+    @property
+    def exclusive(self) -> bool:
+        return any(g.compute_mode in ("exclusive_process", "exclusive_thread") for g in self.gpus)
+
+    @property
+    def parent_trap_risk(self) -> bool:
+        """EXCLUSIVE_PROCESS without MPS: a CUDA context in the parent blocks every GPU child."""
+        return self.exclusive and not self.mps
+
+    @property
+    def gpus_assumed(self) -> bool:
+        return "gpus" in self.assumed or "compute_mode" in self.assumed
+
+    def no_gpu_reason(self) -> str:
+        return self.gpu_reason or "no GPU visible"
+
+    def summary(self) -> str:
+        """The one line shown in the session header."""
+        if self.gpus:
+            names: dict[str, int] = {}
+            for g in self.gpus:
+                key = f"{g.name} {g.total_gib:.0f}GiB"
+                names[key] = names.get(key, 0) + 1
+            gpu = ", ".join(f"{n}x {k}" for k, n in names.items())
+            modes = sorted({g.compute_mode for g in self.gpus})
+            gpu += f" ({'/'.join(modes)})"
+        else:
+            gpu = f"no GPU ({self.no_gpu_reason()})"
+        mps = "MPS on" if self.mps else "MPS off"
+        if self.apple_mps:
+            mps += ", Apple MPS"
+        ram = f"RAM {self.ram_total_mib / 1024:.1f}GiB"
+        text = f"{gpu}; {mps}; {ram}; {self.cpus} CPUs"
+        if self.assumed:
+            text += f" [assumed: {','.join(self.assumed)}]"
+        return text
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Hardware:
+        data = json.loads(text)
+        data["gpus"] = tuple(GPU(**g) for g in data.get("gpus", ()))
+        data["assumed"] = tuple(data.get("assumed", ()))
+        return cls(**data)
+
+
+class AssumeError(ValueError):
+    """A malformed --heavy-assume spec; the message names the field."""
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(TiB|TB|GiB|GB|MiB|MB|T|G|M)?\s*$", re.IGNORECASE)
+_UNIT_MIB = {"t": 1024 * 1024, "tb": 1024 * 1024, "tib": 1024 * 1024, "g": 1024, "gb": 1024, "gib": 1024,
+             "m": 1, "mb": 1, "mib": 1}
+
+
+def parse_size_mib(text: str, what: str) -> int:
+    """'80GiB' -> 81920. Plain numbers are GiB, the unit users think in for GPUs and RAM."""
+    m = _SIZE.match(text)
+    if not m:
+        raise AssumeError(f"{what}: expected a size such as 80GiB or 512MiB, got {text!r}")
+    unit = (m.group(2) or "gib").lower()
+    return int(float(m.group(1)) * _UNIT_MIB[unit])
+
+
+def _parse_gpus(value: str, compute_mode: str) -> tuple[GPU, ...]:
+    value = value.strip().lower()
+    if value in ("0", "none", "no", "off"):
+        return ()
+    m = re.match(r"^(\d+)\s*x\s*(.+)$", value)
+    count, size = (int(m.group(1)), m.group(2)) if m else (1, value)
+    total = parse_size_mib(size, "gpus")
+    return tuple(GPU(index=i, uuid=f"GPU-assumed-{i}", name="assumed GPU", total_mib=total, used_mib=0,
+                     compute_mode=compute_mode) for i in range(count))
+
+
+_ASSUME_FIELDS = ("gpus", "ram", "compute_mode", "mps", "cpus", "driver")
+
+
+def parse_assume(spec: str) -> dict[str, str]:
+    """Split 'gpus=1x80GiB,ram=128GiB,...' and check every field name and value."""
+    fields: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        key, sep, value = part.partition("=")
+        key = key.strip().lower()
+        if not sep:
+            raise AssumeError(f"{part!r}: expected FIELD=VALUE (fields: {', '.join(_ASSUME_FIELDS)})")
+        if key not in _ASSUME_FIELDS:
+            raise AssumeError(f"unknown field {key!r} (fields: {', '.join(_ASSUME_FIELDS)})")
+        fields[key] = value.strip()
+    if "compute_mode" in fields:
+        mode = fields["compute_mode"].lower()
+        if mode not in COMPUTE_MODES.values():
+            raise AssumeError(f"compute_mode: expected one of {', '.join(COMPUTE_MODES.values())}, got {mode!r}")
+        fields["compute_mode"] = mode
+    if "mps" in fields and fields["mps"].lower() not in ("on", "off", "1", "0", "true", "false", "yes", "no"):
+        raise AssumeError(f"mps: expected on or off, got {fields['mps']!r}")
+    if "cpus" in fields and not fields["cpus"].isdigit():
+        raise AssumeError(f"cpus: expected a whole number, got {fields['cpus']!r}")
+    if "gpus" in fields:
+        _parse_gpus(fields["gpus"], "default")
+    if "ram" in fields:
+        parse_size_mib(fields["ram"], "ram")
+    return fields
+
+
+def apply_assume(hw: Hardware, fields: dict[str, str]) -> Hardware:
+    """The probe with the assumed fields replaced."""
+    changes: dict[str, Any] = {"assumed": tuple(fields)}
+    mode = fields.get("compute_mode")
+    if "gpus" in fields:
+        gpus = _parse_gpus(fields["gpus"], mode or "default")
+        changes["gpus"] = gpus
+        changes["gpu_reason"] = "" if gpus else "--heavy-assume gpus=0"
+    elif mode:
+        changes["gpus"] = tuple(dataclasses.replace(g, compute_mode=mode) for g in hw.gpus)
+    if "ram" in fields:
+        ram = parse_size_mib(fields["ram"], "ram")
+        changes["ram_total_mib"] = changes["ram_available_mib"] = ram
+    if "mps" in fields:
+        changes["mps"] = fields["mps"].lower() in ("on", "1", "true", "yes")
+        changes["mps_detail"] = "assumed"
+    if "cpus" in fields:
+        changes["cpus"] = int(fields["cpus"])
+    if "driver" in fields:
+        changes["driver"] = fields["driver"]
+    return dataclasses.replace(hw, **changes)
+
+
+# --- the real probe -------------------------------------------------------------------------------
+
+
+def visible_selectors(env: dict[str, str] | None = None) -> list[str] | None:
+    """CUDA_VISIBLE_DEVICES as CUDA reads it: None when unset; entries stop at the first empty one."""
+    raw = (env if env is not None else os.environ).get("CUDA_VISIBLE_DEVICES")
+    if raw is None:
+        return None
+    selectors = []
+    for entry in raw.split(","):
+        entry = entry.strip()
+        if not entry or entry.startswith("-"):
+            break
+        selectors.append(entry)
+    return selectors
+
+
+@contextmanager
+def nvml_session() -> Iterator[Any]:
+    """Yield the initialized ``pynvml`` module; shuts NVML down afterwards (calls are ref-counted)."""
+    import pynvml  # nvidia-ml-py; imported lazily so CPU-only sessions pay nothing for it
+
+    pynvml.nvmlInit()
+    try:
+        yield pynvml
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except pynvml.NVMLError:
+            pass
+
+
+def nvml_error_reason(exc: BaseException) -> str:
+    """A reason a person can act on, e.g. 'NVML unavailable: libnvidia-ml.so.1 not found'."""
+    name = type(exc).__name__
+    if isinstance(exc, ImportError):
+        return "NVML unavailable: nvidia-ml-py is not installed"
+    if "LibraryNotFound" in name:
+        return "NVML unavailable: libnvidia-ml.so.1 not found"
+    if "DriverNotLoaded" in name:
+        return "NVML unavailable: the NVIDIA driver is not loaded"
+    if "NoPermission" in name:
+        return "NVML unavailable: no permission to query the GPUs"
+    return f"NVML unavailable: {exc}"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _device_gpu(nv: Any, handle: Any, index: int, mig: bool, mode: str | None = None) -> GPU:
+    mem = nv.nvmlDeviceGetMemoryInfo(handle)
+    if mode is None:
+        try:
+            mode = COMPUTE_MODES.get(nv.nvmlDeviceGetComputeMode(handle), "default")
+        except nv.NVMLError:
+            mode = "default"
+    return GPU(index=index, uuid=_text(nv.nvmlDeviceGetUUID(handle)), name=_text(nv.nvmlDeviceGetName(handle)),
+               total_mib=int(mem.total) // (1 << 20), used_mib=int(mem.used) // (1 << 20),
+               compute_mode=mode, mig=mig)
+
+
+def _all_units(nv: Any) -> list[GPU]:
+    """Every whole device, followed by its MIG instances when MIG mode is on."""
+    units: list[GPU] = []
+    for index in range(nv.nvmlDeviceGetCount()):
+        handle = nv.nvmlDeviceGetHandleByIndex(index)
+        gpu = _device_gpu(nv, handle, index, mig=False)
+        units.append(gpu)
+        try:
+            current, _pending = nv.nvmlDeviceGetMigMode(handle)
+        except nv.NVMLError:
+            continue
+        if not current:
+            continue
+        for slot in range(nv.nvmlDeviceGetMaxMigDeviceCount(handle)):
+            try:
+                mig_handle = nv.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
+            except nv.NVMLError:
+                continue
+            units.append(_device_gpu(nv, mig_handle, index, mig=True, mode=gpu.compute_mode))
+    return units
+
+
+def select_visible(units: Sequence[GPU], selectors: list[str] | None) -> tuple[GPU, ...]:
+    """Map CUDA_VISIBLE_DEVICES (indices or UUID prefixes) onto NVML units, by UUID.
+
+    Indices count whole devices in NVML (PCI bus) order, which is CUDA's order when
+    CUDA_DEVICE_ORDER=PCI_BUS_ID; an entry that matches nothing ends the list, as in CUDA.
+    """
+    whole = [u for u in units if not u.mig]
+    if selectors is None:
+        return tuple(whole)
+    chosen: list[GPU] = []
+    for sel in selectors:
+        if sel.isdigit():
+            match = next((u for u in whole if u.index == int(sel)), None)
+        else:
+            key = sel if sel.startswith(("GPU-", "MIG-")) else f"GPU-{sel}"
+            match = next((u for u in units if u.uuid.startswith(key)), None)
+        if match is None:
+            break
+        if match not in chosen:
+            chosen.append(match)
+    return tuple(chosen)
+
+
+def _nvml_library_missing() -> bool:
+    """True when libnvidia-ml cannot be loaded: the common CPU-only case, answered in about 1 ms.
+
+    Importing the binding costs about 18 ms (it pulls in ctypes.util), most of the probe's budget,
+    so machines without the driver skip it; everywhere else the binding itself does the work.
+    """
+    if sys.platform != "linux":
+        return False
+    import ctypes
+
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return True
+    return False
+
+
+def probe_gpus() -> tuple[tuple[GPU, ...], str, str]:
+    """(visible GPUs, reason when none, driver version) through NVML only."""
+    if _nvml_library_missing() and "pynvml" not in sys.modules:
+        return (), "NVML unavailable: libnvidia-ml.so.1 not found", ""
+    try:
+        with nvml_session() as nv:
+            driver = _text(nv.nvmlSystemGetDriverVersion())
+            units = _all_units(nv)
+    except Exception as exc:  # ImportError or any NVMLError: no GPUs, with the reason kept
+        return (), nvml_error_reason(exc), ""
+    selectors = visible_selectors()
+    gpus = select_visible(units, selectors)
+    reason = ""
+    if not gpus:
+        reason = ("CUDA_VISIBLE_DEVICES hides every GPU" if units and selectors is not None
+                  else "NVML sees no GPU")
+    return gpus, reason, driver
+
+
+def probe(assume: str | None = None) -> Hardware:
+    """Probe the machine once; fields named in ``assume`` are taken from the spec instead."""
+    import psutil
+
+    fields = parse_assume(assume) if assume else {}
+    if "gpus" in fields:
+        gpus, reason, driver = (), "", ""
+    else:
+        gpus, reason, driver = probe_gpus()
+    from . import mps  # local: mps imports nothing heavy, but keeps this module importable alone
+
+    mps_pid, mps_detail = mps.daemon_pid() if gpus or "gpus" in fields else (None, "no GPU")
+    vm = psutil.virtual_memory()
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        cpus = os.cpu_count() or 1
+    hw = Hardware(
+        gpus=gpus,
+        gpu_reason=reason,
+        driver=driver,
+        mps=mps_pid is not None,
+        mps_detail=mps_detail,
+        apple_mps=platform.system() == "Darwin" and platform.machine() == "arm64",
+        ram_total_mib=vm.total >> 20,
+        ram_available_mib=vm.available >> 20,
+        cpus=cpus,
+    )
+    return apply_assume(hw, fields) if fields else hw
+
+
+def from_env() -> Hardware | None:
+    """The parent's snapshot, in a child process."""
+    text = os.environ.get(HARDWARE_ENV)
+    return Hardware.from_json(text) if text else None

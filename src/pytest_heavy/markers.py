@@ -1,0 +1,35 @@
+"""The marker registry: every marker pytest-heavy documents, registered with its help text.
+
+Registering them all keeps ``--strict-markers`` runs clean; ``docs/markers.md`` is the long form.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+MARKERS: dict[str, str] = {
+    "qualitative": "checks output quality (slower, model-dependent); skipped when CICD=1; "
+                   "the fast tier is -m 'not qualitative'",
+    "slow": "long-running; deselected by default, run with -m slow or --run-slow",
+    "requires_gpu": "needs a CUDA GPU (probed through NVML); skipped with the reason otherwise",
+    "requires_vram(gb)": "needs a visible GPU with at least gb GiB of total memory",
+    "requires_heavy_ram": "needs heavy_ram_gb GiB of host RAM; its module runs in its own process",
+    "requires_gpu_isolation": "its module runs in its own child process (GPU memory freed at exit)",
+    "huggingface": "uses HuggingFace models; implies a GPU (heavy_gpu_markers)",
+    "vllm": "uses vLLM; needs a GPU and the vllm package; its module runs in its own process",
+}
+
+
+def register(config: pytest.Config, extra: tuple[str, ...] = ()) -> None:
+    """Register the documented markers plus any project marker named in the heavy_* ini keys."""
+    known = {spec.split("(")[0] for spec in MARKERS}
+    for spec, help_ in MARKERS.items():
+        config.addinivalue_line("markers", f"{spec}: {help_}")
+    for name in extra:
+        if name not in known:
+            known.add(name)
+            config.addinivalue_line("markers", f"{name}: project marker listed in a heavy_* ini key")
+
+
+def names(item: pytest.Item) -> set[str]:
+    return {m.name for m in item.iter_markers()}

@@ -1,0 +1,191 @@
+"""Every option and ini key, declared once and parsed once into a frozen ``Settings``.
+
+Bad values become ``pytest.UsageError`` naming the option or ini key, so a typo in pyproject.toml
+fails the run at start-up instead of silently changing what runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import pytest
+
+CHILD_ENV = "PYTEST_HEAVY_CHILD"  # set in isolated children: isolation off, hardware from the parent
+
+ISOLATE_CHOICES = ("auto", "always", "never")
+START_CHOICES = ("auto", "spawn", "fork", "forkserver")
+CLEANUP_CHOICES = ("auto", "always", "never")
+
+# ini key -> (help, type, default). Types are pytest's; values are validated in ``load``.
+INI: dict[str, tuple[str, str, object]] = {
+    "heavy_isolate": ("isolate heavy modules: auto, always or never", "string", "auto"),
+    "heavy_start": ("child start method: auto, spawn, fork or forkserver", "string", "auto"),
+    "heavy_isolate_markers": ("markers that make a module heavy (isolated)", "args",
+                              ["requires_heavy_ram", "requires_gpu_isolation", "vllm"]),
+    "heavy_gpu_markers": ("markers that imply a GPU (gated, routed)", "args",
+                          ["requires_gpu", "huggingface", "vllm"]),
+    "heavy_ram_gb": ("GiB of host RAM that requires_heavy_ram needs", "string", "48"),
+    "heavy_skip_slow_by_default": ("deselect slow tests unless -m names slow or --run-slow", "bool", True),
+    "heavy_env": ("KEY=VALUE lines added to children's environment", "linelist", []),
+    "heavy_preload": ("modules the forkserver imports once (e.g. torch transformers)", "args", []),
+    "heavy_timeout": ("seconds an isolated module may run (0: no limit)", "string", "0"),
+    "heavy_release_timeout": ("seconds to wait for GPU memory to be released after a child", "string", "30"),
+    "heavy_vram_tolerance_mb": ("MiB above the baseline that still counts as released", "string", "256"),
+    "heavy_examples_dirs": ("directories whose `# pytest:` scripts run as tests", "args", ["docs/examples"]),
+    "heavy_examples_cwd": ("examples' working directory: rootdir or file", "string", "rootdir"),
+    "heavy_example_timeout": ("seconds an example may run", "string", "600"),
+    "heavy_optional_modules": ("modules whose absence skips an example", "args", []),
+    "heavy_durations_path": ("committed JSON file of test durations for --heavy-split", "string", ""),
+    "heavy_cleanup": ("gc/empty_cache after each test and module: auto (CICD=1), always, never",
+                      "string", "auto"),
+}
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("heavy", "pytest-heavy: tiers, hardware gating, heavy-module isolation")
+    group.addoption("--heavy-isolate", choices=ISOLATE_CHOICES, default=None,
+                    help="run heavy modules in child processes: auto (2+ heavy modules), always, never")
+    group.addoption("--heavy-start", choices=START_CHOICES, default=None,
+                    help="how children start: auto, spawn, fork, forkserver")
+    group.addoption("--heavy-workers", type=int, default=1, metavar="N",
+                    help="heavy modules run at once (default 1)")
+    group.addoption("--heavy-timeout", type=float, default=None, metavar="S",
+                    help="seconds an isolated module may run before its stacks are dumped and it is killed")
+    group.addoption("--heavy-report", default=None, metavar="PATH",
+                    help="write the heavy-modules table as JSON")
+    group.addoption("--heavy-assume", default=None, metavar="SPEC",
+                    help="plan for another machine, e.g. gpus=1x80GiB,ram=128GiB,compute_mode=exclusive_process,"
+                         "mps=off (env PYTEST_HEAVY_ASSUME)")
+    group.addoption("--heavy-split", default=None, metavar="i/N",
+                    help="keep subset i of N (1-based), balanced by recorded durations")
+    group.addoption("--heavy-split-by", choices=("item", "module"), default="item",
+                    help="split unit: single items (default) or whole modules/example directories")
+    group.addoption("--run-slow", action="store_true", default=False, help="include tests marked slow")
+    group.addoption("--ignore-gpu-check", action="store_true", default=False,
+                    help="run GPU-marked tests even where no suitable GPU is seen")
+    group.addoption("--ignore-ram-check", action="store_true", default=False,
+                    help="run requires_heavy_ram tests whatever the RAM")
+    group.addoption("--skip-resource-checks", action="store_true", default=False,
+                    help="both --ignore-gpu-check and --ignore-ram-check")
+    for name, (help_, type_, default) in INI.items():
+        parser.addini(name, help_, type=type_, default=default)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Settings:
+    isolate: str
+    start: str
+    workers: int
+    timeout: float  # 0 = none
+    report_path: str
+    assume: str
+    split: tuple[int, int] | None
+    split_by: str
+    run_slow: bool
+    ignore_gpu_check: bool
+    ignore_ram_check: bool
+    isolate_markers: tuple[str, ...]
+    gpu_markers: tuple[str, ...]
+    ram_gb: float
+    skip_slow_by_default: bool
+    env: tuple[tuple[str, str], ...]
+    preload: tuple[str, ...]
+    release_timeout: float
+    vram_tolerance_mb: int
+    examples_dirs: tuple[str, ...]
+    examples_cwd: str
+    example_timeout: float
+    optional_modules: tuple[str, ...]
+    durations_path: str
+    cleanup: bool
+    cicd: bool
+    child: bool
+
+
+def cicd_mode(env: dict[str, str] | None = None) -> bool:
+    return (env if env is not None else os.environ).get("CICD", "").strip().lower() in ("1", "true", "yes")
+
+
+def _number(config: pytest.Config, key: str, cast: type = float, minimum: float = 0) -> float:
+    raw = str(config.getini(key)).strip()
+    try:
+        value = cast(raw)
+    except ValueError:
+        raise pytest.UsageError(f"ini {key} = {raw!r}: expected a number") from None
+    if value < minimum:
+        raise pytest.UsageError(f"ini {key} = {raw!r}: must be >= {minimum}")
+    return value
+
+
+def _choice(config: pytest.Config, key: str, choices: tuple[str, ...]) -> str:
+    value = str(config.getini(key)).strip().lower()
+    if value not in choices:
+        raise pytest.UsageError(f"ini {key} = {value!r}: expected one of {', '.join(choices)}")
+    return value
+
+
+def parse_split(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m or not (1 <= int(m.group(1)) <= int(m.group(2))):
+        raise pytest.UsageError(f"--heavy-split {text!r}: expected i/N with 1 <= i <= N, e.g. 2/4")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _env_lines(lines: list[str]) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key.strip()):
+            raise pytest.UsageError(f"ini heavy_env line {line!r}: expected KEY=VALUE")
+        pairs.append((key.strip(), value.strip()))
+    return tuple(pairs)
+
+
+def load(config: pytest.Config) -> Settings:
+    """Read every option and ini key; raise UsageError naming the first bad one."""
+    opt = config.option
+    cicd = cicd_mode()
+    isolate = opt.heavy_isolate or _choice(config, "heavy_isolate", ISOLATE_CHOICES)
+    if cicd and opt.heavy_isolate is None and isolate == "auto":
+        isolate = "always"
+    if opt.heavy_workers < 1:
+        raise pytest.UsageError(f"--heavy-workers {opt.heavy_workers}: must be at least 1")
+    timeout = opt.heavy_timeout if opt.heavy_timeout is not None else _number(config, "heavy_timeout")
+    if timeout < 0:
+        raise pytest.UsageError(f"--heavy-timeout {timeout}: must be >= 0")
+    cleanup = _choice(config, "heavy_cleanup", CLEANUP_CHOICES)
+    cwd = _choice(config, "heavy_examples_cwd", ("rootdir", "file"))
+    return Settings(
+        isolate=isolate,
+        start=opt.heavy_start or _choice(config, "heavy_start", START_CHOICES),
+        workers=opt.heavy_workers,
+        timeout=timeout,
+        report_path=opt.heavy_report or "",
+        assume=opt.heavy_assume or os.environ.get("PYTEST_HEAVY_ASSUME", ""),
+        split=parse_split(opt.heavy_split) if opt.heavy_split else None,
+        split_by=opt.heavy_split_by,
+        run_slow=opt.run_slow,
+        ignore_gpu_check=opt.ignore_gpu_check or opt.skip_resource_checks,
+        ignore_ram_check=opt.ignore_ram_check or opt.skip_resource_checks,
+        isolate_markers=tuple(config.getini("heavy_isolate_markers")),
+        gpu_markers=tuple(config.getini("heavy_gpu_markers")),
+        ram_gb=_number(config, "heavy_ram_gb"),
+        skip_slow_by_default=bool(config.getini("heavy_skip_slow_by_default")),
+        env=_env_lines(config.getini("heavy_env")),
+        preload=tuple(config.getini("heavy_preload")),
+        release_timeout=_number(config, "heavy_release_timeout"),
+        vram_tolerance_mb=int(_number(config, "heavy_vram_tolerance_mb", int)),
+        examples_dirs=tuple(config.getini("heavy_examples_dirs")),
+        examples_cwd=cwd,
+        example_timeout=_number(config, "heavy_example_timeout"),
+        optional_modules=tuple(config.getini("heavy_optional_modules")),
+        durations_path=str(config.getini("heavy_durations_path")).strip(),
+        cleanup=cleanup == "always" or (cleanup == "auto" and cicd),
+        cicd=cicd,
+        child=os.environ.get(CHILD_ENV) == "1",
+    )

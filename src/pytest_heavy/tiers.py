@@ -1,0 +1,46 @@
+"""Tier selection: which tests a plain ``pytest``, ``-m slow`` or ``CICD=1`` run keeps.
+
+- default: everything but ``slow`` (deselected, so the summary counts them);
+- ``-m "not qualitative"``: the fast tier (pytest's own -m does the work);
+- ``-m slow`` or ``--run-slow``: slow tests are kept;
+- ``CICD=1``: qualitative tests are skipped with a reason, so CI logs show what was left out.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from .settings import Settings
+
+CICD_QUALITATIVE_REASON = "CICD=1: qualitative tests are skipped in CI"
+
+
+def slow_is_selected(config: pytest.Config, settings: Settings) -> bool:
+    """True when slow tests stay selected: --run-slow, the default turned off, or -m naming slow."""
+    if settings.run_slow or not settings.skip_slow_by_default:
+        return True
+    return re.search(r"\bslow\b", config.option.markexpr or "") is not None
+
+
+def deselect_slow(config: pytest.Config, settings: Settings, items: list[pytest.Item]) -> None:
+    """Drop slow tests from ``items`` in place, reporting them as deselected."""
+    if slow_is_selected(config, settings):
+        return
+    keep, drop = [], []
+    for item in items:
+        (drop if item.get_closest_marker("slow") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def describe(config: pytest.Config, settings: Settings) -> str:
+    """The tier line of the session header."""
+    expr = config.option.markexpr
+    parts = [f'-m "{expr}"' if expr else "default tier"]
+    parts.append("slow: run" if slow_is_selected(config, settings) else "slow: deselected")
+    if settings.cicd:
+        parts.append("CICD=1: qualitative skipped")
+    return "; ".join(parts)

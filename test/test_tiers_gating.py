@@ -1,0 +1,201 @@
+"""Tiers, gating and overrides, each proved by a real pytest session."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+SUITE = """
+import pytest
+
+def test_fast(): pass
+
+@pytest.mark.slow
+def test_slow(): pass
+
+@pytest.mark.qualitative
+def test_qualitative(): pass
+
+@pytest.mark.requires_gpu
+def test_gpu(): pass
+
+@pytest.mark.huggingface
+def test_hf(): pass
+
+@pytest.mark.requires_vram(24)
+def test_vram(): pass
+
+@pytest.mark.requires_heavy_ram
+def test_ram(): pass
+
+@pytest.mark.vllm
+def test_vllm(): pass
+"""
+
+
+@pytest.fixture
+def suite(heavy_pytester):
+    heavy_pytester.makepyfile(test_suite=SUITE)
+    return heavy_pytester
+
+
+def outcomes(result):
+    """{test name: outcome} from -rA short summary lines."""
+    got = {}
+    for line in result.outlines:
+        for word in ("PASSED", "SKIPPED", "FAILED", "ERROR"):
+            if line.startswith(word + " "):
+                name = line.split("::")[-1].split(" ")[0] if "::" in line else line
+                got[name] = word
+    return got
+
+
+def test_default_tier_deselects_slow_and_gates_hardware(suite):
+    result = suite.runpytest("-rA", "--strict-markers")
+    result.assert_outcomes(passed=3, skipped=4, deselected=1)
+    result.stdout.fnmatch_lines([
+        "*SKIPPED*test_suite.py:*: needs a GPU (requires_gpu): --heavy-assume gpus=0*",
+        "*SKIPPED*needs a GPU (huggingface): --heavy-assume gpus=0*",
+        "*SKIPPED*needs a GPU (requires_vram): --heavy-assume gpus=0*",
+        "*SKIPPED*needs a GPU (vllm)*",
+    ])
+    assert "needs 4 GiB RAM" not in result.stdout.str()  # 16 GiB assumed >= heavy_ram_gb 4
+
+
+def test_fast_tier_and_slow_tier(suite):
+    suite.runpytest("-m", "not qualitative").assert_outcomes(passed=2, skipped=4, deselected=2)
+    suite.runpytest("-m", "slow").assert_outcomes(passed=1, deselected=7)
+    suite.runpytest("--run-slow").assert_outcomes(passed=4, skipped=4)
+
+
+def test_slow_default_can_be_turned_off(suite):
+    suite.makeini("[pytest]\nheavy_skip_slow_by_default = false\nheavy_ram_gb = 4\n")
+    suite.runpytest().assert_outcomes(passed=4, skipped=4)
+
+
+def test_cicd_skips_qualitative_with_reason(suite, monkeypatch):
+    monkeypatch.setenv("CICD", "1")
+    result = suite.runpytest("-rs", "--heavy-isolate", "never")
+    result.assert_outcomes(passed=2, skipped=5, deselected=1)
+    result.stdout.fnmatch_lines(["*SKIPPED*CICD=1: qualitative tests are skipped in CI*"])
+
+
+def test_ram_gate_names_both_numbers(suite, monkeypatch):
+    monkeypatch.setenv("PYTEST_HEAVY_ASSUME", "gpus=0,ram=2GiB")
+    result = suite.runpytest("-rs")
+    result.stdout.fnmatch_lines(["*needs 4 GiB RAM (requires_heavy_ram, heavy_ram_gb): this machine has 2.0 GiB*"])
+    suite.runpytest("-rs", "--ignore-ram-check").assert_outcomes(passed=3, skipped=4, deselected=1)
+
+
+def test_vram_gate_and_gpu_override(suite):
+    result = suite.runpytest("-rs", "--heavy-assume", "gpus=1x16GiB,ram=64GiB")
+    result.stdout.fnmatch_lines([
+        "*needs a GPU with 24 GiB (requires_vram): largest visible GPU has 16.0 GiB (assumed GPU)*",
+        "*needs vllm (vllm marker): the vllm package is not installed*",
+    ])
+    result.assert_outcomes(passed=5, skipped=2, deselected=1)
+    suite.runpytest("--heavy-assume", "gpus=2x80GiB,ram=64GiB").assert_outcomes(passed=6, skipped=1, deselected=1)
+
+
+def test_ignore_gpu_check_runs_gpu_tests(suite):
+    suite.runpytest("--ignore-gpu-check").assert_outcomes(passed=6, skipped=1, deselected=1)
+    suite.runpytest("--skip-resource-checks").assert_outcomes(passed=6, skipped=1, deselected=1)
+
+
+def test_extra_gpu_marker_from_ini(heavy_pytester):
+    heavy_pytester.makeini("[pytest]\nheavy_gpu_markers = requires_gpu my_cuda\n")
+    heavy_pytester.makepyfile("import pytest\n@pytest.mark.my_cuda\ndef test_x(): pass\n")
+    result = heavy_pytester.runpytest("-rs", "--strict-markers")
+    result.stdout.fnmatch_lines(["*needs a GPU (my_cuda)*"])
+
+
+def test_gated_summary_groups_reasons(suite):
+    result = suite.runpytest("-rs")
+    result.stdout.fnmatch_lines(["*gated tests (pytest-heavy)*", "4 need a GPU (--heavy-assume gpus=0)"])
+    result = suite.runpytest()
+    result.stdout.fnmatch_lines(["pytest-heavy: 4 gated: 4 need a GPU (--heavy-assume gpus=0) (-rs for details)"])
+
+
+def test_header_shows_hardware_and_tier(suite):
+    result = suite.runpytest("--heavy-assume", "gpus=1x80GiB,compute_mode=exclusive_process,mps=off")
+    result.stdout.fnmatch_lines([
+        "heavy: 1x assumed GPU 80GiB (exclusive_process); MPS off; RAM *GiB; * CPUs [[]assumed: gpus,compute_mode,mps[]]",
+        "heavy tier: default tier; slow: deselected",
+    ])
+
+
+@pytest.mark.parametrize("spec, field", [
+    ("gpus=2xbig", "gpus"), ("ram=lots", "ram"), ("compute_mode=turbo", "compute_mode"),
+    ("mps=maybe", "mps"), ("colour=red", "colour"), ("gpus", "FIELD=VALUE"),
+])
+def test_bad_assume_is_a_usage_error_naming_the_field(heavy_pytester, spec, field):
+    result = heavy_pytester.runpytest("--heavy-assume", spec)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*--heavy-assume*{field}*"])
+
+
+@pytest.mark.parametrize("ini, key", [
+    ("heavy_isolate = sometimes", "heavy_isolate"), ("heavy_ram_gb = lots", "heavy_ram_gb"),
+    ("heavy_start = teleport", "heavy_start"), ("heavy_env = NOEQUALS", "heavy_env"),
+    ("heavy_cleanup = maybe", "heavy_cleanup"),
+])
+def test_bad_ini_value_is_a_usage_error_naming_the_key(heavy_pytester, ini, key):
+    heavy_pytester.makeini(f"[pytest]\n{ini}\n")
+    heavy_pytester.makepyfile("def test_x(): pass\n")
+    result = heavy_pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{key}*"])
+
+
+def test_bad_requires_vram_argument_names_the_test(heavy_pytester):
+    heavy_pytester.makepyfile("import pytest\n@pytest.mark.requires_vram('a lot')\ndef test_x(): pass\n")
+    result = heavy_pytester.runpytest("--heavy-assume", "gpus=1x8GiB")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*test_bad_requires_vram_argument_names_the_test.py::test_x: requires_vram expects*"])
+
+
+def test_parent_never_imports_torch(heavy_pytester):
+    heavy_pytester.makeconftest("""
+import sys
+def pytest_sessionfinish(session):
+    print("TORCH-IN-PARENT", "torch" in sys.modules, "pynvml" in sys.modules)
+""")
+    heavy_pytester.makepyfile("import pytest\n@pytest.mark.requires_gpu\ndef test_x(): pass\ndef test_y(): pass\n")
+    result = heavy_pytester.runpytest_subprocess("-s", "--heavy-assume", "ram=16GiB")
+    result.stdout.fnmatch_lines(["*TORCH-IN-PARENT False*"])
+
+
+def test_cleanup_runs_gc_after_each_test_in_ci(heavy_pytester, monkeypatch):
+    monkeypatch.setenv("CICD", "1")
+    heavy_pytester.makepyfile("""
+import gc
+class Cycle:
+    def __init__(self): self.me = self
+def test_make_garbage():
+    Cycle()
+def test_garbage_collected():
+    assert not [o for o in gc.get_objects() if type(o).__name__ == "Cycle"]
+""")
+    heavy_pytester.runpytest("-p", "no:randomly").assert_outcomes(passed=2)
+    heavy_pytester.makeini("[pytest]\nheavy_cleanup = never\nheavy_ram_gb = 4\n")
+    heavy_pytester.runpytest().assert_outcomes(passed=1, failed=1)
+
+
+def test_doctor_json(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "pytest_heavy.cli", "doctor", "--json", "--heavy-assume",
+                          "gpus=1x80GiB,compute_mode=exclusive_process,mps=off,ram=64GiB"],
+                         capture_output=True, text=True, cwd=tmp_path, check=True)
+    doc = json.loads(run.stdout)
+    assert doc["parent_trap_risk"] is True
+    assert doc["hardware"]["gpus"][0]["total_mib"] == 80 * 1024
+    assert doc["markers"]["requires_gpu"]["runs"] is True
+    assert doc["markers"]["requires_heavy_ram"]["runs"] is True
+    assert doc["markers"]["slow"]["runs"] is False
+    plain = subprocess.run([sys.executable, "-m", "pytest_heavy.cli", "doctor", "--json"],
+                           capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert "markers" in json.loads(plain.stdout)
+    text = subprocess.run([sys.executable, "-m", "pytest_heavy.cli", "doctor", "--heavy-assume",
+                           "gpus=1x80GiB,compute_mode=exclusive_process,mps=off"],
+                          capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert "PARENT TRAP RISK" in text.stdout
