@@ -10,6 +10,9 @@ from . import cleanup, gating, hardware, markers, report, tiers
 from .settings import Settings, add_options, load
 from .state import RUN, Run
 
+# Modules exposing ``register(config, run)``; each adds its own hooks for the session.
+CONCERNS: tuple = ()
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
@@ -26,7 +29,10 @@ def pytest_configure(config: pytest.Config) -> None:
         except hardware.AssumeError as exc:
             source = "--heavy-assume" if config.option.heavy_assume else hardware.ASSUME_ENV
             raise pytest.UsageError(f"{source} {settings.assume!r}: {exc}") from None
-    config.stash[RUN] = Run(settings=settings, hardware=hw)
+    run = config.stash[RUN] = Run(settings=settings, hardware=hw)
+    # Concerns that keep per-session state register a plugin object of their own here.
+    for concern in CONCERNS:
+        concern.register(config, run)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
