@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Generator
 
 import pytest
@@ -71,4 +72,11 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     run = terminalreporter.config.stash[RUN]
     report.gated_summary(terminalreporter, run.gated)
+    report.heavy_table(terminalreporter, run.records)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    run = session.config.stash[RUN]
+    if run.settings.report_path and not run.settings.child:
+        report.write_json(run.settings.report_path, run.records, json.loads(run.hardware.to_json()))
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, dataclass, field
+
 import pytest
 
 
@@ -25,3 +28,73 @@ def gated_summary(tr: pytest.TerminalReporter, gated: dict[str, list[str]]) -> N
     else:
         parts = [counted(len(ids), reason) for reason, ids in sorted(gated.items(), key=lambda kv: -len(kv[1]))]
         tr.write_line(f"pytest-heavy: {total} gated: {'; '.join(parts)} (-rs for details)")
+
+
+@dataclass
+class HeavyRecord:
+    """One row of the heavy table: an isolated module or an example, with its memory accounting."""
+
+    unit: str  # module path ("test/test_x.py") or example node id
+    kind: str  # "module" or "example"
+    start_method: str  # spawn, fork, forkserver, subprocess (examples)
+    tests: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    wall_s: float = 0.0
+    peak_rss_mib: float = 0.0
+    peak_gpu_mib: float | None = None
+    gpu_before_mib: int | None = None
+    gpu_after_mib: int | None = None
+    released: str = "n/a"
+    exit: str = "exit 0"  # or SIGSEGV, timeout, stopped, ...
+    restarts: int = 0  # fresh children started after a crash
+    killed: list[str] = field(default_factory=list)  # leftover processes killed at the end
+
+    def count(self, report: pytest.TestReport) -> None:
+        """Tally one report the way the terminal summary counts outcomes."""
+        if report.when == "call" or (report.when == "setup" and not report.passed):
+            key = outcome_key(report)
+        elif report.when == "teardown" and report.failed:
+            key = "error"
+        else:
+            return
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
+
+
+def outcome_key(report: pytest.TestReport) -> str:
+    if hasattr(report, "wasxfail"):
+        return "xfailed" if report.skipped else "xpassed"
+    if report.failed:
+        return "failed" if report.when == "call" else "error"
+    return report.outcome
+
+
+def _mib(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f} MiB"
+
+
+def heavy_table(tr: pytest.TerminalReporter, records: list[HeavyRecord]) -> None:
+    """The 'heavy modules' section: one row per isolated module or example."""
+    if not records:
+        return
+    tr.write_sep("-", "heavy modules (pytest-heavy)")
+    header = ("module", "tests", "outcomes", "wall", "start", "peak RSS", "peak GPU", "GPU released", "exit")
+    rows = [header]
+    for r in records:
+        outcomes = " ".join(f"{n} {k}" for k, n in sorted(r.outcomes.items())) or "-"
+        exit_ = r.exit + (f" ({r.restarts} restart{'s' if r.restarts > 1 else ''})" if r.restarts else "")
+        rows.append((r.unit, str(r.tests), outcomes, f"{r.wall_s:.1f}s", r.start_method, _mib(r.peak_rss_mib),
+                     _mib(r.peak_gpu_mib), r.released, exit_))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        tr.write_line("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    for r in records:
+        for victim in r.killed:
+            tr.write_line(f"{r.unit}: killed leftover process {victim}")
+
+
+def write_json(path: str, records: list[HeavyRecord], hardware: dict[str, object]) -> None:
+    """--heavy-report: the same rows as JSON (schema in README: 'The --heavy-report JSON')."""
+    doc = {"schema": 1, "hardware": hardware, "modules": [asdict(r) for r in records]}
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh, indent=2, sort_keys=True)
+        fh.write("\n")

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from .hardware import Hardware
+from .memory import GpuReader
+from .report import HeavyRecord
 from .settings import Settings
 
 
@@ -15,6 +17,16 @@ class Run:
     settings: Settings
     hardware: Hardware
     gated: dict[str, list[str]] = field(default_factory=dict)  # reason group -> node ids skipped
+    records: list[HeavyRecord] = field(default_factory=list)  # heavy table rows, in finishing order
+    _gpu: GpuReader | None = None
+    _gpu_opened: bool = False
+
+    def gpu(self) -> GpuReader | None:
+        """NVML handles for the visible GPUs, opened on first use; None without real GPUs."""
+        if not self._gpu_opened:
+            self._gpu_opened = True
+            self._gpu = GpuReader.open(self.hardware)
+        return self._gpu
 
 
 RUN = pytest.StashKey[Run]()

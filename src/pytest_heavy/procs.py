@@ -1,0 +1,153 @@
+"""Child processes: environment, output draining, and killing whole process trees.
+
+Shared by isolated modules and examples. Each child starts in its own process session, so when it
+ends, anything it left behind (vLLM engine workers, dataloader workers, a forgotten server) can be
+found by session id, or by the descendants seen while it ran, and killed by name.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections import deque
+from collections.abc import Iterable
+from typing import IO
+
+import psutil
+
+from .hardware import HARDWARE_ENV, Hardware
+from .settings import Settings
+
+DEFAULT_ALLOC_CONF = "expandable_segments:True"
+STACK_SIGNAL = signal.SIGUSR1  # children register faulthandler on it: dump every thread's stack
+
+
+def child_environment(settings: Settings, hw: Hardware, base: dict[str, str] | None = None) -> dict[str, str]:
+    """A copy of the parent's environment (coverage's subprocess patch needs a copy), plus ours.
+
+    ``PYTORCH_CUDA_ALLOC_CONF`` lowers fragmentation for model-sized allocations unless the user chose
+    a value; ``heavy_env`` lines come last so a project can override anything.
+    """
+    env = dict(os.environ if base is None else base)
+    env.setdefault("PYTORCH_CUDA_ALLOC_CONF", DEFAULT_ALLOC_CONF)
+    env[HARDWARE_ENV] = hw.to_json()
+    env.update(dict(settings.env))
+    return env
+
+
+class Drain:
+    """Read a pipe to its end in a thread so the writer never blocks on a full pipe.
+
+    Keeps the last ``tail_bytes`` (for crash messages) and, with ``keep``, everything up to
+    ``keep_bytes`` (for report sections); with ``echo`` the bytes are also written through live.
+    """
+
+    def __init__(self, stream: IO[bytes], *, keep: bool = False, keep_bytes: int = 8 << 20,
+                 tail_bytes: int = 64 << 10, echo: IO[bytes] | None = None) -> None:
+        self._stream = stream
+        self._keep = keep
+        self._keep_bytes = keep_bytes
+        self._kept: list[bytes] = []
+        self._kept_size = 0
+        self.truncated = False
+        self._tail: deque[bytes] = deque()
+        self._tail_size = 0
+        self._tail_bytes = tail_bytes
+        self._echo = echo
+        self._thread = threading.Thread(target=self._run, name="heavy-drain", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        read = getattr(self._stream, "read1", self._stream.read)
+        while chunk := read(65536):
+            if self._echo is not None:
+                self._echo.write(chunk)
+                self._echo.flush()
+            if self._keep:
+                if self._kept_size < self._keep_bytes:
+                    self._kept.append(chunk)
+                    self._kept_size += len(chunk)
+                else:
+                    self.truncated = True
+            self._tail.append(chunk)
+            self._tail_size += len(chunk)
+            while self._tail_size > self._tail_bytes and len(self._tail) > 1:
+                self._tail_size -= len(self._tail.popleft())
+        self._stream.close()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def text(self) -> str:
+        data = b"".join(self._kept).decode(errors="replace")
+        return data + ("\n[... output truncated ...]\n" if self.truncated else "")
+
+    def tail(self, lines: int = 40) -> str:
+        text = b"".join(self._tail).decode(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def describe(proc: psutil.Process) -> str:
+    """'pid 123 (python worker.py --x)' for messages; tolerant of processes that just died."""
+    try:
+        cmd = " ".join(proc.cmdline()) or proc.name()
+    except (psutil.Error, OSError):
+        cmd = "?"
+    return f"pid {proc.pid} ({cmd[:120]})"
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    """The process and its live descendants (empty when it is gone)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def session_members(sid: int) -> list[psutil.Process]:
+    """Live processes whose session id is ``sid`` (orphans keep it when reparented)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) == sid:
+                found.append(proc)
+        except (OSError, psutil.Error):
+            continue
+    return found
+
+
+def kill_leftovers(sid: int, seen: Iterable[psutil.Process] = (), exclude: int | None = None) -> list[str]:
+    """SIGKILL what is left of a child's session and of the descendants seen while it ran.
+
+    ``seen`` covers grandchildren that started a session of their own. psutil checks each process's
+    creation time, so a reused pid is never killed by mistake. Returns who was killed.
+    """
+    victims: dict[int, psutil.Process] = {p.pid: p for p in session_members(sid)}
+    for proc in seen:
+        if proc.pid not in victims and proc.is_running():
+            victims[proc.pid] = proc
+    victims.pop(os.getpid(), None)
+    if exclude is not None:
+        victims.pop(exclude, None)
+    killed = []
+    for proc in victims.values():
+        try:
+            label = describe(proc)
+            proc.kill()
+            killed.append(label)
+        except psutil.Error:
+            continue
+    psutil.wait_procs(list(victims.values()), timeout=5)
+    return killed
+
+
+def signal_name(returncode: int) -> str:
+    """'exit 3' / 'SIGSEGV' for a returncode where negative means killed by that signal."""
+    if returncode < 0:
+        try:
+            return signal.Signals(-returncode).name
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit {returncode}"
