@@ -7,16 +7,22 @@ from collections.abc import Generator
 
 import pytest
 
-from . import cleanup, gating, hardware, markers, report, tiers
-from .settings import Settings, add_options, load
+from . import cleanup, gating, hardware, hooks, launch, markers, plan, procs, report, split, tiers
+from .controller import Controller
+from .launch.forkserver import ForkserverLauncher
+from .settings import CHILD_ENV, Settings, add_options, load
 from .state import RUN, Run
 
 # Modules exposing ``register(config, run)``; each adds its own hooks for the session.
-CONCERNS: tuple = ()
+CONCERNS: tuple = (split,)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hooks)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -39,6 +45,41 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_report_header(config: pytest.Config) -> list[str]:
     run = config.stash[RUN]
     return [f"heavy: {run.hardware.summary()}", f"heavy tier: {tiers.describe(config, run.settings)}"]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    run = session.config.stash[RUN]
+    if isolation_possible(session.config, run) and launch.wants_forkserver(run.settings):
+        env = procs.child_environment(run.settings, run.hardware)
+        env[CHILD_ENV] = "1"
+        run.forkserver = ForkserverLauncher(session.config, session.config.option.capture != "no",
+                                            run.settings.preload, env)
+
+
+def isolation_possible(config: pytest.Config, run: Run) -> bool:
+    return not (run.settings.child or run.settings.isolate == "never" or config.option.collectonly
+                or plan.isolation_blocker(config))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> bool | None:
+    """Take over the run loop when heavy modules are to be isolated; otherwise leave it to pytest."""
+    config = session.config
+    run = config.stash[RUN]
+    blocker = plan.isolation_blocker(config)
+    if blocker and not run.settings.child and run.settings.isolate != "never":
+        config.get_terminal_writer().line(f"pytest-heavy: {blocker}", yellow=True)
+    units = None
+    collection_ok = not session.testsfailed or config.option.continue_on_collection_errors
+    if isolation_possible(config, run) and collection_ok:
+        units = plan.plan(session.items, run.settings, run.hardware)
+    if units is None:
+        if run.forkserver is not None:
+            run.forkserver.close()
+        return None
+    method = launch.resolve(run.settings, run.forkserver)
+    Controller(session, run, launch.launchers(session, method, run.forkserver), method).run_units(units)
+    return True
 
 
 @pytest.hookimpl(trylast=True)

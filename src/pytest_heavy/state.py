@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,7 @@ class Run:
     hardware: Hardware
     gated: dict[str, list[str]] = field(default_factory=dict)  # reason group -> node ids skipped
     records: list[HeavyRecord] = field(default_factory=list)  # heavy table rows, in finishing order
+    forkserver: Any = None  # launch.forkserver.ForkserverLauncher, started before collection
     _gpu: GpuReader | None = None
     _gpu_opened: bool = False
 

@@ -1,0 +1,240 @@
+"""The child side of isolation: run exactly the node ids the parent chose and stream every report back.
+
+Kept self-contained (pytest and ``wire`` only) because it runs in three kinds of process: a fresh
+interpreter (spawn), a fork of the forkserver (configured once, so a module costs only its own
+collection), and a fork of the pytest parent (nothing to collect: the parent's items are reused).
+
+The child never writes terminal output, junit or coverage reports: the parent does, from the
+reports it receives. The child never re-applies ``-k``/``-m``/``--lf``: the parent resolved them.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import importlib
+import os
+import pickle
+import signal
+import sys
+import threading
+import traceback
+import warnings
+from typing import Any
+
+import pytest
+
+from .wire import FDS_ENV, PAYLOAD_ENV, Sender
+
+STACK_SIGNAL = signal.SIGUSR1  # the parent sends it on timeout: every thread's stack goes to stderr
+PARENT_GONE_EXIT = 3
+
+# Options a child must not inherit as they are: the parent alone selects, debugs and writes reports.
+CHILD_OVERRIDES: dict[str, Any] = {
+    "usepdb": False, "trace": False, "xmlpath": None, "lf": False, "failedfirst": False, "newfirst": False,
+    "keyword": "", "markexpr": "", "deselect": [], "stepwise": False, "stepwise_skip": False,
+    "collectonly": False, "heavy_isolate": "never", "heavy_split": None, "heavy_report": None,
+    "cov_source": None,  # pytest-cov stays off; coverage's own subprocess/fork patches measure us
+    "basetemp": None,  # a given --basetemp is wiped by whoever uses it first: children get their own
+}
+
+
+class Forwarder:
+    """Hooks registered in the child: send reports, warnings and collection problems to the parent."""
+
+    def __init__(self, sender: Sender, config: pytest.Config, nodeids: list[str] | None) -> None:
+        self.sender = sender
+        self.config = config
+        self.nodeids = nodeids
+        self.failed = 0
+        # pytest_warning_recorded is historic: registering replays every earlier call (config-time
+        # warnings, and in a fork the warnings the parent re-emitted). Only live ones are ours.
+        self.live = False
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        """Keep exactly the parent's node ids, in the parent's order; name any this child lacks."""
+        if self.nodeids is None:
+            return
+        by_id = {item.nodeid: item for item in items}
+        items[:] = [by_id[n] for n in self.nodeids if n in by_id]
+        missing = [n for n in self.nodeids if n not in by_id]
+        if missing:
+            self.sender.send("missing", nodeids=missing)
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:
+            self.sender.send("collecterror", nodeid=report.nodeid, longrepr=str(report.longrepr))
+
+    def pytest_runtest_logstart(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
+        self.sender.send("logstart", nodeid=nodeid, location=location)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.failed += report.failed
+        data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
+        self.sender.send("report", data=data)
+
+    def pytest_runtest_logfinish(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
+        self.sender.send("logfinish", nodeid=nodeid, location=location)
+
+    def pytest_warning_recorded(self, warning_message: warnings.WarningMessage, when: str, nodeid: str,
+                                location: tuple[str, int, str] | None) -> None:
+        if not self.live:
+            return
+        self.sender.send("warning", when=when, nodeid=nodeid, location=location,
+                         message=serialize_warning(warning_message))
+
+
+def serialize_warning(wm: warnings.WarningMessage) -> dict[str, Any]:
+    message = wm.message
+    return {
+        "message": str(message),
+        "category_module": wm.category.__module__,
+        "category_name": wm.category.__qualname__,
+        "filename": wm.filename,
+        "lineno": wm.lineno,
+        "is_instance": isinstance(message, Warning),
+    }
+
+
+def deserialize_warning(data: dict[str, Any]) -> warnings.WarningMessage:
+    """The parent's copy of a child's warning; unknown categories fall back to UserWarning."""
+    try:
+        category = getattr(importlib.import_module(data["category_module"]), data["category_name"])
+        if not (isinstance(category, type) and issubclass(category, Warning)):
+            raise TypeError(category)
+    except Exception:
+        category = UserWarning
+    message: Any = data["message"]
+    if data.get("is_instance"):
+        try:
+            message = category(message)
+        except Exception:
+            message = UserWarning(message)
+    return warnings.WarningMessage(message, category, data["filename"], data["lineno"])
+
+
+def register_forwarder(forwarder: Forwarder) -> Forwarder:
+    forwarder.config.pluginmanager.register(forwarder, "heavy-forwarder")
+    forwarder.live = True
+    return forwarder
+
+
+def watch_control(fd: int, session: pytest.Session) -> None:
+    """Read the parent's control pipe: 'stop' ends the run after the current test; EOF means the
+    parent is gone, and a child nobody listens to has no reason to go on."""
+
+    def run() -> None:
+        with os.fdopen(fd, "rb", buffering=0) as pipe:
+            while data := pipe.read(64):
+                if b"stop" in data:
+                    session.shouldstop = "stopped by pytest-heavy: the parent session is stopping"
+        os._exit(PARENT_GONE_EXIT)
+
+    threading.Thread(target=run, name="heavy-control", daemon=True).start()
+
+
+def run_items(session: pytest.Session, items: list[pytest.Item]) -> None:
+    """pytest's own run loop over ``items``: nextitem keeps module fixtures alive across tests."""
+    for i, item in enumerate(items):
+        nextitem = items[i + 1] if i + 1 < len(items) else None
+        item.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
+        if session.shouldfail or session.shouldstop:
+            break
+
+
+def configure(options: dict[str, Any], args: list[str]) -> pytest.Config:
+    """A configured pytest ready to run sessions: plugins loaded, conftests imported, configure hooks run.
+
+    ``Config.fromdictargs`` is pytest's constructor for subprocesses (xdist's workers use it):
+    the parent's resolved options, no second pass over addopts.
+    """
+    config = pytest.Config.fromdictargs(options, args)
+    config._do_configure()  # what pytest's wrap_session does first; done once, shared by forked children
+    return config
+
+
+def run_session(config: pytest.Config, request: dict[str, Any], sender: Sender, control_fd: int) -> int:
+    """Collect the unit's files in a fresh session and run exactly the requested node ids."""
+    register_forwarder(Forwarder(sender, config, request["nodeids"]))
+    config.option.maxfail = request["maxfail"]
+    config.args = list(request["paths"])
+    session = pytest.Session.from_config(config)
+    session.exitstatus = pytest.ExitCode.OK
+    watch_control(control_fd, session)
+    config.hook.pytest_sessionstart(session=session)
+    try:
+        config.hook.pytest_collection(session=session)
+        run_items(session, session.items)
+        if session.shouldfail:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    except (session.Failed, session.Interrupted):
+        session.exitstatus = pytest.ExitCode.INTERRUPTED
+    except BaseException:
+        traceback.print_exc()
+        session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+    if session.testsfailed and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    config.hook.pytest_sessionfinish(session=session, exitstatus=session.exitstatus)
+    sender.send("done", exitstatus=int(session.exitstatus))
+    return int(session.exitstatus)
+
+
+def run_forked(session: pytest.Session, items: list[pytest.Item], sender: Sender, control_fd: int) -> int:
+    """In a fork of the parent: run its already-collected items with a fresh setup stack.
+
+    Fixtures the parent already set up are inherited (copy-on-write) and left alone; whatever this
+    child sets up, it tears down. The terminal reporter is unregistered: the parent prints.
+    """
+    from _pytest.runner import SetupState
+
+    config = session.config
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    if terminal is not None:
+        config.pluginmanager.unregister(terminal)
+    forwarder = register_forwarder(Forwarder(sender, config, None))
+    session._setupstate = SetupState()
+    watch_control(control_fd, session)
+    exitstatus = pytest.ExitCode.OK
+    try:
+        run_items(session, items)
+        session._setupstate.teardown_exact(None)
+        if forwarder.failed:
+            exitstatus = pytest.ExitCode.TESTS_FAILED
+    except BaseException:
+        traceback.print_exc()
+        exitstatus = pytest.ExitCode.INTERNAL_ERROR
+    sender.send("done", exitstatus=int(exitstatus))
+    return int(exitstatus)
+
+
+_dump_file: Any = None
+
+
+def enable_stack_dumps() -> None:
+    """Crash tracebacks and on-demand stack dumps go to a copy of stderr as it is now.
+
+    A copy, because during a test pytest's fd capture points fd 2 at a temporary file that dies
+    with the process: the dump the parent asks for on timeout must reach the parent's pipe.
+    """
+    global _dump_file
+    _dump_file = os.fdopen(os.dup(2), "w")
+    faulthandler.enable(file=_dump_file)
+    faulthandler.register(STACK_SIGNAL, file=_dump_file, all_threads=True)
+
+
+def main() -> int:
+    """Entry point of a spawned child: ``python -m pytest_heavy.child``."""
+    enable_stack_dumps()
+    with open(os.environ.pop(PAYLOAD_ENV), "rb") as fh:
+        payload = pickle.load(fh)
+    events_fd, control_fd = (int(x) for x in os.environ.pop(FDS_ENV).split(","))
+    sender = Sender(events_fd)
+    config = configure(payload["options"], payload["args"])
+    try:
+        return run_session(config, payload["request"], sender, control_fd)
+    finally:
+        config._ensure_unconfigure()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

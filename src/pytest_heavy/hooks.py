@@ -1,0 +1,25 @@
+"""Hooks other plugins (or a project's conftest.py) can implement: ``pytest_heavy_*``."""
+
+from __future__ import annotations
+
+import pytest
+
+from .report import HeavyRecord
+
+
+@pytest.hookspec
+def pytest_heavy_child_env(config: pytest.Config, unit: str, env: dict[str, str]) -> None:
+    """Adjust the environment of the child about to run ``unit`` (edit ``env`` in place).
+
+    For example, give each of several parallel workers its own ``CUDA_VISIBLE_DEVICES``.
+    """
+
+
+@pytest.hookspec
+def pytest_heavy_unit_start(config: pytest.Config, unit: str, method: str, nodeids: list[str]) -> None:
+    """A child was started for ``unit`` with start ``method`` to run ``nodeids``."""
+
+
+@pytest.hookspec
+def pytest_heavy_unit_finish(config: pytest.Config, record: HeavyRecord) -> None:
+    """``unit`` is finished (its row of the heavy table is ``record``), memory release included."""

@@ -1,0 +1,148 @@
+"""The launcher protocol and what every start method shares: pipes, payload, safety checks."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+from dataclasses import dataclass, field
+from typing import IO, Any, Protocol
+
+import pytest
+
+from .. import cleanup
+from ..child import CHILD_OVERRIDES
+
+
+@dataclass
+class UnitRequest:
+    """What a child is asked to run."""
+
+    unit: str
+    nodeids: list[str]
+    paths: list[str]  # files to collect (spawn, forkserver)
+    maxfail: int  # failures left before the session stops (0: no limit)
+    items: list[pytest.Item] = field(default_factory=list)  # the parent's items (fork)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def wire(self) -> dict[str, Any]:
+        return {"unit": self.unit, "nodeids": self.nodeids, "paths": self.paths, "maxfail": self.maxfail}
+
+
+class RefusedError(RuntimeError):
+    """A launcher could not start a child safely; the controller falls back to spawn."""
+
+
+class ChildProcess(Protocol):
+    pid: int
+
+    def poll(self) -> int | None:
+        """The return code once it exited (negative: killed by that signal), else None."""
+
+    def send_signal(self, sig: int) -> None: ...
+
+
+@dataclass
+class Started:
+    process: ChildProcess
+    events: IO[bytes]  # read end of the event stream
+    control: int  # write end of the control pipe
+    stdout: IO[bytes] | None  # None when the child writes to our terminal (-s)
+    stderr: IO[bytes] | None
+
+
+class Launcher(Protocol):
+    name: str
+
+    def start(self, request: UnitRequest) -> Started: ...
+
+    def close(self) -> None: ...
+
+
+class Pipes:
+    """The four pipes of one child. ``child_fds`` go to the child; the parent keeps the other ends."""
+
+    def __init__(self, capture_output: bool) -> None:
+        self.events_r, self.events_w = os.pipe()
+        self.control_r, self.control_w = os.pipe()
+        self.out_r = self.out_w = self.err_r = self.err_w = -1
+        if capture_output:
+            self.out_r, self.out_w = os.pipe()
+            self.err_r, self.err_w = os.pipe()
+        for fd in (self.events_r, self.control_w, self.out_r, self.err_r):
+            if fd >= 0:
+                os.set_inheritable(fd, False)
+                PARENT_FDS.add(fd)
+
+    def child_fds(self) -> list[int]:
+        return [fd for fd in (self.events_w, self.control_r, self.out_w, self.err_w) if fd >= 0]
+
+    def close_child_ends(self) -> None:
+        for fd in self.child_fds():
+            os.close(fd)
+
+    def started(self, process: ChildProcess) -> Started:
+        self.close_child_ends()
+        return Started(
+            process=process,
+            events=os.fdopen(self.events_r, "rb"),
+            control=self.control_w,
+            stdout=os.fdopen(self.out_r, "rb") if self.out_r >= 0 else None,
+            stderr=os.fdopen(self.err_r, "rb") if self.err_r >= 0 else None,
+        )
+
+
+# Parent-side pipe ends currently open: a forked child closes them, so it never holds another
+# child's pipes open (which would hide that child's end from the parent).
+PARENT_FDS: set[int] = set()
+
+
+def release_parent_fds(*fds: int) -> None:
+    for fd in fds:
+        PARENT_FDS.discard(fd)
+
+
+def child_options(config: pytest.Config) -> dict[str, Any]:
+    """The parent's resolved options, minus what cannot cross a process boundary, plus overrides."""
+    options = {}
+    for key, value in vars(config.option).items():
+        try:
+            pickle.dumps(value)
+        except Exception:
+            continue
+        options[key] = value
+    options.update(CHILD_OVERRIDES)
+    return options
+
+
+def child_args(config: pytest.Config) -> list[str]:
+    """Arguments that pin the child to the parent's rootdir and ini file; no terminal in children."""
+    args = ["-p", "no:terminal", "--rootdir", str(config.rootpath)]
+    if config.inipath is not None:
+        args += ["-c", str(config.inipath)]
+    return args
+
+
+def foreign_threads() -> int:
+    """Threads in this process that are neither the main thread nor ours (OpenMP pools, for example)."""
+    try:
+        total = len(os.listdir("/proc/self/task"))
+    except OSError:
+        total = threading.active_count()
+    ours = sum(1 for t in threading.enumerate() if t.name.startswith("heavy-"))
+    return max(total - 1 - ours, 0)
+
+
+def fork_unsafe_reason() -> str | None:
+    """Why forking this process now could hang or break a child, or None when it is safe.
+
+    A process that already ran a multi-threaded torch op has an OpenMP pool whose threads do not
+    survive fork: the child's first parallel op waits for them forever. A CUDA context does not
+    survive fork either.
+    """
+    if cleanup.cuda_initialized():
+        return "CUDA is initialized in this process"
+    threads = foreign_threads()
+    if threads:
+        return f"{threads} other thread{'s' if threads > 1 else ''} running (e.g. an OpenMP pool started by a torch op)"
+    return None

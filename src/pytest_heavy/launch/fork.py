@@ -1,0 +1,90 @@
+"""fork: the pytest parent forks itself; the child runs the parent's already-collected items.
+
+The fastest method (no interpreter start, no import, no collection), and safe only while the
+parent is single-threaded and has no CUDA context: ``auto`` checks before every fork and falls
+back to spawn otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import pytest
+
+from .. import child
+from ..wire import Sender
+from .base import PARENT_FDS, Pipes, Started, UnitRequest
+
+
+class ForkProcess:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self._returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self._returncode = os.waitstatus_to_exitcode(status)
+        return self._returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+
+class ForkLauncher:
+    name = "fork"
+
+    def __init__(self, session: pytest.Session, capture_output: bool) -> None:
+        self._session = session
+        self._capture = capture_output
+
+    def start(self, request: UnitRequest) -> Started:
+        pipes = Pipes(self._capture)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child never returns from here
+            code = 70
+            try:
+                code = self._child(pipes, request)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        return pipes.started(ForkProcess(pid))
+
+    def _child(self, pipes: Pipes, request: UnitRequest) -> int:
+        os.setsid()
+        for fd in list(PARENT_FDS):
+            os.close(fd)
+        if self._capture:
+            redirect_output(self._session.config, pipes.out_w, pipes.err_w)
+        os.environ.clear()
+        os.environ.update(request.env)
+        child.enable_stack_dumps()
+        return child.run_forked(self._session, request.items, Sender(pipes.events_w), pipes.control_r)
+
+    def close(self) -> None:
+        pass
+
+
+def redirect_output(config: pytest.Config, out_fd: int, err_fd: int) -> None:
+    """Point fds 1 and 2 at our pipes, including the copies pytest's capture restores between tests.
+
+    pytest's global fd capture saved the terminal's fds when the session started and puts them
+    back whenever it suspends; those saved fds must lead to our pipes too, or output between and
+    after tests would reach the parent's terminal.
+    """
+    capman = config.pluginmanager.get_plugin("capturemanager")
+    targets = {1: out_fd, 2: err_fd}
+    capturing = getattr(capman, "_global_capturing", None)
+    for name, fd in (("out", 1), ("err", 2)):
+        saved = getattr(getattr(capturing, name, None), "targetfd_save", None)
+        if isinstance(saved, int):
+            os.dup2(targets[fd], saved)
+    os.dup2(out_fd, 1)
+    os.dup2(err_fd, 2)

@@ -1,0 +1,75 @@
+"""Which items run where: in the parent, or in a child process per heavy module.
+
+A module is heavy when a selected, not-skipped test in it carries a ``heavy_isolate_markers``
+marker. In EXCLUSIVE_PROCESS mode without MPS, every test with a GPU marker is routed into a child
+too (one GPU child at a time), since only one process per GPU may hold a CUDA context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from .gating import gpu_marker
+from .hardware import Hardware
+from .markers import names
+from .settings import Settings
+
+
+@dataclass
+class Unit:
+    """A run of items executed together: in the parent, or in one child (``module`` set)."""
+
+    items: list[pytest.Item] = field(default_factory=list)
+    module: str | None = None  # the module's node id part ("test/test_x.py") when isolated
+    gpu: bool = False  # holds GPU-marked tests routed because of EXCLUSIVE_PROCESS
+
+
+def module_of(item: pytest.Item) -> str:
+    return item.nodeid.split("::", 1)[0]
+
+
+def _skipped(item: pytest.Item) -> bool:
+    """Unconditionally skipped (gating adds such marks): not worth a child process."""
+    return item.get_closest_marker("skip") is not None
+
+
+def isolation_blocker(config: pytest.Config) -> str | None:
+    """Why this run must stay in one process whatever the settings, or None."""
+    if config.option.usepdb or config.option.trace:
+        return "--pdb/--trace given: heavy isolation is off for this run"
+    return None
+
+
+def plan(items: list[pytest.Item], settings: Settings, hw: Hardware) -> list[Unit] | None:
+    """Units in collection order, or None when everything runs in the parent as usual."""
+    if settings.isolate == "never":
+        return None
+    route_gpu = hw.parent_trap_risk
+    heavy: dict[str, bool] = {}  # module -> holds routed GPU tests
+    for item in items:
+        if _skipped(item):
+            continue
+        marker_names = names(item)
+        if any(m in marker_names for m in settings.isolate_markers):
+            heavy.setdefault(module_of(item), False)
+        if route_gpu and gpu_marker(marker_names, settings):
+            heavy[module_of(item)] = True
+    if not heavy or (settings.isolate == "auto" and len(heavy) < 2 and not any(heavy.values())):
+        return None
+    units: list[Unit] = []
+    by_module: dict[str, Unit] = {}
+    for item in items:
+        module = module_of(item)
+        if module in heavy and not _skipped(item):
+            unit = by_module.get(module)
+            if unit is None:
+                unit = by_module[module] = Unit(module=module, gpu=heavy[module])
+                units.append(unit)
+            unit.items.append(item)
+            continue
+        if not units or units[-1].module is not None:
+            units.append(Unit())
+        units[-1].items.append(item)
+    return units
