@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from . import gating, hardware, markers, tiers
+from . import gating, hardware, markers, mps, tiers
 
 
 def _settings(pytest_args: list[str]) -> Any:
@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pytest_args", nargs=argparse.REMAINDER,
                    help="pytest options to read (e.g. --heavy-assume gpus=1x80GiB)")
     p.set_defaults(func=doctor)
+    mps.add_parser(sub)
     return parser
 
 

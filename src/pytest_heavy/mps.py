@@ -1,16 +1,47 @@
-"""NVIDIA MPS: is a control daemon running for this process's pipe directory?
+"""NVIDIA MPS: detection for the hardware probe, and ``pytest-heavy mps start|stop|status``.
 
-Detection only reads the file system and the process table (psutil): it never talks to the
-daemon, so probing stays cheap and safe. Starting and stopping live in the CLI.
+Detection (``pipe_dir``, ``daemon_pid``) only reads the file system and the process table: it never
+talks to the daemon, so probing stays cheap and safe. The control commands wrap
+``nvidia-cuda-mps-control``, whose protocol is small: ``-d`` starts a daemon in the background that
+serves ``$CUDA_MPS_PIPE_DIRECTORY/control`` and writes ``nvidia-cuda-mps-control.pid`` there; any
+other run reads commands from stdin (``get_server_list``, ``quit``) and prints the daemon's answers,
+or "Cannot find MPS control daemon process" with exit status 1 when none serves the directory.
+
+Every call to the binary has a timeout, and stop only stops a daemon this tool started (recorded in
+a state file beside the pid file) unless forced: a daemon someone else started may serve other jobs.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import pwd
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-DEFAULT_PIPE_DIR = "/tmp/nvidia-mps"
+DEFAULT_PIPE_DIR = "/tmp/nvidia-mps"  # the driver's default, where CUDA clients look without the variable
 CONTROL_BINARY = "nvidia-cuda-mps-control"
+PID_FILE = "nvidia-cuda-mps-control.pid"  # written by the daemon, removed when it quits
+STATE_FILE = "pytest-heavy-mps.json"  # ours: which daemon this tool started
+NOT_RUNNING = "Cannot find MPS control daemon process"
+# The control socket lives at PIPE/control; AF_UNIX paths longer than this make the daemon fail to bind
+# and report only NOT_RUNNING, so start checks it first.
+SOCKET_PATH_LIMIT = 107
+
+# Exit statuses of ``pytest-heavy mps``; argparse's usage errors are 2.
+EXIT_FAILED = 1
+EXIT_MISSING = 3
+EXIT_PERMISSION = 4
+EXIT_FOREIGN = 5
+EXIT_REFUSED = 6
 
 
 def pipe_dir(env: dict[str, str] | None = None) -> Path:
@@ -20,12 +51,376 @@ def pipe_dir(env: dict[str, str] | None = None) -> Path:
 
 def daemon_pid(env: dict[str, str] | None = None) -> tuple[int | None, str]:
     """(pid of a live control daemon serving our pipe directory, or None; a detail line)."""
+    pipes = pipe_dir(env)
+    proc = find_daemon(pipes)
+    if proc is not None:
+        return proc.pid, f"MPS control daemon pid {proc.pid} ({pipes})"
+    if (pipes / "control").exists():
+        return None, f"stale MPS pipe directory {pipes}: no live {CONTROL_BINARY}"
+    return None, f"no MPS control pipe in {pipes}"
+
+
+def _is_control_daemon(proc: Any) -> bool:
+    """Whether a psutil process is the control binary (by name, or by path for interpreted stand-ins).
+
+    The kernel keeps 15 characters of a process name; psutil restores the full name from argv[0],
+    which for a script run through its interpreter names the interpreter, so argv[1] is checked too.
+    """
     import psutil
 
-    pipes = pipe_dir(env)
+    try:
+        if proc.name() == CONTROL_BINARY:
+            return True
+        return any(Path(arg).name == CONTROL_BINARY for arg in proc.cmdline()[:2])
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+
+
+def find_daemon(pipes: Path) -> Any | None:
+    """The live control daemon serving ``pipes`` (a psutil.Process), found through its pid file.
+
+    When there is no pid file, a control binary process whose environment names ``pipes`` counts
+    too (processes of other users hide their environment and are then not matched).
+    """
+    import psutil
+
+    try:
+        pid = int((pipes / PID_FILE).read_text().strip())
+    except (OSError, ValueError):
+        pid = None
+    if pid is not None:
+        try:
+            proc = psutil.Process(pid)
+        except psutil.NoSuchProcess:
+            return None
+        return proc if _is_control_daemon(proc) and proc.status() != psutil.STATUS_ZOMBIE else None
     if not (pipes / "control").exists():
-        return None, f"no MPS control pipe in {pipes}"
-    for proc in psutil.process_iter(["name", "pid"]):
-        if proc.info["name"] == CONTROL_BINARY:
-            return proc.info["pid"], f"MPS control daemon pid {proc.info['pid']} ({pipes})"
-    return None, f"stale MPS pipe directory {pipes}: no {CONTROL_BINARY} process"
+        return None
+    for proc in psutil.process_iter(["name"]):
+        if not _is_control_daemon(proc):
+            continue
+        try:
+            served = proc.environ().get("CUDA_MPS_PIPE_DIRECTORY") or DEFAULT_PIPE_DIR
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if Path(served).resolve() == pipes.resolve():
+            return proc
+    return None
+
+
+# --- pytest-heavy mps start|stop|status ----------------------------------------------------------
+
+
+class MpsError(Exception):
+    """A failure the user can act on; ``code`` is the command's exit status."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Dirs:
+    """Where this tool's daemon lives: the standard variables when set, else per-user directories."""
+
+    pipe: Path
+    log: Path
+
+    def exports(self) -> list[str]:
+        """Shell lines for ``eval``: what CUDA clients (and the daemon) need to find each other."""
+        return [f"export CUDA_MPS_PIPE_DIRECTORY={shlex.quote(str(self.pipe))}",
+                f"export CUDA_MPS_LOG_DIRECTORY={shlex.quote(str(self.log))}"]
+
+
+def _user(env: dict[str, str]) -> str:
+    """The login name the way getpass finds it, but from ``env`` (tests and wrappers pass their own)."""
+    for key in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        if env.get(key):
+            return env[key]
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # no passwd entry (some containers)
+        return f"uid{os.getuid()}"
+
+
+def tool_dirs(env: dict[str, str] | None = None) -> Dirs:
+    """Per-user defaults under $TMPDIR, so two users (or two jobs with their own TMPDIR) never share."""
+    env = env if env is not None else dict(os.environ)
+    base = Path(env.get("TMPDIR") or "/tmp")
+    user = _user(env)
+    pipe = Path(env.get("CUDA_MPS_PIPE_DIRECTORY") or base / f"nvidia-mps-{user}")
+    log = Path(env.get("CUDA_MPS_LOG_DIRECTORY") or base / f"nvidia-mps-{user}-log")
+    return Dirs(pipe=pipe.absolute(), log=log.absolute())
+
+
+def find_binary(env: dict[str, str]) -> str:
+    """The control binary on PATH; a present but unusable one is a permission error, not 'missing'."""
+    found = shutil.which(CONTROL_BINARY, path=env.get("PATH"))
+    if found:
+        return found
+    for folder in (env.get("PATH") or "").split(os.pathsep):
+        candidate = Path(folder or ".") / CONTROL_BINARY
+        if candidate.is_file():
+            raise MpsError(f"{candidate} exists but you may not execute it (permission denied); "
+                           "ask the administrators for access to MPS", EXIT_PERMISSION)
+    raise MpsError(f"{CONTROL_BINARY} not found on PATH: it ships with the NVIDIA driver's compute "
+                   "utilities (e.g. the nvidia-compute-utils package); on a cluster, load the CUDA module "
+                   "or ask the administrators", EXIT_MISSING)
+
+
+def _daemon_env(env: dict[str, str], dirs: Dirs) -> dict[str, str]:
+    return {**env, "CUDA_MPS_PIPE_DIRECTORY": str(dirs.pipe), "CUDA_MPS_LOG_DIRECTORY": str(dirs.log)}
+
+
+def control(binary: str, command: str, env: dict[str, str], timeout: float = 5.0) -> tuple[bool, str]:
+    """Send one command to the daemon: (it answered, its output)."""
+    try:
+        done = subprocess.run([binary], input=command + "\n", capture_output=True, text=True, env=env,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False, f"no answer to {command!r} within {timeout:g} s"
+    except PermissionError as exc:
+        raise MpsError(f"cannot run {binary}: {exc}", EXIT_PERMISSION) from None
+    output = (done.stdout + done.stderr).strip()
+    return done.returncode == 0 and NOT_RUNNING not in output, output
+
+
+def _owner(proc: Any) -> tuple[int, str]:
+    """(uid, user name) of a process; a uid without a passwd entry is shown as a number."""
+    uid = proc.uids().real
+    try:
+        return uid, proc.username()
+    except KeyError:
+        return uid, str(uid)
+
+
+def _read_state(dirs: Dirs) -> dict[str, Any]:
+    try:
+        data = json.loads((dirs.pipe / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _started_by_us(dirs: Dirs, proc: Any) -> bool:
+    """Whether the state file names this very process (pid and start time: pids are reused)."""
+    state = _read_state(dirs)
+    return state.get("pid") == proc.pid and abs(float(state.get("create_time", -1)) - proc.create_time()) < 1
+
+
+def _foreign(proc: Any, dirs: Dirs) -> MpsError | None:
+    uid, name = _owner(proc)
+    if uid == os.getuid():
+        return None
+    return MpsError(
+        f"an MPS control daemon owned by user {name} (pid {proc.pid}) already serves {dirs.pipe}; "
+        "its server runs for one user at a time, so your CUDA programs would wait for theirs. Ask them to "
+        "stop it, or use a directory of your own (unset CUDA_MPS_PIPE_DIRECTORY for the per-user default)",
+        EXIT_FOREIGN)
+
+
+def _gone(proc: Any) -> bool:
+    """Exited, or a zombie nobody reaped yet (the daemon's parent is init, which may be slow or absent)."""
+    import psutil
+
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _prepare_dir(path: Path) -> None:
+    """Create ``path`` (mode 0700: the daemon is per user) or explain why it cannot be used."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MpsError(f"cannot create {path}: {exc.strerror} (set CUDA_MPS_PIPE_DIRECTORY and "
+                       "CUDA_MPS_LOG_DIRECTORY to directories you own)", EXIT_PERMISSION) from None
+    owner = path.stat().st_uid
+    if owner != os.getuid():
+        raise MpsError(f"{path} belongs to uid {owner}, not to you: choose another directory with "
+                       "CUDA_MPS_PIPE_DIRECTORY / CUDA_MPS_LOG_DIRECTORY", EXIT_PERMISSION)
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise MpsError(f"{path} is not writable by you (permission denied)", EXIT_PERMISSION)
+
+
+def start(env: dict[str, str] | None = None, timeout: float = 10.0) -> tuple[Dirs, str]:
+    """Start a daemon for this user (or find the one already running): (its directories, what happened).
+
+    Waits, bounded by ``timeout``, until the daemon answers ``get_server_list``, so the CUDA programs
+    started next connect to it instead of silently running without MPS.
+    """
+    env = dict(os.environ if env is None else env)
+    dirs = tool_dirs(env)
+    binary = find_binary(env)
+    if len(os.fsencode(dirs.pipe / "control")) > SOCKET_PATH_LIMIT:
+        raise MpsError(f"pipe directory {dirs.pipe} is too long for the control socket (at most "
+                       f"{SOCKET_PATH_LIMIT} bytes with '/control'): set TMPDIR or CUDA_MPS_PIPE_DIRECTORY "
+                       "to a shorter path")
+    running = find_daemon(dirs.pipe)
+    if running is not None:
+        foreign = _foreign(running, dirs)
+        if foreign is not None:
+            raise foreign
+        whose = "started by pytest-heavy" if _started_by_us(dirs, running) else "not started by pytest-heavy"
+        return dirs, f"MPS control daemon already running (pid {running.pid}, {whose}) for {dirs.pipe}"
+    for path in (dirs.pipe, dirs.log):
+        _prepare_dir(path)
+    daemon_env = _daemon_env(env, dirs)
+    # The daemon may keep the launcher's stdout open: a file, unlike a pipe, never blocks the launch.
+    with tempfile.TemporaryFile(mode="w+") as out:
+        try:
+            launched = subprocess.run([binary, "-d"], stdin=subprocess.DEVNULL, stdout=out,
+                                      stderr=subprocess.STDOUT, env=daemon_env, timeout=timeout,
+                                      start_new_session=True)
+        except subprocess.TimeoutExpired:
+            raise MpsError(f"{binary} -d did not return within {timeout:g} s") from None
+        except PermissionError as exc:
+            raise MpsError(f"cannot run {binary}: {exc}", EXIT_PERMISSION) from None
+        out.seek(0)
+        said = out.read().strip()
+    if launched.returncode != 0 and "already running" not in said:
+        code = EXIT_PERMISSION if "permission" in said.lower() else EXIT_FAILED
+        raise MpsError(f"{binary} -d failed (exit {launched.returncode}): {said or 'no output'}; "
+                       f"see {dirs.log / 'control.log'}", code)
+    deadline = time.monotonic() + timeout
+    answered, output = False, ""
+    while not answered and time.monotonic() < deadline:
+        answered, output = control(binary, "get_server_list", daemon_env,
+                                   timeout=max(0.1, min(2.0, deadline - time.monotonic())))
+        if not answered:
+            time.sleep(0.05)
+    proc = find_daemon(dirs.pipe)
+    if not answered or proc is None:
+        raise MpsError(f"the MPS control daemon did not answer within {timeout:g} s "
+                       f"({output or 'no output'}); see {dirs.log / 'control.log'}")
+    state = {"pid": proc.pid, "create_time": proc.create_time(), "uid": os.getuid(),
+             "pipe_directory": str(dirs.pipe), "log_directory": str(dirs.log), "started_at": time.time()}
+    (dirs.pipe / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+    return dirs, f"MPS control daemon started (pid {proc.pid}) for {dirs.pipe}"
+
+
+def stop(env: dict[str, str] | None = None, force: bool = False, timeout: float = 10.0) -> str:
+    """Stop the daemon this tool started (any daemon serving the directory with ``force``).
+
+    Nothing running is success: stop is idempotent, so cleanup code may call it unconditionally.
+    """
+    env = dict(os.environ if env is None else env)
+    dirs = tool_dirs(env)
+    proc = find_daemon(dirs.pipe)
+    if proc is None:
+        (dirs.pipe / STATE_FILE).unlink(missing_ok=True)
+        return f"no MPS control daemon serves {dirs.pipe}: nothing to stop"
+    foreign = _foreign(proc, dirs)
+    if foreign is not None and not force:
+        raise foreign
+    if not force and not _started_by_us(dirs, proc):
+        raise MpsError(f"the MPS control daemon pid {proc.pid} serving {dirs.pipe} was not started by "
+                       "pytest-heavy, so other jobs may rely on it; stop it anyway with "
+                       "`pytest-heavy mps stop --force`", EXIT_REFUSED)
+    binary = find_binary(env)
+    answered, output = control(binary, "quit", _daemon_env(env, dirs), timeout=timeout)
+    if not answered:
+        code = EXIT_PERMISSION if "permission" in output.lower() else EXIT_FAILED
+        raise MpsError(f"the MPS control daemon pid {proc.pid} did not accept 'quit': "
+                       f"{output or 'no output'}", code)
+    deadline = time.monotonic() + timeout
+    while not _gone(proc) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not _gone(proc):
+        raise MpsError(f"the MPS control daemon pid {proc.pid} accepted 'quit' but is still running after "
+                       f"{timeout:g} s (its servers may be waiting for clients); "
+                       f"see {dirs.log / 'control.log'}")
+    (dirs.pipe / STATE_FILE).unlink(missing_ok=True)
+    return f"MPS control daemon pid {proc.pid} stopped ({dirs.pipe})"
+
+
+def status(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """A JSON-ready picture: daemon pid and owner, servers, directories, and what clients here would use."""
+    env = dict(os.environ if env is None else env)
+    dirs = tool_dirs(env)
+    try:
+        binary: str | None = find_binary(env)
+    except MpsError:
+        binary = None
+    proc = find_daemon(dirs.pipe)
+    doc: dict[str, Any] = {
+        "running": proc is not None, "pid": None, "owner": None, "started_by_pytest_heavy": False,
+        "servers": [], "pipe_directory": str(dirs.pipe), "log_directory": str(dirs.log), "binary": binary,
+        "clients_pipe_directory": str(pipe_dir(env)), "detail": "",
+    }
+    if proc is None:
+        doc["detail"] = f"no MPS control daemon serves {dirs.pipe}"
+        return doc
+    doc.update(pid=proc.pid, owner=_owner(proc)[1], started_by_pytest_heavy=_started_by_us(dirs, proc))
+    if binary is None:
+        doc["detail"] = f"{CONTROL_BINARY} not on PATH: servers unknown"
+        return doc
+    answered, output = control(binary, "get_server_list", _daemon_env(env, dirs))
+    if answered:
+        doc["servers"] = [int(word) for word in output.split() if word.isdigit()]
+    doc["detail"] = "answers" if answered else f"does not answer: {output}"
+    return doc
+
+
+def _print_status(doc: dict[str, Any]) -> None:
+    if doc["running"]:
+        whose = "started by pytest-heavy" if doc["started_by_pytest_heavy"] else "not started by pytest-heavy"
+        print(f"MPS control daemon: running, pid {doc['pid']} (user {doc['owner']}, {whose}); "
+              f"{doc['detail']}")
+        print(f"servers: {' '.join(map(str, doc['servers'])) or 'none'}")
+    else:
+        print(f"MPS control daemon: not running ({doc['detail']})")
+    print(f"pipe directory: {doc['pipe_directory']}")
+    print(f"log directory: {doc['log_directory']}")
+    print(f"binary: {doc['binary'] or CONTROL_BINARY + ' not found on PATH'}")
+    if doc["clients_pipe_directory"] != doc["pipe_directory"]:
+        print(f"CUDA programs in this shell look in {doc['clients_pipe_directory']}: run "
+              f"eval \"$(scripts/mps-start.sh)\" or export CUDA_MPS_PIPE_DIRECTORY={doc['pipe_directory']}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``pytest-heavy mps ...``: messages on stderr; stdout carries only what scripts read."""
+    extra = getattr(args, "pytest_args", None)
+    if extra:
+        print(f"pytest-heavy mps {args.mps_command}: unrecognized arguments: {' '.join(extra)}",
+              file=sys.stderr)
+        return 2
+    try:
+        if args.mps_command == "start":
+            dirs, message = start(timeout=args.timeout)
+            print(message, file=sys.stderr)
+            print("\n".join(dirs.exports()))
+        elif args.mps_command == "stop":
+            print(stop(force=args.force, timeout=args.timeout), file=sys.stderr)
+        elif args.json:
+            print(json.dumps(status(), indent=2, sort_keys=True))
+        else:
+            _print_status(status())
+    except MpsError as exc:
+        print(f"pytest-heavy mps {args.mps_command}: {exc}", file=sys.stderr)
+        return exc.code
+    return 0
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add ``mps start|stop|status`` to the ``pytest-heavy`` command."""
+    parser = subparsers.add_parser(
+        "mps", help="start, stop or inspect an NVIDIA MPS control daemon for this user",
+        description="Per-user MPS control daemon. Directories: CUDA_MPS_PIPE_DIRECTORY and "
+                    "CUDA_MPS_LOG_DIRECTORY, else $TMPDIR/nvidia-mps-$USER and $TMPDIR/nvidia-mps-$USER-log. "
+                    f"Exit status: 0 done, {EXIT_FAILED} failed, {EXIT_MISSING} binary missing, "
+                    f"{EXIT_PERMISSION} permission denied, {EXIT_FOREIGN} another user's daemon, "
+                    f"{EXIT_REFUSED} stop refused (not started here; use --force).")
+    sub = parser.add_subparsers(dest="mps_command", required=True)
+    p = sub.add_parser("start", help="start the daemon (or keep the running one); print export lines "
+                                     "for eval")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                   help="seconds to wait for the daemon to answer (default 10)")
+    p = sub.add_parser("stop", help="stop the daemon this tool started")
+    p.add_argument("--force", action="store_true", help="also stop a daemon of yours this tool did not start")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                   help="seconds to wait for the daemon to exit (default 10)")
+    p = sub.add_parser("status", help="daemon pid, servers and directories")
+    p.add_argument("--json", action="store_true", help="print a JSON document")
+    parser.set_defaults(func=run)
