@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from . import gating, hardware, markers, mps, tiers
+from . import gating, hardware, markers, mps, splitrun, tiers
 
 
 def _settings(pytest_args: list[str]) -> Any:
@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pytest options to read (e.g. --heavy-assume gpus=1x80GiB)")
     p.set_defaults(func=doctor)
     mps.add_parser(sub)
+    splitrun.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,236 @@
+"""``pytest-heavy split N``: run the N subsets of ``--heavy-split``, each in a pytest process of its own.
+
+One process per subset is the remedy for the GPU "parent trap" where MPS is unavailable: on an
+EXCLUSIVE_PROCESS GPU only one process may hold a CUDA context, and a context left in one long pytest
+parent blocks every later child. Fresh processes also return the memory that no cleanup can.
+
+The results are read back from each subset's junit file, not from its output, so the combined summary
+does not depend on pytest's terminal format; the same merge serves CI matrices and Slurm arrays
+(``--merge-junit``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import subprocess
+import sys
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from .split import SNAPSHOT_ENV
+
+DEFAULT_JUNIT_DIR = ".heavy/split"
+MERGED_NAME = "junit.xml"
+OUTCOMES = ("passed", "failed", "skipped", "errors")
+# pytest exit statuses from least to most severe; "no tests" (5) is barely worse than success. Subsets the
+# split left empty already exit 0 (the plugin sees to it), so a 5 here means nothing was selected at all.
+SEVERITY = (0, 5, 1, 2, 4, 3)
+
+
+@dataclass
+class Subset:
+    index: int
+    n: int
+    junit: Path
+    coverage_file: str | None
+    returncode: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.index}/{self.n}"
+
+
+@dataclass
+class Totals:
+    counts: Counter[str]
+    suites: int
+    missing: list[Path]
+
+    def line(self) -> str:
+        return ", ".join(f"{self.counts[k]} {k}" for k in OUTCOMES)
+
+
+def worst(statuses: list[int]) -> int:
+    """The most severe status; anything pytest does not define (a signal's 128+n) is worst of all."""
+    return max(statuses, key=lambda s: SEVERITY.index(s) if s in SEVERITY else len(SEVERITY), default=0)
+
+
+def merge_junit(inputs: list[Path], out: Path) -> Totals:
+    """One ``<testsuites>`` holding every input's suites (hostnames and timings kept), counts summed.
+
+    Outcomes are counted per ``<testcase>`` the way pytest counts them: a test that failed and then
+    errored in teardown is one failure and one error; xfails are junit skips.
+    """
+    merged = ET.Element("testsuites", name="pytest-heavy split")
+    sums: Counter[str] = Counter()
+    counts: Counter[str] = Counter({k: 0 for k in OUTCOMES})
+    elapsed, suites, missing = 0.0, 0, []
+    for path in inputs:
+        try:
+            root = ET.parse(path).getroot()
+        except (OSError, ET.ParseError):
+            missing.append(path)  # the subset died before pytest wrote its report
+            continue
+        for suite in [root] if root.tag == "testsuite" else root.iter("testsuite"):
+            merged.append(suite)
+            suites += 1
+            for key in ("tests", "failures", "errors", "skipped"):
+                sums[key] += int(suite.get(key, "0"))
+            elapsed += float(suite.get("time", "0"))
+            for case in suite.iter("testcase"):
+                kinds = {child.tag for child in case}
+                counts["failed"] += "failure" in kinds
+                counts["errors"] += "error" in kinds
+                counts["skipped"] += "skipped" in kinds
+                counts["passed"] += not kinds & {"failure", "error", "skipped"}
+    for key in ("tests", "failures", "errors", "skipped"):
+        merged.set(key, str(sums[key]))
+    merged.set("time", f"{elapsed:.3f}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ET.ElementTree(merged).write(out, encoding="utf-8", xml_declaration=True)
+    return Totals(counts, suites, missing)
+
+
+def wants_coverage(pytest_args: list[str]) -> bool:
+    cov = any(a == "--cov" or a.startswith("--cov=") for a in pytest_args)
+    return cov and "--no-cov" not in pytest_args
+
+
+def coverage_base() -> str:
+    """The data file coverage would write here (COVERAGE_FILE, else the project's config, else .coverage)."""
+    import coverage
+
+    return os.path.abspath(coverage.Coverage().config.data_file)
+
+
+def combine_coverage(base: str, data_files: list[str]) -> str:
+    """Combine the subsets' data files into ``base`` with coverage's API; one line saying what happened."""
+    import coverage
+    from coverage.exceptions import CoverageException
+
+    found = [f for f in data_files if os.path.exists(f)]
+    if not found:
+        return "coverage: no data from the subsets"
+    Path(base).unlink(missing_ok=True)  # else combine adds to an earlier run's data
+    cov = coverage.Coverage(data_file=base)
+    cov.combine(found, keep=False)
+    cov.save()
+    try:
+        total = cov.report(file=io.StringIO())
+    except CoverageException as exc:
+        return f"coverage: {len(found)} subsets combined into {base} ({exc})"
+    return f"coverage: {len(found)} subsets combined into {base}, {total:.0f}% total"
+
+
+def _run_one(subset: Subset, pytest_args: list[str], env: dict[str, str], prefix: bool,
+             out_lock: threading.Lock) -> int:
+    # Ours come first: they win over ini addopts, and an explicit user option still wins over ours.
+    cmd = [sys.executable, "-m", "pytest", f"--heavy-split={subset.label}", f"--junitxml={subset.junit}",
+           *pytest_args]
+    env = dict(env)
+    if subset.coverage_file:
+        env["COVERAGE_FILE"] = subset.coverage_file
+    if not prefix:
+        return subprocess.run(cmd, env=env).returncode  # the terminal is the subset's own: colours and all
+    env["PYTHONUNBUFFERED"] = "1"  # lines as they happen, not in pipe-buffer blocks
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          errors="replace") as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            with out_lock:
+                sys.stdout.write(f"[{subset.label}] {line}")
+                sys.stdout.flush()
+        return proc.wait()
+
+
+def run_split(n: int, jobs: int, junit_dir: Path, pytest_args: list[str]) -> int:
+    start = time.monotonic()
+    junit_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    if SNAPSHOT_ENV not in env:
+        snapshot = junit_dir / "durations.json"
+        snapshot.unlink(missing_ok=True)  # a snapshot belongs to one run
+        env[SNAPSHOT_ENV] = str(snapshot.resolve())
+    base = coverage_base() if wants_coverage(pytest_args) else None
+    subsets = [Subset(i, n, junit_dir / f"junit-{i}-of-{n}.xml", f"{base}.split-{i}" if base else None)
+               for i in range(1, n + 1)]
+    for subset in subsets:
+        subset.junit.unlink(missing_ok=True)  # never read a stale report as this run's
+    out_lock = threading.Lock()
+    interrupted = False
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(_run_one, s, pytest_args, env, jobs > 1, out_lock) for s in subsets]
+        try:
+            for subset, future in zip(subsets, futures, strict=True):
+                subset.returncode = future.result()
+        except KeyboardInterrupt:
+            # The terminal sent SIGINT to the subsets too; let them finish their reports, start no more.
+            interrupted = True
+            pool.shutdown(wait=True, cancel_futures=True)
+            for subset, future in zip(subsets, futures, strict=True):
+                if future.done() and not future.cancelled():
+                    subset.returncode = future.result()
+    statuses = [128 - s.returncode if s.returncode < 0 else s.returncode
+                for s in subsets if s.returncode is not None]
+    status = 2 if interrupted else worst(statuses)
+    merged = junit_dir / MERGED_NAME
+    totals = merge_junit([s.junit for s in subsets], merged)
+    if base:
+        print(combine_coverage(base, [s.coverage_file for s in subsets if s.coverage_file]))
+    bad = [f"{s.label} exit {s.returncode}" for s in subsets if s.returncode not in (0, None)]
+    notes = [f"no junit from {', '.join(p.name for p in totals.missing)}"] if totals.missing else []
+    notes += ["interrupted"] if interrupted else []
+    print(f"pytest-heavy split {n} (-j {jobs}): {totals.line()} in {time.monotonic() - start:.2f}s; "
+          f"exit {status}{' (' + ', '.join(bad) + ')' if bad else ''}; junit {merged}"
+          f"{'; ' + '; '.join(notes) if notes else ''}")
+    return status
+
+
+def split_command(args: argparse.Namespace) -> int:
+    if args.merge_junit:
+        if len(args.merge_junit) < 2 or args.n is not None or args.pytest_args:
+            print("pytest-heavy split --merge-junit OUT IN...: takes an output file and at least one input, "
+                  "nothing else", file=sys.stderr)
+            return 4
+        out, *inputs = map(Path, args.merge_junit)
+        totals = merge_junit(inputs, out)
+        missing = f"; unreadable: {', '.join(map(str, totals.missing))}" if totals.missing else ""
+        print(f"merged {totals.suites} suites into {out}: {totals.line()}{missing}")
+        return 1 if totals.counts["failed"] or totals.counts["errors"] or totals.missing else 0
+    if args.n is None:
+        print("pytest-heavy split: N (the number of subsets) is required", file=sys.stderr)
+        return 4
+    return run_split(args.n, args.jobs, Path(args.junit_dir), args.pytest_args)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be at least 1")
+    return value
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "split", allow_abbrev=False, help="run the N subsets of --heavy-split, one pytest process each",
+        description="Run the N balanced subsets of the selection, each as `python -m pytest "
+                    "--heavy-split i/N [pytest args]`; merge their junit (and coverage with --cov); exit "
+                    "with the worst status. Options of split come first; everything else (or all after --) "
+                    "goes to pytest.")
+    p.add_argument("n", type=_positive, nargs="?", metavar="N", help="number of subsets")
+    p.add_argument("-j", "--jobs", type=_positive, default=1, metavar="K",
+                   help="subsets run at once (default 1); output lines are prefixed [i/N] when K > 1")
+    p.add_argument("--junit-dir", default=DEFAULT_JUNIT_DIR, metavar="DIR",
+                   help=f"junit-i-of-N.xml per subset and the merged {MERGED_NAME} "
+                        f"(default {DEFAULT_JUNIT_DIR})")
+    p.add_argument("--merge-junit", nargs="+", metavar="FILE",
+                   help="OUT IN...: only merge junit files (CI matrix jobs, Slurm array tasks); "
+                        "exit 1 when any test failed or errored")
+    p.set_defaults(func=split_command, pytest_args=[])
