@@ -31,7 +31,7 @@ demo: $(STAMP) ## run pytest-heavy on the bundled sample project (docs/demo), CP
 	cd docs/demo && ../../$(BIN)/python -m pytest -rs $(PYTEST_ARGS)
 
 demo-compare: $(STAMP) ## the demo suite isolated and in one process, peaks side by side
-	$(PY) docs/demo/compare.py
+	$(PY) docs/demo/compare.py $(PYTEST_ARGS)
 
 test: $(STAMP) ## the project's own test suite (what CI runs)
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
