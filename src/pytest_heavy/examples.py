@@ -14,12 +14,14 @@ Header grammar (docs/examples.md): the leading comment lines of the file hold on
 from __future__ import annotations
 
 import ast
+import io
 import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
+import tokenize
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ from .state import RUN, Run
 
 HEADER_RE = re.compile(r"#\s*pytest:(.*)$")
 SKIP_OPTIONS = ("skip", "skip_always")
+GRAMMAR = "expected comma-separated markers and options, e.g. '# pytest: requires_vram(24), timeout=900'"
 EXIT_SKIP = 77  # the automake convention: "this test cannot run here"
 STDERR_LINES = 40  # lines of stderr in a failure message
 STACK_WAIT_S = 2.0  # how long the parent waits for faulthandler's dump after STACK_SIGNAL
@@ -109,73 +112,104 @@ def _literal(node: ast.expr, what: str) -> Any:
                           "tuples, lists, dicts, True/False/None)") from None
 
 
-def _mark(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> pytest.MarkDecorator:
-    """The marker through pytest's own registry check: unknown under ``--strict-markers`` fails.
-
-    Without ``--strict-markers`` pytest warns about an unknown marker; the collector re-issues that
-    warning at the example's header line.
-    """
+def _items(text: str) -> list[str]:
+    """The header's top-level comma-separated items (commas inside brackets or strings do not split)."""
+    if not text:
+        return []
+    items, depth, start = [], 0, 0
     try:
-        decorator = getattr(pytest.mark, name)
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.type != tokenize.OP:
+                continue
+            depth += (tok.string in ("(", "[", "{")) - (tok.string in (")", "]", "}"))
+            if depth < 0:
+                raise SyntaxError("unbalanced brackets")
+            if tok.string == "," and depth == 0:
+                items.append(text[start:tok.start[1]])
+                start = tok.end[1]
+    except (tokenize.TokenError, SyntaxError):
+        raise HeaderError(f"cannot parse {text!r}: {GRAMMAR}") from None
+    items.append(text[start:])
+    if not items[-1].strip():  # a trailing comma
+        items.pop()
+    return items
+
+
+def _parse_item(item: str, text: str) -> ast.expr | ast.keyword:
+    """One item as the argument of a call, parsed (never evaluated): a marker expression or option=value."""
+    try:
+        call = ast.parse(f"_({item})", mode="eval").body
+    except SyntaxError:
+        call = None
+    if isinstance(call, ast.Call) and len(call.args) + len(call.keywords) == 1:
+        return call.args[0] if call.args else call.keywords[0]
+    raise HeaderError(f"cannot parse {text!r}: {GRAMMAR}")
+
+
+def _marker(node: ast.expr) -> pytest.MarkDecorator:
+    """``name`` or ``name(literal, key=literal)`` as a marker pytest knows (or warns about)."""
+    if isinstance(node, ast.Name):
+        name, args, kwargs = node.id, (), {}
+    elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id not in SKIP_OPTIONS:
+        name = node.func.id
+        args = tuple(_literal(a, f"arguments of {name}") for a in node.args)
+        if any(k.arg is None for k in node.keywords):
+            raise HeaderError(f"arguments of {name}: **kwargs is not allowed")
+        kwargs = {k.arg: _literal(k.value, f"argument {k.arg} of {name}") for k in node.keywords if k.arg}
+    else:
+        raise HeaderError(f"{ast.unparse(node)!r} is not a marker: write a marker name, optionally "
+                          "with literal arguments, e.g. requires_vram(24)")
+    try:
+        decorator = getattr(pytest.mark, name)  # pytest's registry check: fails under --strict-markers
     except (AttributeError, pytest.fail.Exception) as exc:
         message = exc.msg if isinstance(exc, pytest.fail.Exception) else str(exc)
         raise HeaderError(f"marker {name!r}: {message}") from None
-    return decorator.with_args(*args, **kwargs)
+    mark = decorator.with_args(*args, **kwargs)
+    if name == "requires_vram":  # checked here so a bad size is reported at the header's line
+        try:
+            gating.vram_gib(mark.mark)
+        except ValueError as exc:
+            raise HeaderError(str(exc)) from None
+    return mark
+
+
+def _option(node: ast.keyword) -> tuple[str, float | str]:
+    """``timeout=SECONDS`` or ``skip='reason'`` / ``skip_always='reason'``, validated."""
+    if node.arg == "timeout":
+        value = _literal(node.value, "timeout")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise HeaderError(f"timeout={ast.unparse(node.value)}: expected a positive number of seconds")
+        return "timeout", float(value)
+    if node.arg in SKIP_OPTIONS:
+        value = _literal(node.value, node.arg)
+        if not isinstance(value, str) or not value.strip():
+            raise HeaderError(f"{node.arg}={ast.unparse(node.value)}: expected a reason string")
+        return "skip", value.strip()
+    raise HeaderError(f"unknown option {node.arg or '**'!r}: known options are timeout=SECONDS, "
+                      "skip, skip_always, skip='reason'")
 
 
 def parse_header(line: int, text: str) -> Header:
-    """Parse the text after ``# pytest:`` with ``ast`` (nothing is evaluated): markers, then options."""
+    """Parse the text after ``# pytest:``: markers (with literal arguments) and options, in any order.
+
+    Without ``--strict-markers`` pytest warns about an unknown marker (and the marker still applies,
+    as on a test); the collector re-issues that warning at the header's line.
+    """
     text = text.strip()
-    if not text:
-        return Header(line)
-    try:
-        tree = ast.parse(f"_({text})", mode="eval")
-    except SyntaxError:
-        tree = None
-    call = tree.body if tree is not None else None
-    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "_"):
-        raise HeaderError(f"cannot parse {text!r}: expected comma-separated markers and options, "
-                          "e.g. '# pytest: requires_gpu, requires_vram(24), timeout=900'")
     marks: list[pytest.MarkDecorator] = []
-    skip: str | None = None
-    for node in call.args:
-        if isinstance(node, ast.Name) and node.id in SKIP_OPTIONS:
-            skip = f"example header says {node.id}"
-            continue
-        if isinstance(node, ast.Name):
-            name, args, kwargs = node.id, (), {}
-        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-              and node.func.id not in SKIP_OPTIONS):
-            name = node.func.id
-            args = tuple(_literal(a, f"arguments of {name}") for a in node.args)
-            if any(k.arg is None for k in node.keywords):
-                raise HeaderError(f"arguments of {name}: **kwargs is not allowed")
-            kwargs = {k.arg: _literal(k.value, f"argument {k.arg} of {name}") for k in node.keywords if k.arg}
+    options: dict[str, float | str] = {}
+    for item in _items(text):
+        node = _parse_item(item, text)
+        if isinstance(node, ast.keyword):
+            key, value = _option(node)
+            options[key] = value
+        elif isinstance(node, ast.Name) and node.id in SKIP_OPTIONS:
+            options["skip"] = f"example header says {node.id}"
         else:
-            raise HeaderError(f"{ast.unparse(node)!r} is not a marker: write a marker name, optionally "
-                              "with literal arguments, e.g. requires_vram(24)")
-        mark = _mark(name, args, kwargs)
-        if name == "requires_vram":
-            try:
-                gating.vram_gib(mark.mark)
-            except ValueError as exc:
-                raise HeaderError(str(exc)) from None
-        marks.append(mark)
-    timeout: float | None = None
-    for kw in call.keywords:
-        if kw.arg == "timeout":
-            value = _literal(kw.value, "timeout")
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise HeaderError(f"timeout={ast.unparse(kw.value)}: expected a positive number of seconds")
-            timeout = float(value)
-        elif kw.arg in SKIP_OPTIONS:
-            value = _literal(kw.value, kw.arg)
-            if not isinstance(value, str) or not value.strip():
-                raise HeaderError(f"{kw.arg}={ast.unparse(kw.value)}: expected a reason string")
-            skip = value.strip()
-        else:
-            raise HeaderError(f"unknown option {kw.arg or '**'!r}: known options are timeout=SECONDS, "
-                              "skip, skip_always, skip='reason'")
+            marks.append(_marker(node))
+    timeout, skip = options.get("timeout"), options.get("skip")
+    assert timeout is None or isinstance(timeout, float)
+    assert skip is None or isinstance(skip, str)
     return Header(line, tuple(marks), timeout, skip)
 
 
