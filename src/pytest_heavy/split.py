@@ -101,7 +101,9 @@ class Store:
             yield
             return
         with open(self.cache.mkdir("heavy") / "durations.lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            # Some shared file systems refuse locks (ENOLCK); a lost record is better than a failed run.
+            with contextlib.suppress(OSError):
+                fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             yield
 
     def _cached(self) -> dict[str, float]:

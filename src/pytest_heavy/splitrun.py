@@ -78,7 +78,7 @@ def merge_junit(inputs: list[Path], out: Path) -> Totals:
         except (OSError, ET.ParseError):
             missing.append(path)  # the subset died before pytest wrote its report
             continue
-        for suite in [root] if root.tag == "testsuite" else root.iter("testsuite"):
+        for suite in [root] if root.tag == "testsuite" else root.findall("testsuite"):
             merged.append(suite)
             suites += 1
             for key in ("tests", "failures", "errors", "skipped"):
@@ -118,8 +118,7 @@ def combine_coverage(base: str, data_files: list[str]) -> str:
     found = [f for f in data_files if os.path.exists(f)]
     if not found:
         return "coverage: no data from the subsets"
-    Path(base).unlink(missing_ok=True)  # else combine adds to an earlier run's data
-    cov = coverage.Coverage(data_file=base)
+    cov = coverage.Coverage(data_file=base)  # starts clean: an earlier run's data is replaced
     cov.combine(found, keep=False)
     cov.save()
     try:
@@ -210,7 +209,7 @@ def split_command(args: argparse.Namespace) -> int:
     return run_split(args.n, args.jobs, Path(args.junit_dir), args.pytest_args)
 
 
-def _positive(text: str) -> int:
+def count(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text}: must be at least 1")
@@ -224,8 +223,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "--heavy-split i/N [pytest args]`; merge their junit (and coverage with --cov); exit "
                     "with the worst status. Options of split come first; everything else (or all after --) "
                     "goes to pytest.")
-    p.add_argument("n", type=_positive, nargs="?", metavar="N", help="number of subsets")
-    p.add_argument("-j", "--jobs", type=_positive, default=1, metavar="K",
+    p.add_argument("n", type=count, nargs="?", metavar="N", help="number of subsets")
+    p.add_argument("-j", "--jobs", type=count, default=1, metavar="K",
                    help="subsets run at once (default 1); output lines are prefixed [i/N] when K > 1")
     p.add_argument("--junit-dir", default=DEFAULT_JUNIT_DIR, metavar="DIR",
                    help=f"junit-i-of-N.xml per subset and the merged {MERGED_NAME} "
