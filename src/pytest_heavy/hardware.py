@@ -252,17 +252,27 @@ def _device_gpu(nv: Any, handle: Any, index: int, mig: bool, mode: str | None = 
             mode = COMPUTE_MODES.get(nv.nvmlDeviceGetComputeMode(handle), "default")
         except nv.NVMLError:
             mode = "default"
-    return GPU(index=index, uuid=_text(nv.nvmlDeviceGetUUID(handle)), name=_text(nv.nvmlDeviceGetName(handle)),
-               total_mib=int(mem.total) // (1 << 20), used_mib=int(mem.used) // (1 << 20),
-               compute_mode=mode, mig=mig)
+    return GPU(index=index, uuid=_text(nv.nvmlDeviceGetUUID(handle)),
+               name=_text(nv.nvmlDeviceGetName(handle)), total_mib=int(mem.total) // (1 << 20),
+               used_mib=int(mem.used) // (1 << 20), compute_mode=mode, mig=mig)
 
 
 def _all_units(nv: Any) -> list[GPU]:
-    """Every whole device, followed by its MIG instances when MIG mode is on."""
+    """Every whole device we may open, followed by its MIG instances when MIG mode is on.
+
+    A device NVML counts but will not let us read (e.g. NoPermission for a GPU a job's device cgroup
+    denies) is left out rather than hiding every GPU: CUDA cannot use it either. Only when no device
+    is readable does the first error propagate, so the probe reports why.
+    """
     units: list[GPU] = []
+    first_error: Exception | None = None
     for index in range(nv.nvmlDeviceGetCount()):
-        handle = nv.nvmlDeviceGetHandleByIndex(index)
-        gpu = _device_gpu(nv, handle, index, mig=False)
+        try:
+            handle = nv.nvmlDeviceGetHandleByIndex(index)
+            gpu = _device_gpu(nv, handle, index, mig=False)
+        except nv.NVMLError as exc:
+            first_error = first_error or exc
+            continue
         units.append(gpu)
         try:
             current, _pending = nv.nvmlDeviceGetMigMode(handle)
@@ -271,27 +281,30 @@ def _all_units(nv: Any) -> list[GPU]:
         if not current:
             continue
         for slot in range(nv.nvmlDeviceGetMaxMigDeviceCount(handle)):
-            try:
+            try:  # empty slots raise NotFound
                 mig_handle = nv.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
+                units.append(_device_gpu(nv, mig_handle, index, mig=True, mode=gpu.compute_mode))
             except nv.NVMLError:
                 continue
-            units.append(_device_gpu(nv, mig_handle, index, mig=True, mode=gpu.compute_mode))
+    if not units and first_error is not None:
+        raise first_error
     return units
 
 
 def select_visible(units: Sequence[GPU], selectors: list[str] | None) -> tuple[GPU, ...]:
     """Map CUDA_VISIBLE_DEVICES (indices or UUID prefixes) onto NVML units, by UUID.
 
-    Indices count whole devices in NVML (PCI bus) order, which is CUDA's order when
-    CUDA_DEVICE_ORDER=PCI_BUS_ID; an entry that matches nothing ends the list, as in CUDA.
+    Indices count the whole devices this process can open, in NVML (PCI bus) order, which is CUDA's
+    order when CUDA_DEVICE_ORDER=PCI_BUS_ID; an entry that matches nothing ends the list, as in CUDA.
     """
     whole = [u for u in units if not u.mig]
     if selectors is None:
         return tuple(whole)
     chosen: list[GPU] = []
     for sel in selectors:
+        match: GPU | None
         if sel.isdigit():
-            match = next((u for u in whole if u.index == int(sel)), None)
+            match = whole[int(sel)] if int(sel) < len(whole) else None
         else:
             key = sel if sel.startswith(("GPU-", "MIG-")) else f"GPU-{sel}"
             match = next((u for u in units if u.uuid.startswith(key)), None)
