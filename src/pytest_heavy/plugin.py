@@ -7,14 +7,28 @@ from collections.abc import Generator
 
 import pytest
 
-from . import cleanup, examples, gating, hardware, hooks, launch, markers, plan, procs, report, split, tiers
+from . import (
+    cleanup,
+    examples,
+    gating,
+    guard,
+    hardware,
+    hooks,
+    launch,
+    markers,
+    plan,
+    procs,
+    report,
+    split,
+    tiers,
+)
 from .controller import Controller
 from .launch.forkserver import ForkserverLauncher
 from .settings import CHILD_ENV, Settings, add_options, load
 from .state import RUN, Run
 
 # Modules exposing ``register(config, run)``; each adds its own hooks for the session.
-CONCERNS: tuple = (split, examples)
+CONCERNS: tuple = (split, examples, guard)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
