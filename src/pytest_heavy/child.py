@@ -175,7 +175,7 @@ def run_session(config: pytest.Config, request: dict[str, Any], sender: Sender, 
     if session.testsfailed and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     config.hook.pytest_sessionfinish(session=session, exitstatus=session.exitstatus)
-    sender.send("done", exitstatus=int(session.exitstatus))
+    finish(sender, session.exitstatus)
     return int(session.exitstatus)
 
 
@@ -203,11 +203,19 @@ def run_forked(session: pytest.Session, items: list[pytest.Item], sender: Sender
     except BaseException:
         traceback.print_exc()
         exitstatus = pytest.ExitCode.INTERNAL_ERROR
-    sender.send("done", exitstatus=int(exitstatus))
-    return int(exitstatus)
+    return finish(sender, exitstatus)
 
 
 _dump_file: Any = None
+
+
+def finish(sender: Sender, exitstatus: int) -> int:
+    """Tell the parent which processes we leave behind (it kills them once we exit), then 'done'."""
+    from .procs import descendants
+
+    sender.send("leftovers", processes=descendants())
+    sender.send("done", exitstatus=int(exitstatus))
+    return int(exitstatus)
 
 
 def enable_stack_dumps() -> None:

@@ -17,9 +17,11 @@ import threading
 import time
 from typing import Any
 
+import psutil
 import pytest
 
 from . import memory, procs, wire
+from ._reprs import failure_repr
 from .child import deserialize_warning
 from .launch.base import Launcher, RefusedError, Started, UnitRequest, fork_unsafe_reason, release_parent_fds
 from .plan import Unit
@@ -46,6 +48,7 @@ class Attempt:
         self.stop_sent = False
         self.timed_out = False
         self.progress = False  # at least one test started in this attempt
+        self.leftovers: list[psutil.Process] = []  # descendants the child still had when it finished
         self.out = procs.Drain(started.stdout) if started.stdout else None
         self.err = procs.Drain(started.stderr) if started.stderr else None
 
@@ -67,6 +70,7 @@ class UnitRun:
         self.current: str | None = None
         self.collect_error: str | None = None
         self.attempt: Attempt | None = None
+        self.statuses: list[str] = []  # how each attempt's child ended
         self.record = HeavyRecord(unit=self.name, kind="module", start_method="", tests=len(self.pending))
         self.t0 = time.monotonic()
 
@@ -213,7 +217,7 @@ class Controller:
                 attempt.progress = True
             self.hook.pytest_runtest_logstart(nodeid=nodeid, location=tuple(event["location"]))
         elif kind == "report":
-            report = self.hook.pytest_report_from_serializable(config=self.config, data=event["data"])
+            report = self.hook.pytest_report_from_serializable(config=self.config, data=wire.tuples(event["data"]))
             self.log_report(ur, report)
         elif kind == "logfinish":
             ur.current = None
@@ -223,6 +227,8 @@ class Controller:
             self.hook.pytest_warning_recorded.call_historic(kwargs=dict(
                 warning_message=deserialize_warning(event["message"]), when=event["when"],
                 nodeid=event["nodeid"], location=tuple(location) if location else None))
+        elif kind == "leftovers" and attempt:
+            attempt.leftovers = procs.still_running(event["processes"])
         elif kind == "collecterror":
             ur.collect_error = event["longrepr"]
         elif kind == "missing":
@@ -247,12 +253,13 @@ class Controller:
 
     # --- reports the parent writes itself ---------------------------------------------------------
 
-    def synthesize(self, ur: UnitRun, nodeid: str, when: str, longrepr: str | None) -> None:
+    def synthesize(self, ur: UnitRun, nodeid: str, when: str, message: str | None) -> None:
         item = ur.items[nodeid]
         now = time.time()
         report = pytest.TestReport(
             nodeid=nodeid, location=item.location, keywords={k: 1 for k in item.keywords},
-            outcome="failed" if longrepr else "passed", longrepr=longrepr, when=when,
+            outcome="failed" if message else "passed", longrepr=failure_repr(item, message) if message else None,
+            when=when,
             sections=[], duration=0.0, start=now, stop=now, user_properties=[],
         )
         self.log_report(ur, report)
@@ -267,7 +274,7 @@ class Controller:
 
     def fail_current(self, ur: UnitRun, nodeid: str, message: str) -> None:
         """The test that was running when its child died: the first missing phase fails."""
-        got = ur.phases.get(nodeid, {})
+        got = ur.phases.setdefault(nodeid, {})  # log_report adds to this same dict as we go
         failed = False
         for when in PHASES:
             if when in got:
@@ -327,7 +334,7 @@ class Controller:
         attempt = ur.attempt
         assert attempt is not None
         peaks = attempt.monitor.stop()
-        ur.record.killed += procs.kill_leftovers(attempt.pid, peaks.seen.values())
+        ur.record.killed += procs.kill_leftovers(attempt.pid, [*peaks.seen.values(), *attempt.leftovers])
         for drain in (attempt.out, attempt.err):
             if drain:
                 drain.join(timeout=5)
@@ -338,7 +345,8 @@ class Controller:
         if peaks.gpu_mib is not None:
             ur.record.peak_gpu_mib = max(ur.record.peak_gpu_mib or 0.0, peaks.gpu_mib)
         status = "timeout" if attempt.timed_out else procs.signal_name(returncode if returncode is not None else -9)
-        ur.record.exit = "stopped" if attempt.stop_sent and not ur.current else status
+        ur.statuses.append("stopped" if attempt.stop_sent and not ur.current else status)
+        ur.record.exit = ", ".join(ur.statuses)
         broken = ur.current is not None or (ur.pending and not attempt.stop_sent)
         if broken:
             self.contain(ur, attempt, status)
@@ -377,9 +385,11 @@ class Controller:
         self.fail_current(ur, nodeid, message)
 
     def tail(self, attempt: Attempt, lines: int = 40) -> str:
+        """The end of the child's stderr; from faulthandler's header on when it crashed (a forked
+        child's stack is deep: the header would fall outside a plain 40-line tail)."""
         if attempt.err is None:
             return "(stderr went to the terminal: -s)"
-        text = attempt.err.tail(lines)
+        text = attempt.err.tail(lines, start_at="Fatal Python error")
         return f"last lines of its stderr:\n{text}" if text else "(its stderr was empty)"
 
     def kill_all(self) -> None:

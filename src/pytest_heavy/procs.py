@@ -83,9 +83,15 @@ class Drain:
         data = b"".join(self._kept).decode(errors="replace")
         return data + ("\n[... output truncated ...]\n" if self.truncated else "")
 
-    def tail(self, lines: int = 40) -> str:
-        text = b"".join(self._tail).decode(errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
+    def tail(self, lines: int = 40, start_at: str | None = None, max_lines: int = 200) -> str:
+        """The last ``lines`` lines; or, when a line starting with ``start_at`` is among the last
+        ``max_lines``, everything from the last such line (a crash dump's header and its stack)."""
+        text = b"".join(self._tail).decode(errors="replace").splitlines()
+        if start_at is not None:
+            heads = [i for i, line in enumerate(text[-max_lines:]) if line.startswith(start_at)]
+            if heads:
+                return "\n".join(text[-max_lines:][heads[-1]:])
+        return "\n".join(text[-lines:])
 
 
 def describe(proc: psutil.Process) -> str:
@@ -104,6 +110,30 @@ def tree(pid: int) -> list[psutil.Process]:
         return [root, *root.children(recursive=True)]
     except psutil.Error:
         return []
+
+
+def descendants() -> list[dict[str, float]]:
+    """This process's live descendants as {pid, create_time}: what a child leaves behind."""
+    found = []
+    for proc in tree(os.getpid())[1:]:
+        try:
+            found.append({"pid": proc.pid, "create_time": proc.create_time()})
+        except psutil.Error:
+            continue
+    return found
+
+
+def still_running(processes: list[dict[str, float]]) -> list[psutil.Process]:
+    """The processes of a ``descendants()`` list that are still the same live processes."""
+    alive = []
+    for entry in processes:
+        try:
+            proc = psutil.Process(int(entry["pid"]))
+            if abs(proc.create_time() - entry["create_time"]) < 0.01:
+                alive.append(proc)
+        except psutil.Error:
+            continue
+    return alive
 
 
 def session_members(sid: int) -> list[psutil.Process]:

@@ -40,3 +40,12 @@ def events(stream: IO[bytes]) -> Iterator[dict[str, Any]]:
             yield json.loads(line)
         except json.JSONDecodeError:
             continue
+
+
+def tuples(data: dict[str, Any]) -> dict[str, Any]:
+    """Undo what JSON does to tuples in a serialized report: a skip's longrepr and the location
+    are (path, lineno, text) tuples, and pytest's junit and terminal code check for tuples."""
+    for key in ("longrepr", "location"):
+        if isinstance(data.get(key), list):
+            data[key] = tuple(data[key])
+    return data

@@ -111,6 +111,7 @@ def child_options(config: pytest.Config) -> dict[str, Any]:
         except Exception:
             continue
         options[key] = value
+    options.pop("file_or_dir", None)  # positional args: the child gets its own
     options.update(CHILD_OVERRIDES)
     return options
 
