@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 import pytest
 
-from . import memory, procs, wire
+from . import guard, memory, procs, wire
 from ._reprs import failure_repr
 from .child import deserialize_warning
 from .launch.base import Launcher, RefusedError, Started, UnitRequest, fork_unsafe_reason, release_parent_fds
@@ -109,7 +109,8 @@ class Controller:
                         if self.stopping():
                             break
                 else:
-                    while len(self.running) >= self.settings.workers:
+                    while len(self.running) >= self.settings.workers or (
+                            unit.gpu and self.gpu_child_running()):
                         self.pump(block=True)
                     if not self.stopping():
                         self.launch(UnitRun(unit, {item.nodeid: item for item in unit.items}))
@@ -137,6 +138,10 @@ class Controller:
                 except OSError:
                     pass
         return True
+
+    def gpu_child_running(self) -> bool:
+        """On an EXCLUSIVE_PROCESS GPU without MPS only one process may hold a context: one GPU child."""
+        return any(ur.unit.gpu for ur in self.running)
 
     def wait_all(self) -> None:
         while self.running:
@@ -169,6 +174,11 @@ class Controller:
         return method, self.launchers[method]
 
     def launch(self, ur: UnitRun) -> None:
+        if ur.unit.gpu:
+            refusal = guard.refusal(self.config, f"the child process for {ur.name}")
+            if refusal:
+                self.refuse(ur, refusal)
+                return
         method, launcher = self.pick_launcher()
         env = dict(self.env)
         self.hook.pytest_heavy_child_env(config=self.config, unit=ur.name, env=env)
@@ -192,6 +202,14 @@ class Controller:
         self.running.append(ur)
         self.hook.pytest_heavy_unit_start(config=self.config, unit=ur.name, method=method,
                                           nodeids=request.nodeids)
+
+    def refuse(self, ur: UnitRun, message: str) -> None:
+        """A GPU child that would certainly fail with 'device busy': its tests fail now, with the cause."""
+        for nodeid in list(ur.pending):
+            ur.pending.remove(nodeid)
+            self.fail_unstarted(ur, nodeid, f"{nodeid}: {message}")
+        ur.statuses.append("not started: the parent holds a CUDA context")
+        self.end_unit(ur)
 
     def _read_events(self, ur: UnitRun, started: Started) -> None:
         with started.events:
@@ -346,12 +364,12 @@ class Controller:
             ur.record.peak_gpu_mib = max(ur.record.peak_gpu_mib or 0.0, peaks.gpu_mib)
         status = "timeout" if attempt.timed_out else procs.signal_name(returncode if returncode is not None else -9)
         ur.statuses.append("stopped" if attempt.stop_sent and not ur.current else status)
-        ur.record.exit = ", ".join(ur.statuses)
         broken = ur.current is not None or (ur.pending and not attempt.stop_sent)
         if broken:
             self.contain(ur, attempt, status)
+        pids = guard.context_pids(self.config, {attempt.pid, *peaks.seen}) if ur.unit.gpu else None
         release = memory.wait_released(self.gpu, attempt.baseline_gpu, self.settings.vram_tolerance_mb,
-                                       self.settings.release_timeout)
+                                       self.settings.release_timeout, pids=pids)
         ur.record.released = release.text()
         ur.record.gpu_before_mib = attempt.baseline_gpu
         ur.record.gpu_after_mib = self.gpu.device_used_mib() if self.gpu else None
@@ -365,8 +383,12 @@ class Controller:
             if not attempt.stop_sent:
                 self.fail_unstarted(ur, nodeid, f"{nodeid} was not run: the child process for {ur.name} "
                                                 f"ended ({status}) before reaching it\n{self.tail(attempt)}")
-        ur.record.wall_s = time.monotonic() - ur.t0
         self.running.remove(ur)
+        self.end_unit(ur)
+
+    def end_unit(self, ur: UnitRun) -> None:
+        ur.record.exit = ", ".join(ur.statuses)
+        ur.record.wall_s = time.monotonic() - ur.t0
         self.run.records.append(ur.record)
         self.hook.pytest_heavy_unit_finish(config=self.config, record=ur.record)
 

@@ -31,7 +31,7 @@ from typing import IO, Any
 import psutil
 import pytest
 
-from . import gating, procs
+from . import gating, guard, markers, procs
 from .memory import TreeMonitor, wait_released
 from .report import HeavyRecord
 from .state import RUN, Run
@@ -270,10 +270,14 @@ class ExampleItem(pytest.Item):
         run = self.config.stash[RUN]
         timeout = self.header.timeout if self.header.timeout is not None else run.settings.example_timeout
         live = self.config.getoption("capture") == "no"
+        gpu_example = gating.gpu_marker(markers.names(self), run.settings) is not None
+        refusal = guard.refusal(self.config, f"example {self.nodeid}") if gpu_example else None
+        if refusal:
+            raise ExampleFailure(refusal)
         record = HeavyRecord(unit=self.nodeid, kind="example", start_method="subprocess", tests=1)
         self.config.stash[_PLUGIN].running[self.nodeid] = record
         try:
-            ended, out, err = self._run(run, timeout, live, record)
+            ended, out, err = self._run(run, timeout, live, record, gpu_example)
         finally:
             run.records.append(record)
         if not live:
@@ -284,8 +288,8 @@ class ExampleItem(pytest.Item):
                                     "\n".join(f"killed: {victim}" for victim in ended.killed))
         self._outcome(ended, timeout, err.tail(STDERR_LINES) or "(empty)")
 
-    def _run(self, run: Run, timeout: float, live: bool,
-             record: HeavyRecord) -> tuple[_Ended, procs.Drain, procs.Drain]:
+    def _run(self, run: Run, timeout: float, live: bool, record: HeavyRecord,
+             gpu_example: bool) -> tuple[_Ended, procs.Drain, procs.Drain]:
         """Start the example, wait (bounded), stop its whole session, and fill in its table row."""
         settings = run.settings
         root = str(self.config.rootpath)
@@ -326,8 +330,9 @@ class ExampleItem(pytest.Item):
                 record.peak_gpu_mib = peaks.gpu_mib
                 record.exit = "timeout" if ended.timed_out else procs.signal_name(proc.returncode)
                 record.killed = ended.killed
+        pids = guard.context_pids(self.config, {proc.pid, *peaks.seen}) if gpu_example else None
         record.released = wait_released(gpu, record.gpu_before_mib, settings.vram_tolerance_mb,
-                                        settings.release_timeout).text()
+                                        settings.release_timeout, pids=pids).text()
         record.gpu_after_mib = gpu.device_used_mib() if gpu else None
         return ended, out, err
 

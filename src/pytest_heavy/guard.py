@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from .cleanup import cuda_initialized
-from .state import Run
+from .state import RUN, Run
 
 # The inode of the initial (host) pid namespace: a fixed kernel constant (PROC_PID_INIT_INO). Comparing
 # with /proc/1/ns/pid would not do: inside a container, pid 1 shares the container's namespace.
@@ -113,6 +113,7 @@ class ContextGuard:
         # assumed compute mode still are, which is how a DEFAULT-mode machine rehearses the trap.
         self.indices = sorted({g.index for g in hw.gpus}) if "gpus" not in hw.assumed else []
         self.held = False
+        self.last: str | None = None  # node id of the last in-parent test observed
         self.offender: str | None = None  # node id of the first test after which a context was held
         self.where = ""  # "after <that test>", or BEFORE_TESTS
         self.detail = ""  # how the context was found
@@ -137,6 +138,7 @@ class ContextGuard:
 
     def observe(self, nodeid: str | None) -> None:
         """Record the first time the parent is seen holding a context (nodeid None: before any test)."""
+        self.last = nodeid or self.last
         if self.held:
             return
         held, detail = self.check()
@@ -176,6 +178,30 @@ class ContextGuard:
 
 
 GUARD = pytest.StashKey[ContextGuard]()
+
+
+def refusal(config: pytest.Config, what: str) -> str | None:
+    """Why the GPU process for ``what`` must not start, or None when it may.
+
+    Only on GPUs in EXCLUSIVE_PROCESS mode without MPS, and only once the parent holds a CUDA context:
+    the child would certainly fail with 'device busy', so its tests fail at once with the cause instead.
+    A fresh check runs first, since a context can appear between two observations (a fixture's teardown).
+    """
+    guard = get(config)
+    if guard is None or not config.stash[RUN].hardware.parent_trap_risk:
+        return None
+    guard.observe(guard.last)
+    if not guard.held:
+        return None
+    return f"{what} was not started: {guard.describe()}"
+
+
+def context_pids(config: pytest.Config, pids: set[int]) -> set[int] | None:
+    """The pids whose CUDA contexts must be gone before the next GPU process starts, or None when
+    there is nothing to wait for (no parent trap, or NVML's host pids are not comparable with ours)."""
+    if not config.stash[RUN].hardware.parent_trap_risk or not pids_comparable()[0]:
+        return None
+    return pids
 
 
 def register(config: pytest.Config, run: Run) -> None:

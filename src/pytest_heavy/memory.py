@@ -134,15 +134,17 @@ class Release:
 
 
 def wait_released(gpu: GpuReader | None, baseline_mib: int | None, tolerance_mib: int,
-                  timeout: float, poll: float = 0.2) -> Release:
-    """Poll until device memory is within ``tolerance_mib`` of ``baseline_mib`` or ``timeout`` passes."""
+                  timeout: float, poll: float = 0.2, pids: set[int] | None = None) -> Release:
+    """Poll until device memory is within ``tolerance_mib`` of ``baseline_mib`` and none of ``pids``
+    is still a compute process (its CUDA context is gone), or ``timeout`` passes."""
     if gpu is None or baseline_mib is None:
         return Release(ok=None)
     start = time.monotonic()
     while True:
         used = gpu.device_used_mib()
         waited = time.monotonic() - start
-        if used <= baseline_mib + tolerance_mib:
+        listed = set(gpu.process_usage_mib()) & pids if pids else set()
+        if used <= baseline_mib + tolerance_mib and not listed:
             return Release(ok=True, seconds=waited)
         if waited >= timeout:
             holders = []
@@ -151,5 +153,5 @@ def wait_released(gpu: GpuReader | None, baseline_mib: int | None, tolerance_mib
                     holders.append(f"{procs.describe(psutil.Process(pid))} {mib} MiB")
                 except psutil.Error:
                     holders.append(f"pid {pid} {mib} MiB")
-            return Release(ok=False, seconds=waited, held_mib=used - baseline_mib, holders=holders)
+            return Release(ok=False, seconds=waited, held_mib=max(used - baseline_mib, 0), holders=holders)
         time.sleep(poll)
