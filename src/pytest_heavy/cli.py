@@ -73,9 +73,9 @@ def doctor(args: argparse.Namespace) -> int:
     print(f"CI mode (CICD=1): {'on' if doc['cicd'] else 'off'}; isolation: {doc['isolate']}; "
           f"start method: {doc['start']}")
     if doc["parent_trap_risk"]:
-        print("PARENT TRAP RISK: a GPU is in EXCLUSIVE_PROCESS mode and MPS is not running. A CUDA context in "
-              "the pytest parent would make every GPU child fail with 'device busy'. Start MPS "
-              "(make mps-start) or split the run (pytest-heavy split N).")
+        print("PARENT TRAP RISK: a GPU is in EXCLUSIVE_PROCESS mode and MPS is not running. "
+              "A CUDA context in the pytest parent would make every GPU child fail with 'device busy'. "
+              "Start MPS (make mps-start) or split the run (pytest-heavy split N).")
     else:
         print("parent trap: no risk here")
     print("tiers:")

@@ -76,7 +76,8 @@ class UnitRun:
 
 
 class Controller:
-    def __init__(self, session: pytest.Session, run: Run, launchers: dict[str, Launcher], method: str) -> None:
+    def __init__(self, session: pytest.Session, run: Run, launchers: dict[str, Launcher],
+                 method: str) -> None:
         self.session = session
         self.config = session.config
         self.hook = session.config.hook
@@ -95,7 +96,7 @@ class Controller:
 
     def run_units(self, units: list[Unit]) -> None:
         parent_items = [item for unit in units if unit.module is None for item in unit.items]
-        next_parent = dict(zip(parent_items, [*parent_items[1:], None]))
+        next_parent = dict(zip(parent_items, [*parent_items[1:], None], strict=True))
         try:
             for unit in units:
                 if self.stopping():
@@ -235,7 +236,8 @@ class Controller:
                 attempt.progress = True
             self.hook.pytest_runtest_logstart(nodeid=nodeid, location=tuple(event["location"]))
         elif kind == "report":
-            report = self.hook.pytest_report_from_serializable(config=self.config, data=wire.tuples(event["data"]))
+            data = wire.tuples(event["data"])
+            report = self.hook.pytest_report_from_serializable(config=self.config, data=data)
             self.log_report(ur, report)
         elif kind == "logfinish":
             ur.current = None
@@ -276,8 +278,8 @@ class Controller:
         now = time.time()
         report = pytest.TestReport(
             nodeid=nodeid, location=item.location, keywords={k: 1 for k in item.keywords},
-            outcome="failed" if message else "passed", longrepr=failure_repr(item, message) if message else None,
-            when=when,
+            outcome="failed" if message else "passed", when=when,  # type: ignore[arg-type]
+            longrepr=failure_repr(item, message) if message else None,
             sections=[], duration=0.0, start=now, stop=now, user_properties=[],
         )
         self.log_report(ur, report)
@@ -362,7 +364,8 @@ class Controller:
         ur.record.peak_rss_mib = max(ur.record.peak_rss_mib, peaks.rss_mib)
         if peaks.gpu_mib is not None:
             ur.record.peak_gpu_mib = max(ur.record.peak_gpu_mib or 0.0, peaks.gpu_mib)
-        status = "timeout" if attempt.timed_out else procs.signal_name(returncode if returncode is not None else -9)
+        died = procs.signal_name(returncode if returncode is not None else -signal.SIGKILL)
+        status = "timeout" if attempt.timed_out else died
         ur.statuses.append("stopped" if attempt.stop_sent and not ur.current else status)
         broken = ur.current is not None or (ur.pending and not attempt.stop_sent)
         if broken:

@@ -21,7 +21,8 @@ def vram_gib(mark: pytest.Mark) -> float:
     try:
         gib = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise ValueError(f"requires_vram expects a number of GiB, e.g. requires_vram(24); got {value!r}") from None
+        raise ValueError(f"requires_vram expects a number of GiB, e.g. requires_vram(24); "
+                         f"got {value!r}") from None
     if gib <= 0:
         raise ValueError(f"requires_vram expects a positive number of GiB; got {value!r}")
     return gib

@@ -159,7 +159,8 @@ def parse_assume(spec: str) -> dict[str, str]:
     if "compute_mode" in fields:
         mode = fields["compute_mode"].lower()
         if mode not in COMPUTE_MODES.values():
-            raise AssumeError(f"compute_mode: expected one of {', '.join(COMPUTE_MODES.values())}, got {mode!r}")
+            choices = ", ".join(COMPUTE_MODES.values())
+            raise AssumeError(f"compute_mode: expected one of {choices}, got {mode!r}")
         fields["compute_mode"] = mode
     if "mps" in fields and fields["mps"].lower() not in ("on", "off", "1", "0", "true", "false", "yes", "no"):
         raise AssumeError(f"mps: expected on or off, got {fields['mps']!r}")
@@ -356,6 +357,7 @@ def probe(assume: str | None = None) -> Hardware:
     import psutil
 
     fields = parse_assume(assume) if assume else {}
+    gpus: tuple[GPU, ...]
     if "gpus" in fields:
         gpus, reason, driver = (), "", ""
     else:

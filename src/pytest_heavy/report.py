@@ -20,13 +20,13 @@ def gated_summary(tr: pytest.TerminalReporter, gated: dict[str, list[str]]) -> N
     if not gated:
         return
     total = sum(len(ids) for ids in gated.values())
+    parts = [counted(len(ids), reason) for reason, ids in sorted(gated.items(), key=lambda kv: -len(kv[1]))]
     chars = tr.reportchars if hasattr(tr, "reportchars") else ""
     if "s" in chars or "a" in chars or "A" in chars:
         tr.write_sep("-", "gated tests (pytest-heavy)")
-        for reason, ids in sorted(gated.items(), key=lambda kv: -len(kv[1])):
-            tr.write_line(counted(len(ids), reason))
+        for part in parts:
+            tr.write_line(part)
     else:
-        parts = [counted(len(ids), reason) for reason, ids in sorted(gated.items(), key=lambda kv: -len(kv[1]))]
         tr.write_line(f"pytest-heavy: {total} gated: {'; '.join(parts)} (-rs for details)")
 
 
@@ -86,7 +86,7 @@ def heavy_table(tr: pytest.TerminalReporter, records: list[HeavyRecord]) -> None
                      _mib(r.peak_gpu_mib), r.released, exit_))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
-        tr.write_line("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        tr.write_line("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     for r in records:
         for victim in r.killed:
             tr.write_line(f"{r.unit}: killed leftover process {victim}")

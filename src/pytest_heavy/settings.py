@@ -56,8 +56,8 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption("--heavy-report", default=None, metavar="PATH",
                     help="write the heavy-modules table as JSON")
     group.addoption("--heavy-assume", default=None, metavar="SPEC",
-                    help="plan for another machine, e.g. gpus=1x80GiB,ram=128GiB,compute_mode=exclusive_process,"
-                         "mps=off (env PYTEST_HEAVY_ASSUME)")
+                    help="plan for another machine, e.g. gpus=1x80GiB,ram=128GiB,"
+                         "compute_mode=exclusive_process,mps=off (env PYTEST_HEAVY_ASSUME)")
     group.addoption("--heavy-split", default=None, metavar="i/N",
                     help="keep subset i of N (1-based), balanced by recorded durations")
     group.addoption("--heavy-split-by", choices=("item", "module"), default="item",

@@ -28,7 +28,8 @@ def deselect_slow(config: pytest.Config, settings: Settings, items: list[pytest.
     """Drop slow tests from ``items`` in place, reporting them as deselected."""
     if slow_is_selected(config, settings):
         return
-    keep, drop = [], []
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
     for item in items:
         (drop if item.get_closest_marker("slow") else keep).append(item)
     if drop:

@@ -29,7 +29,8 @@ def resolve(settings: Settings, forkserver: ForkserverLauncher | None) -> str:
     return "forkserver" if forkserver is not None else "spawn"
 
 
-def launchers(session: pytest.Session, method: str, forkserver: ForkserverLauncher | None) -> dict[str, Launcher]:
+def launchers(session: pytest.Session, method: str,
+              forkserver: ForkserverLauncher | None) -> dict[str, Launcher]:
     """The chosen launcher plus spawn, the fallback every other method may need."""
     capture = session.config.option.capture != "no"
     found: dict[str, Launcher] = {"spawn": SpawnLauncher(session.config, capture)}

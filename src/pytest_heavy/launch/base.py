@@ -145,5 +145,6 @@ def fork_unsafe_reason() -> str | None:
         return "CUDA is initialized in this process"
     threads = foreign_threads()
     if threads:
-        return f"{threads} other thread{'s' if threads > 1 else ''} running (e.g. an OpenMP pool started by a torch op)"
+        plural = "s" if threads > 1 else ""
+        return f"{threads} other thread{plural} running (e.g. an OpenMP pool started by a torch op)"
     return None
