@@ -96,7 +96,7 @@ class Controller:
 
     def run_units(self, units: list[Unit]) -> None:
         parent_items = [item for unit in units if unit.module is None for item in unit.items]
-        next_parent = dict(zip(parent_items, [*parent_items[1:], None], strict=True))
+        next_parent = dict(zip(parent_items, [*parent_items[1:], None], strict=False))  # no items: no pairs
         try:
             for unit in units:
                 if self.stopping():
