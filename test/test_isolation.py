@@ -295,12 +295,20 @@ def test_forkserver_preloads_once(iso):
     body = ("import sys, pytest\npytestmark = pytest.mark.requires_heavy_ram\n"
             "def test_preloaded(): assert 'decimal' in sys.modules\n")
     iso.makepyfile(test_p1=body, test_p2=body)
-    iso.makeconftest("import os, threading, time\nif not os.environ.get('PYTEST_HEAVY_CHILD'):\n"
-                     "    threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n")
-    # the parent is multi-threaded, so auto cannot fork it; the server (a child) can fork
+    # auto: the parent could fork safely, but only the server has the preloaded modules already imported
     result = iso.runpytest_subprocess()
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["test_p1.py *forkserver*", "test_p2.py *forkserver*"])
+
+
+def test_a_run_without_heavy_modules_does_not_wait_for_the_preload(iso):
+    """The server starts preloading before collection; when no child is needed it is stopped, not awaited."""
+    iso.makeini("[pytest]\nheavy_ram_gb = 4\nheavy_preload = slow_import\n")
+    iso.makepyfile(slow_import="import pathlib, time\ntime.sleep(5)\npathlib.Path('imported').touch()\n",
+                   test_light="def test_x(): pass\n")
+    iso.runpytest_subprocess().assert_outcomes(passed=1)
+    time.sleep(6)
+    assert not (iso.path / "imported").exists()  # the server was killed mid-import
 
 
 def test_pdb_turns_isolation_off_with_a_warning(iso):

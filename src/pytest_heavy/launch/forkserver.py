@@ -137,11 +137,14 @@ class ForkserverLauncher:
         return pipes.started(ServerChild(reply["pid"], self))
 
     def close(self) -> None:
+        preloading = not self._ready.is_set()  # read first: closing the socket wakes the reader, which sets it
         try:  # shutdown, not just close: our reader thread is blocked in recv on this socket
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
         self._sock.close()
+        if preloading:  # a run that needed no child must not wait for the server's imports
+            self._popen.kill()
         try:
             self._popen.wait(timeout=10)
         except subprocess.TimeoutExpired:
