@@ -5,7 +5,7 @@ them: collection reads only the leading comment lines, and each example runs in 
 own, in its own process session, with its output drained concurrently, a timeout that dumps its
 Python stacks before killing it, and the same memory accounting and report rows as isolated modules.
 
-Header grammar (docs/examples.md): the leading comment lines of the file hold one line
+Header grammar (docs/examples/README.md): the leading comment lines of the file hold one line
 ``# pytest: marker, marker(args), option=value``. Markers become real markers on the item, so
 ``-m``, tiers, ``CICD=1`` and hardware gating treat an example exactly like a test. Options:
 ``timeout=SECONDS``, ``skip`` / ``skip_always`` (or ``skip="reason"``).

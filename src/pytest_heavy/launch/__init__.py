@@ -1,8 +1,9 @@
 """How a child starts: spawn, fork or forkserver, behind one ``Launcher`` protocol.
 
 ``resolve`` turns ``auto`` into the fastest method that is safe in this parent right now:
-fork when the parent is single-threaded without a CUDA context, else forkserver when
-``heavy_preload`` is set, else spawn. Spawn is always available as the fallback.
+forkserver when ``heavy_preload`` is set (the modules share heavy imports that a fork of a parent
+without them would pay per child), else fork when the parent is single-threaded without a CUDA
+context, else spawn. Spawn is always available as the fallback.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ def wants_forkserver(settings: Settings) -> bool:
 def resolve(settings: Settings, forkserver: ForkserverLauncher | None) -> str:
     if settings.start != "auto":
         return settings.start
-    if fork_unsafe_reason() is None:
-        return "fork"
-    return "forkserver" if forkserver is not None else "spawn"
+    if forkserver is not None:  # heavy_preload named the shared heavy imports: pay them once, not per child
+        return "forkserver"
+    return "fork" if fork_unsafe_reason() is None else "spawn"
 
 
 def launchers(session: pytest.Session, method: str,
