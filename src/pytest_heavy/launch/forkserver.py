@@ -137,7 +137,7 @@ class ForkserverLauncher:
         return pipes.started(ServerChild(reply["pid"], self))
 
     def close(self) -> None:
-        preloading = not self._ready.is_set()  # read first: closing the socket wakes the reader, which sets it
+        preloading = not self._ready.is_set()  # first: closing the socket wakes the reader, which sets it
         try:  # shutdown, not just close: our reader thread is blocked in recv on this socket
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
