@@ -226,6 +226,27 @@ def test_scripts_export_for_eval(env):
     assert "stopped" in result.stderr and not fake_daemons(pipe)
 
 
+def test_a_pytest_run_after_mps_start_uses_the_users_daemon(env, tmp_path):
+    """No exports in this shell: the plugin finds the per-user daemon and points every CUDA client at it."""
+    dirs, _ = mps.start(env)
+    (tmp_path / "pytest.ini").write_text("[pytest]\nheavy_ram_gb = 4\n")
+    (tmp_path / "test_gpu.py").write_text(
+        "import os, pytest\n"
+        "@pytest.mark.requires_gpu\n"
+        f"def test_sees_the_daemon(): assert os.environ['CUDA_MPS_PIPE_DIRECTORY'] == {str(dirs.pipe)!r}\n")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                             "--heavy-assume", "gpus=1x80GiB,compute_mode=exclusive_process,ram=16GiB"],
+                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout
+    assert "MPS on" in result.stdout and "heavy modules" not in result.stdout  # no parent trap: no routing
+    mps.stop(env)
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                             "--heavy-assume", "gpus=1x80GiB,compute_mode=exclusive_process,ram=16GiB"],
+                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert "MPS off" in result.stdout and "heavy modules" in result.stdout  # stopped: routed, unset again
+    assert result.returncode == 1
+
+
 WITH_MPS_CMD = [sys.executable, "-c",
                 "import os, sys; print('cmd sees', os.environ.get('CUDA_MPS_PIPE_DIRECTORY')); sys.exit(7)"]
 

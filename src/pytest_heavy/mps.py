@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,24 @@ def tool_dirs(env: dict[str, str] | None = None) -> Dirs:
     pipe = Path(env.get("CUDA_MPS_PIPE_DIRECTORY") or base / f"nvidia-mps-{user}")
     log = Path(env.get("CUDA_MPS_LOG_DIRECTORY") or base / f"nvidia-mps-{user}-log")
     return Dirs(pipe=pipe.absolute(), log=log.absolute())
+
+
+def adopt(env: MutableMapping[str, str]) -> Dirs | None:
+    """Point CUDA clients at this user's daemon (``pytest-heavy mps start``) when nothing else is chosen.
+
+    Without CUDA_MPS_PIPE_DIRECTORY, CUDA looks in the driver's default directory; a daemon started by
+    ``make mps-start`` in another shell lives in the per-user one. When only the latter is alive, its
+    directories are set in ``env`` (the pytest parent's environment, copied to every child), so a run
+    after ``make mps-start`` uses MPS without the ``eval`` of its exports.
+    """
+    if "CUDA_MPS_PIPE_DIRECTORY" in env or find_daemon(Path(DEFAULT_PIPE_DIR)) is not None:
+        return None
+    dirs = tool_dirs(dict(env))
+    if find_daemon(dirs.pipe) is None:
+        return None
+    env["CUDA_MPS_PIPE_DIRECTORY"] = str(dirs.pipe)
+    env.setdefault("CUDA_MPS_LOG_DIRECTORY", str(dirs.log))
+    return dirs
 
 
 def find_binary(env: dict[str, str]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Generator
 
 import pytest
@@ -16,6 +17,7 @@ from . import (
     hooks,
     launch,
     markers,
+    mps,
     plan,
     procs,
     report,
@@ -45,6 +47,7 @@ def pytest_configure(config: pytest.Config) -> None:
     markers.register(config, settings.gpu_markers + settings.isolate_markers)
     hw = hardware.from_env() if settings.child else None
     if hw is None:
+        mps.adopt(os.environ)  # before the probe, which then sees the daemon, and before any CUDA client
         try:
             hw = hardware.probe(settings.assume or None)
         except hardware.AssumeError as exc:
