@@ -16,4 +16,5 @@ def heavy_pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -
     pytester.makeini("[pytest]\nheavy_ram_gb = 4\n")
     monkeypatch.setenv("PYTEST_HEAVY_ASSUME", "gpus=0,ram=16GiB")
     monkeypatch.delenv("CICD", raising=False)
+    monkeypatch.delenv("COVERAGE_FILE", raising=False)  # a tox env's: generated sessions keep their own
     return pytester

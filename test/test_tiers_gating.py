@@ -1,6 +1,7 @@
 """Tiers, gating and overrides, each proved by a real pytest session."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -204,3 +205,15 @@ def test_doctor_json(tmp_path):
                            "gpus=1x80GiB,compute_mode=exclusive_process,mps=off"],
                           capture_output=True, text=True, cwd=tmp_path, check=True)
     assert "PARENT TRAP RISK" in text.stdout
+
+
+def test_doctor_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`pytest-heavy doctor | head -1`: the reader left before doctor wrote; no traceback, exit 0."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        run = subprocess.run([sys.executable, "-m", "pytest_heavy.cli", "doctor"], stdout=write_end,
+                             stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in run.stderr and run.returncode == 0, run.stderr
