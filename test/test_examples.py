@@ -396,3 +396,14 @@ def test_dash_s_streams_the_output_live(ex: pytest.Pytester) -> None:
     assert "Captured std" not in result.stdout.str()
     result.stdout.fnmatch_lines(["docs/examples/talks.py::example failed: exit 1", "last 40 lines of stderr:",
                                  "LIVE-ERR"])
+
+
+def test_an_example_with_an_isolation_marker_is_not_wrapped_in_a_second_process(ex: pytest.Pytester) -> None:
+    """Two heavy modules make isolation start; the example still runs once, as its own subprocess."""
+    heavy = "import pytest\npytestmark = pytest.mark.requires_heavy_ram\ndef test_x(): pass\n"
+    ex.makepyfile(test_h1=heavy, test_h2=heavy)
+    write(ex, "docs/examples/big.py", "# pytest: requires_heavy_ram\nprint('loaded')\n")
+    result = ex.runpytest("-rA", "--heavy-start", "fork")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["docs/examples/big.py::example * 1 passed * subprocess *exit 0",
+                                 "test_h1.py * fork *", "test_h2.py * fork *"])

@@ -84,6 +84,7 @@ class TreeMonitor:
         self._gpu = gpu
         self._interval = interval
         self._stop = threading.Event()
+        self._sample()  # now, not when the thread first runs: a quick process may be gone by then
         self._thread = threading.Thread(target=self._run, name=f"heavy-monitor-{pid}", daemon=True)
         self._thread.start()
 
@@ -104,10 +105,8 @@ class TreeMonitor:
             self.peaks.gpu_mib = max(self.peaks.gpu_mib or 0.0, float(gpu))
 
     def _run(self) -> None:
-        while True:
+        while not self._stop.wait(self._interval):
             self._sample()
-            if self._stop.wait(self._interval):
-                return
 
     def stop(self) -> Peaks:
         self._stop.set()

@@ -1,7 +1,7 @@
 """Which items run where: in the parent, or in a child process per heavy module.
 
 A module is heavy when a selected, not-skipped test in it carries a ``heavy_isolate_markers``
-marker. In EXCLUSIVE_PROCESS mode without MPS, every test with a GPU marker is routed into a child
+marker (examples excepted: each already runs in its own process). In EXCLUSIVE_PROCESS mode without MPS, every test with a GPU marker is routed into a child
 too (one GPU child at a time), since only one process per GPU may hold a CUDA context.
 """
 
@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from .examples import ExampleItem
 from .gating import gpu_marker
 from .hardware import Hardware
 from .markers import names
@@ -52,7 +53,8 @@ def plan(items: list[pytest.Item], settings: Settings, hw: Hardware) -> list[Uni
         if _skipped(item):
             continue
         marker_names = names(item)
-        if any(m in marker_names for m in settings.isolate_markers):
+        # An example already runs in a process of its own: isolation markers add nothing but a second one.
+        if not isinstance(item, ExampleItem) and any(m in marker_names for m in settings.isolate_markers):
             heavy.setdefault(module_of(item), False)
         if route_gpu and gpu_marker(marker_names, settings):
             heavy[module_of(item)] = True
