@@ -1,8 +1,9 @@
 """Which items run where: in the parent, or in a child process per heavy module.
 
 A module is heavy when a selected, not-skipped test in it carries a ``heavy_isolate_markers``
-marker (examples excepted: each already runs in its own process). In EXCLUSIVE_PROCESS mode without MPS, every test with a GPU marker is routed into a child
-too (one GPU child at a time), since only one process per GPU may hold a CUDA context.
+marker (examples excepted: each already runs in its own process). In EXCLUSIVE_PROCESS mode without
+MPS, every test with a GPU marker is routed into a child too (one GPU child at a time), since only one
+process per GPU may hold a CUDA context.
 """
 
 from __future__ import annotations
