@@ -1,7 +1,6 @@
 """Heavy-module isolation, end to end: each test runs a real pytest session in a subprocess."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -124,7 +123,8 @@ def test_a(loaded): assert loaded == os.getpid()
 def test_b(loaded): assert loaded == os.getpid()
 """
     iso.makepyfile(test_m1=body, test_m2=body)
-    iso.makeconftest("import os\ndef pytest_sessionfinish():\n    open('parent.txt','w').write(str(os.getpid()))\n")
+    iso.makeconftest("import os\ndef pytest_sessionfinish():\n"
+                     "    open('parent.txt','w').write(str(os.getpid()))\n")
     iso.runpytest_subprocess().assert_outcomes(passed=4)
     setups = (iso.path / "setups.txt").read_text().split("\n")[:-1]
     assert len(setups) == 2, setups  # one setup per module
@@ -172,8 +172,9 @@ def test_last(): pass
 
 @pytest.mark.parametrize("method", METHODS)
 def test_crash_costs_one_test_and_the_rest_runs_in_a_fresh_child(iso, method):
-    iso.makepyfile(test_crash=CRASH_SUITE, test_other="import pytest\npytestmark = pytest.mark.requires_heavy_ram\n"
-                                                      "def test_fine(): pass\n")
+    iso.makepyfile(test_crash=CRASH_SUITE,
+                   test_other="import pytest\npytestmark = pytest.mark.requires_heavy_ram\n"
+                              "def test_fine(): pass\n")
     result = iso.runpytest_subprocess("-rA", "--heavy-start", method, "--junitxml=out.xml")
     result.assert_outcomes(passed=4, failed=2)
     result.stdout.fnmatch_lines([
@@ -196,8 +197,9 @@ def test_crash_before_any_test_fails_every_test_once(iso):
                    test_ok="import pytest\npytestmark = pytest.mark.requires_heavy_ram\ndef test_c(): pass\n")
     result = iso.runpytest_subprocess("-rA")
     result.assert_outcomes(passed=1, errors=2)  # each crash costs one test: the restart crashes too
-    result.stdout.fnmatch_lines(["ERROR test_dies.py::test_a - child process for test_dies.py died with exit 9*",
-                                 "ERROR test_dies.py::test_b - child process for test_dies.py died with exit 9*"])
+    died = "child process for test_dies.py died with exit 9*"
+    result.stdout.fnmatch_lines([f"ERROR test_dies.py::test_a - {died}",
+                                 f"ERROR test_dies.py::test_b - {died}"])
 
 
 def test_timeout_dumps_stacks_and_the_module_goes_on(iso):
@@ -287,7 +289,8 @@ def test_matmul():
     result.stdout.fnmatch_lines(["test_t1.py *spawn*", "test_t2.py *spawn*"])
     result = iso.runpytest_subprocess("--heavy-start", "fork", "--heavy-timeout", "120")
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["*fork is unsafe here*OpenMP*children start with spawn*", "test_t1.py *spawn*"])
+    result.stdout.fnmatch_lines(["*fork is unsafe here*OpenMP*children start with spawn*",
+                                 "test_t1.py *spawn*"])
 
 
 def test_forkserver_preloads_once(iso):
@@ -321,7 +324,8 @@ def test_pdb_turns_isolation_off_with_a_warning(iso):
 
 
 def test_dash_s_streams_child_output_live(iso):
-    body = "import pytest\npytestmark = pytest.mark.requires_heavy_ram\ndef test_x(): print('LIVE-FROM-CHILD')\n"
+    body = ("import pytest\npytestmark = pytest.mark.requires_heavy_ram\n"
+            "def test_x(): print('LIVE-FROM-CHILD')\n")
     iso.makepyfile(test_a=body, test_b=body)
     result = iso.runpytest_subprocess("-s", "--heavy-start", "spawn")
     assert result.stdout.str().count("LIVE-FROM-CHILD") == 2

@@ -153,7 +153,7 @@ def test_probe_skips_the_binding_without_the_library(monkeypatch):
 
 
 def test_doctor_reports_the_parent_trap_from_nvml(tmp_path):
-    """A real process with the fake binding on PYTHONPATH (imported first, as on a machine with the driver)."""
+    """A real process with the fake binding on PYTHONPATH (imported first, as on a machine with a driver)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_HEAVY_", "CUDA_"))}
     env.update(PYTHONPATH=str(FAKES), FAKE_PYNVML=json.dumps({"devices": [H100]}),
                CUDA_MPS_PIPE_DIRECTORY=str(tmp_path / "no-mps"))
@@ -164,7 +164,8 @@ def test_doctor_reports_the_parent_trap_from_nvml(tmp_path):
     doc = json.loads(done.stdout)
     assert doc["parent_trap_risk"] is True
     assert doc["hardware"]["driver"] == "550.54.15" and not doc["hardware"]["mps"]
-    assert [(g["uuid"], g["compute_mode"]) for g in doc["hardware"]["gpus"]] == [(H100["uuid"], "exclusive_process")]
+    gpus = [(g["uuid"], g["compute_mode"]) for g in doc["hardware"]["gpus"]]
+    assert gpus == [(H100["uuid"], "exclusive_process")]
     assert "no MPS control pipe" in doc["hardware"]["mps_detail"]
 
 
@@ -263,12 +264,13 @@ def test_guard_reports_a_context_made_before_any_test(guarded):
     guarded.makepyfile(test_late="def test_one(): pass")
     result = guarded.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*CUDA context, first seen before the first test (a conftest, plugin or test "
-                                 "module import)*"])
+    result.stdout.fnmatch_lines(["*CUDA context, first seen before the first test (a conftest, plugin or "
+                                 "test module import)*"])
     assert offender(guarded) == "None"
 
 
-@pytest.mark.skipif(not guard.pids_comparable()[0], reason="in a pid namespace NVML's pids are not comparable")
+@pytest.mark.skipif(not guard.pids_comparable()[0],
+                    reason="in a pid namespace NVML's pids are not comparable")
 def test_guard_sees_a_context_through_nvml(heavy_pytester, monkeypatch):
     """Real (fake) GPUs, no torch: only NVML's process list can show the context."""
     monkeypatch.setenv("PYTHONPATH", str(FAKES))
@@ -286,6 +288,6 @@ def test_guard_sees_a_context_through_nvml(heavy_pytester, monkeypatch):
     result = heavy_pytester.runpytest_subprocess("-p", "pynvml", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(["heavy: 1x NVIDIA H100 80GB HBM3 80GiB (default)*",
-                                 "*first seen after test_nv.py::test_context (NVML lists pytest's pid * on GPU 0, "
-                                 "500 MiB)*"])
+                                 "*first seen after test_nv.py::test_context (NVML lists pytest's pid * "
+                                 "on GPU 0, 500 MiB)*"])
     assert offender(heavy_pytester) == "'test_nv.py::test_context'"

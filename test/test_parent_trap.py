@@ -48,11 +48,13 @@ def trap(heavy_pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> py
 def test_gpu_child_is_refused_and_the_offending_test_named(trap: pytest.Pytester) -> None:
     result = trap.runpytest_subprocess("-rA", "-p", "no:cacheprovider", "--heavy-assume", EXCLUSIVE)
     result.assert_outcomes(passed=1, errors=3)
-    first_seen = "the pytest parent holds a CUDA context, first seen after test_a_parent.py::test_makes_context"
+    first_seen = ("the pytest parent holds a CUDA context, first seen after "
+                  "test_a_parent.py::test_makes_context")
     result.stdout.fnmatch_lines([
         f"test_b_gpu.py::test_on_gpu: the child process for test_b_gpu.py was not started: {first_seen}*",
         "test_b_gpu.py::test_cpu_neighbour: the child process for test_b_gpu.py was not started*",
-        "z_examples/gpu_example.py::example: the child process for z_examples/gpu_example.py was not started*",
+        "z_examples/gpu_example.py::example: the child process for z_examples/gpu_example.py "
+        "was not started*",
     ])
     out = result.stdout.str()
     assert "make mps-start" in out and "pytest-heavy split N" in out and "requires_gpu_isolation" in out
@@ -65,8 +67,9 @@ def test_a_gpu_example_run_by_the_parent_is_refused_too(trap: pytest.Pytester) -
     result = trap.runpytest_subprocess("-rA", "-p", "no:cacheprovider", "--heavy-assume", EXCLUSIVE,
                                        "--heavy-isolate", "never")
     result.assert_outcomes(passed=3, failed=1)
-    result.stdout.fnmatch_lines(["example z_examples/gpu_example.py::example was not started: the pytest parent "
-                                 "holds a CUDA context, first seen after test_a_parent.py::test_makes_context*",
+    result.stdout.fnmatch_lines(["example z_examples/gpu_example.py::example was not started: the pytest "
+                                 "parent holds a CUDA context, first seen after "
+                                 "test_a_parent.py::test_makes_context*",
                                  "FAILED z_examples/gpu_example.py::example*"])
 
 
@@ -99,4 +102,4 @@ def test_hold():
     spans = sorted(tuple(map(float, line.split())) for line in
                    (heavy_pytester.path / "spans.txt").read_text().splitlines())
     assert len(spans) == 3
-    assert all(earlier[1] <= later[0] for earlier, later in zip(spans, spans[1:])), spans
+    assert all(earlier[1] <= later[0] for earlier, later in zip(spans, spans[1:], strict=False)), spans

@@ -85,7 +85,8 @@ def test_cicd_skips_qualitative_with_reason(suite, monkeypatch):
 def test_ram_gate_names_both_numbers(suite, monkeypatch):
     monkeypatch.setenv("PYTEST_HEAVY_ASSUME", "gpus=0,ram=2GiB")
     result = suite.runpytest("-rs")
-    result.stdout.fnmatch_lines(["*needs 4 GiB RAM (requires_heavy_ram, heavy_ram_gb): this machine has 2.0 GiB*"])
+    result.stdout.fnmatch_lines(["*needs 4 GiB RAM (requires_heavy_ram, heavy_ram_gb): "
+                                 "this machine has 2.0 GiB*"])
     suite.runpytest("-rs", "--ignore-ram-check").assert_outcomes(passed=3, skipped=4, deselected=1)
 
 
@@ -96,7 +97,8 @@ def test_vram_gate_and_gpu_override(suite):
         "*needs vllm (vllm marker): the vllm package is not installed*",
     ])
     result.assert_outcomes(passed=5, skipped=2, deselected=1)
-    suite.runpytest("--heavy-assume", "gpus=2x80GiB,ram=64GiB").assert_outcomes(passed=6, skipped=1, deselected=1)
+    result = suite.runpytest("--heavy-assume", "gpus=2x80GiB,ram=64GiB")
+    result.assert_outcomes(passed=6, skipped=1, deselected=1)
 
 
 def test_ignore_gpu_check_runs_gpu_tests(suite):
@@ -115,13 +117,15 @@ def test_gated_summary_groups_reasons(suite):
     result = suite.runpytest("-rs")
     result.stdout.fnmatch_lines(["*gated tests (pytest-heavy)*", "4 need a GPU (--heavy-assume gpus=0)"])
     result = suite.runpytest()
-    result.stdout.fnmatch_lines(["pytest-heavy: 4 gated: 4 need a GPU (--heavy-assume gpus=0) (-rs for details)"])
+    result.stdout.fnmatch_lines(["pytest-heavy: 4 gated: 4 need a GPU (--heavy-assume gpus=0) "
+                                 "(-rs for details)"])
 
 
 def test_header_shows_hardware_and_tier(suite):
     result = suite.runpytest("--heavy-assume", "gpus=1x80GiB,compute_mode=exclusive_process,mps=off")
     result.stdout.fnmatch_lines([
-        "heavy: 1x assumed GPU 80GiB (exclusive_process); MPS off; RAM *GiB; * CPUs [[]assumed: gpus,compute_mode,mps[]]",
+        "heavy: 1x assumed GPU 80GiB (exclusive_process); MPS off; RAM *GiB; * CPUs "
+        "[[]assumed: gpus,compute_mode,mps[]]",
         "heavy tier: default tier; slow: deselected",
     ])
 
@@ -153,7 +157,8 @@ def test_bad_requires_vram_argument_names_the_test(heavy_pytester):
     heavy_pytester.makepyfile("import pytest\n@pytest.mark.requires_vram('a lot')\ndef test_x(): pass\n")
     result = heavy_pytester.runpytest("--heavy-assume", "gpus=1x8GiB")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*test_bad_requires_vram_argument_names_the_test.py::test_x: requires_vram expects*"])
+    result.stderr.fnmatch_lines(["*test_bad_requires_vram_argument_names_the_test.py::test_x: "
+                                 "requires_vram expects*"])
 
 
 def test_parent_never_imports_torch(heavy_pytester):
@@ -162,7 +167,8 @@ import sys
 def pytest_sessionfinish(session):
     print("TORCH-IN-PARENT", "torch" in sys.modules, "pynvml" in sys.modules)
 """)
-    heavy_pytester.makepyfile("import pytest\n@pytest.mark.requires_gpu\ndef test_x(): pass\ndef test_y(): pass\n")
+    heavy_pytester.makepyfile("import pytest\n@pytest.mark.requires_gpu\ndef test_x(): pass\n"
+                              "def test_y(): pass\n")
     result = heavy_pytester.runpytest_subprocess("-s", "--heavy-assume", "ram=16GiB")
     result.stdout.fnmatch_lines(["*TORCH-IN-PARENT False*"])
 
