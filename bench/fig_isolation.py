@@ -1,0 +1,162 @@
+"""Figure 3, isolation cost per module: each start method vs in-process and vs one pytest per module.
+
+Every variant runs the same suite at two sizes, K1 and K2 heavy modules. The difference between the
+sizes, minus the in-process run's difference, divided by K2 - K1, is what one more isolated module
+costs; what is left at K1 is the fixed cost (the forkserver's start, say), paid once per session.
+The comparison users make today, one ``python -m pytest <module>`` per module (without the plugin),
+has no fixed part: its per-module cost is its total over K2.
+
+Each isolated run writes ``--heavy-report``; the check reads it to make sure every module really ran
+in a child, and with which start method (a refused fork falls back to spawn, and the table says so).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import suites
+from harness import (
+    NOISE_NOTE,
+    PY,
+    Figure,
+    RunFailed,
+    Variant,
+    Verdict,
+    measure,
+    median,
+    ms,
+    paired,
+    ratio,
+    secs,
+    spread,
+    table,
+)
+
+METHODS = ("spawn", "fork", "forkserver")
+FORK_TARGET_S = 0.060
+SPAWN_TARGET = 1.2
+TESTS = 4
+
+
+def report_check(path: Path, modules: int, method: str, walls: list[float]) -> Callable[[], str]:
+    """After a run: every module isolated and passed; note the start methods the children used."""
+
+    def check() -> str:
+        records = json.loads(path.read_text())["modules"]
+        if len(records) != modules or any(r["exit"] != "exit 0" for r in records):
+            raise RunFailed(f"{path}: expected {modules} isolated modules that passed, got {records}")
+        walls.extend(r["wall_s"] for r in records)
+        used = sorted({r["start_method"] for r in records})
+        return method if used == [method] else f"{', '.join(used)} ({method} refused)"
+
+    return check
+
+
+Pair = tuple[Variant, Variant]  # the same way of running, at K1 and at K2 modules
+
+
+@dataclass
+class SuiteRuns:
+    """Every way of running one suite, and the child wall times its isolated K2 runs reported."""
+
+    k1: int
+    k2: int
+    never: Pair
+    methods: dict[str, Pair]
+    loop: Variant
+    child_walls: dict[str, list[float]]
+
+    def variants(self) -> list[Variant]:
+        return [*self.never, *(v for pair in self.methods.values() for v in pair), self.loop]
+
+
+def suite_runs(root: Path, names: list[str], k1: int, k2: int) -> SuiteRuns:
+    base = [PY, "-m", "pytest", "-q"]
+    never = [Variant(f"never@{k}", [[*base, "--heavy-isolate", "never", *names[:k]]], root) for k in (k1, k2)]
+    child_walls: dict[str, list[float]] = {}
+    methods: dict[str, Pair] = {}
+    for method in METHODS:
+        pair = []
+        for k in (k1, k2):
+            report = root / f"report-{method}-{k}.json"
+            walls = child_walls.setdefault(method, []) if k == k2 else []
+            cmd = [*base, "--heavy-isolate", "always", "--heavy-start", method, "--heavy-report", str(report),
+                   *names[:k]]
+            pair.append(Variant(f"{method}@{k}", [cmd], root, check=report_check(report, k, method, walls)))
+        methods[method] = (pair[0], pair[1])
+    loop = Variant("loop", [[*base, "-p", "no:heavy", name] for name in names[:k2]], root)
+    return SuiteRuns(k1, k2, (never[0], never[1]), methods, loop, child_walls)
+
+
+def per_module(pair: Pair, never: Pair, k1: int, k2: int) -> list[float]:
+    """Per repetition: (method's K2 - K1 difference - in-process difference) / (K2 - K1)."""
+    return [((m2 - m1) - (n2 - n1)) / (k2 - k1)
+            for m1, m2, n1, n2 in zip(pair[0].walls(), pair[1].walls(), never[0].walls(), never[1].walls(),
+                                      strict=True)]
+
+
+def suite_section(title: str, reps: int, runs: SuiteRuns, verdicts: list[Verdict]) -> str:
+    k1, k2, never, loop = runs.k1, runs.k2, runs.never, runs.loop
+    loop_module = [w / k2 for w in loop.walls()]
+    rows = [["in-process (`--heavy-isolate never`)", "parent", spread(never[0].walls(), secs),
+             spread(never[1].walls(), secs), "0 (baseline)", "0 (baseline)", "–", "–"]]
+    for method, pair in runs.methods.items():
+        added = per_module(pair, never, k1, k2)
+        small, large = pair[0].walls(), pair[1].walls()
+        fixed = [(m1 - n1) - k1 * a for m1, n1, a in zip(small, never[0].walls(), added, strict=True)]
+        ran_as = "; ".join(sorted(pair[0].notes | pair[1].notes))
+        rows.append([f"`--heavy-isolate always --heavy-start {method}`", ran_as, spread(small, secs),
+                     spread(large, secs), spread(added, ms), spread(fixed, ms),
+                     ms(median(runs.child_walls[method])), spread(paired(large, loop.walls()), ratio)])
+        if method == "spawn":
+            rel = paired(added, loop_module)
+            verdicts.append(Verdict(f"{title}: spawn adds at most {SPAWN_TARGET}x a bare `python -m pytest` "
+                                    "per module", f"{ratio(median(rel))} ({ms(median(added))} vs "
+                                    f"{ms(median(loop_module))})", median(rel) <= SPAWN_TARGET))
+        else:
+            verdicts.append(Verdict(f"{title}: {method} adds at most {ms(FORK_TARGET_S)} per module",
+                                    f"{ms(median(added))} ({ran_as})", median(added) <= FORK_TARGET_S))
+    rows.append([f"one `python -m pytest -p no:heavy <module>` per module ({k2} runs)", "–", "–",
+                 spread(loop.walls(), secs), f"{spread(loop_module, ms)} a module", "0", "–", "1 (baseline)"])
+    header = ["variant", "children ran as", f"wall, {k1} module{'s' if k1 > 1 else ''}",
+              f"wall, {k2} modules", "added per module", "fixed cost", "child wall per module (median)",
+              f"{k2} modules vs per-module runs"]
+    return f"## {title} ({reps} repetitions)\n\n" + table(header, rows)
+
+
+def run(quick: bool) -> Figure:
+    reps = 1 if quick else 3
+    plans = [
+        ("Modules without torch", False, (1, 3) if quick else (2, 8), reps),
+        ("Modules that import torch", True, (1, 2) if quick else (1, 3), max(1, reps - 1)),
+    ]
+    sections, verdicts = [], []
+    for title, torch, (k1, k2), suite_reps in plans:
+        with tempfile.TemporaryDirectory(prefix="heavy-bench-isolation-") as tmp:
+            root = Path(tmp)
+            names = suites.heavy_suite(root, k2, TESTS, torch=torch, preload=torch)
+            runs = suite_runs(root, names, k1, k2)
+            measure(runs.variants(), suite_reps, warmup=[runs.never[1]],
+                    progress=f"isolation, {title.lower()}")
+            sections.append(suite_section(title, suite_reps, runs, verdicts))
+    body = (
+        f"Suites of heavy modules (`pytestmark = pytest.mark.requires_gpu_isolation`, {TESTS} tests each), "
+        "run at two sizes with `--heavy-isolate always` and each start method, in-process with "
+        "`--heavy-isolate never`, and as one `python -m pytest -p no:heavy <module>` per module (what suites "
+        "do today). The torch suite imports torch in every module and runs a small torch op in every test; "
+        "its ini sets `heavy_preload = torch`, which the forkserver imports once.\n\n"
+        "- *added per module*: (K2-run − K1-run − (in-process K2 − in-process K1)) / (K2 − K1), per "
+        "repetition.\n"
+        "- *fixed cost*: what the K1 run costs beyond in-process and beyond K1 × the per-module cost "
+        "(server start, waiting for it).\n"
+        "- *child wall per module*: the module's wall time in `--heavy-report` (start of the child to its "
+        "end).\n"
+        f"- Targets: fork and forkserver add at most {ms(FORK_TARGET_S)} per module; spawn adds at most "
+        f"{SPAWN_TARGET}x the per-module cost of one `python -m pytest <module>`.\n\n"
+        + "\n".join(sections) + f"\n{NOISE_NOTE}\n"
+    )
+    return Figure("isolation", "Isolation cost per module", body, verdicts, reps)
