@@ -403,7 +403,7 @@ def test_an_example_with_an_isolation_marker_is_not_wrapped_in_a_second_process(
     heavy = "import pytest\npytestmark = pytest.mark.requires_heavy_ram\ndef test_x(): pass\n"
     ex.makepyfile(test_h1=heavy, test_h2=heavy)
     write(ex, "docs/examples/big.py", "# pytest: requires_heavy_ram\nprint('loaded')\n")
-    result = ex.runpytest("-rA", "--heavy-start", "fork")
+    result = ex.runpytest("-rA")
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(["docs/examples/big.py::example * 1 passed * subprocess *exit 0",
-                                 "test_h1.py * fork *", "test_h2.py * fork *"])
+                                 "test_h1.py * 1 passed *", "test_h2.py * 1 passed *"])
