@@ -369,6 +369,17 @@ def test_meet():
     iso.runpytest_subprocess("--heavy-workers", "2", "--heavy-timeout", "60").assert_outcomes(passed=2)
 
 
+def test_fork_with_workers_reuses_pipe_numbers_safely(iso):
+    """Six modules two at a time: the parent's pipe ends are closed and their numbers reused as they go."""
+    body = ("import time, pytest\npytestmark = pytest.mark.requires_heavy_ram\n"
+            "def test_x(): print('out'); time.sleep(0.2)\n")
+    iso.makepyfile(**{f"test_m{i}": body for i in range(6)})
+    result = iso.runpytest_subprocess("--heavy-start", "fork", "--heavy-workers", "2",
+                                      "--heavy-timeout", "60")
+    result.assert_outcomes(passed=6)
+    assert result.stdout.str().count(" fork ") == 6
+
+
 def test_exclusive_gpu_without_mps_routes_gpu_tests_into_children(iso):
     iso.makepyfile(test_gpu="import os, pytest\n@pytest.mark.requires_gpu\ndef test_x(): pass\n"
                             "def test_cpu(): pass\n")

@@ -359,7 +359,7 @@ class Controller:
             if drain:
                 drain.join(timeout=5)
         os.close(attempt.started.control)
-        release_parent_fds(attempt.started.control)
+        release_parent_fds(*attempt.started.parent_fds)  # the streams are closed at EOF by their readers
         returncode = attempt.started.process.poll()
         ur.record.peak_rss_mib = max(ur.record.peak_rss_mib, peaks.rss_mib)
         if peaks.gpu_mib is not None:

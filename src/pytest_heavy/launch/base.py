@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
@@ -49,6 +50,7 @@ class Started:
     control: int  # write end of the control pipe
     stdout: IO[bytes] | None  # None when the child writes to our terminal (-s)
     stderr: IO[bytes] | None
+    parent_fds: tuple[int, ...] = ()  # the numbers of our ends, released once the attempt is over
 
 
 class Launcher(Protocol):
@@ -69,10 +71,9 @@ class Pipes:
         if capture_output:
             self.out_r, self.out_w = os.pipe()
             self.err_r, self.err_w = os.pipe()
-        for fd in (self.events_r, self.control_w, self.out_r, self.err_r):
-            if fd >= 0:
-                os.set_inheritable(fd, False)
-                PARENT_FDS.add(fd)
+        for fd in self.parent_fds():
+            os.set_inheritable(fd, False)
+            PARENT_FDS.add(fd)
 
     def child_fds(self) -> list[int]:
         return [fd for fd in (self.events_w, self.control_r, self.out_w, self.err_w) if fd >= 0]
@@ -81,9 +82,13 @@ class Pipes:
         for fd in self.child_fds():
             os.close(fd)
 
+    def parent_fds(self) -> tuple[int, ...]:
+        return tuple(fd for fd in (self.events_r, self.control_w, self.out_r, self.err_r) if fd >= 0)
+
     def started(self, process: ChildProcess) -> Started:
         self.close_child_ends()
         return Started(
+            parent_fds=self.parent_fds(),
             process=process,
             events=os.fdopen(self.events_r, "rb"),
             control=self.control_w,
@@ -144,6 +149,11 @@ def fork_unsafe_reason() -> str | None:
     if cleanup.cuda_initialized():
         return "CUDA is initialized in this process"
     threads = foreign_threads()
+    for _ in range(5):  # one of ours that just ended leaves threading's list before the kernel's
+        if not threads:
+            break
+        time.sleep(0.01)
+        threads = foreign_threads()
     if threads:
         plural = "s" if threads > 1 else ""
         return f"{threads} other thread{plural} running (e.g. an OpenMP pool started by a torch op)"

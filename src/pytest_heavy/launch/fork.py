@@ -59,8 +59,11 @@ class ForkLauncher:
 
     def _child(self, pipes: Pipes, request: UnitRequest) -> int:
         os.setsid()
-        for fd in list(PARENT_FDS):
-            os.close(fd)
+        for fd in PARENT_FDS - set(pipes.child_fds()):  # a number may be stale and reused by our own ends
+            try:
+                os.close(fd)
+            except OSError:  # closed in the parent already, its number not reused
+                pass
         if self._capture:
             redirect_output(self._session.config, pipes.out_w, pipes.err_w)
         os.environ.clear()

@@ -32,7 +32,16 @@ import pytest
 
 from .. import child, procs
 from ..wire import Sender
-from .base import Pipes, RefusedError, Started, UnitRequest, child_args, child_options, fork_unsafe_reason
+from .base import (
+    Pipes,
+    RefusedError,
+    Started,
+    UnitRequest,
+    child_args,
+    child_options,
+    fork_unsafe_reason,
+    release_parent_fds,
+)
 
 SERVER_FD_ENV = "PYTEST_HEAVY_FORKSERVER_FD"
 READY_TIMEOUT_S = 300.0  # preloading torch + transformers on a slow disk can take a while
@@ -130,9 +139,9 @@ class ForkserverLauncher:
             reply = {"refused": f"no answer from the forkserver in {REPLY_TIMEOUT_S:g}s"}
         if "refused" in reply:
             pipes.close_child_ends()
-            for fd in (pipes.events_r, pipes.control_w, pipes.out_r, pipes.err_r):
-                if fd >= 0:
-                    os.close(fd)
+            for fd in pipes.parent_fds():
+                os.close(fd)
+            release_parent_fds(*pipes.parent_fds())
             raise RefusedError(reply["refused"])
         return pipes.started(ServerChild(reply["pid"], self))
 
