@@ -1,5 +1,6 @@
 """Heavy-module isolation, end to end: each test runs a real pytest session in a subprocess."""
 
+import importlib.util
 import json
 import signal
 import subprocess
@@ -11,6 +12,8 @@ import psutil
 import pytest
 
 METHODS = ["spawn", "fork", "forkserver"]
+# Checked without importing torch here: this process stays as light as the parents it tests.
+NEEDS_TORCH = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
 
 PARITY_SUITE = r'''
 import logging, os, sys, warnings
@@ -273,8 +276,8 @@ def test_other(): pass
     result.stdout.fnmatch_lines(["test_a.py *1 *", "test_b.py *1 *"])
 
 
+@NEEDS_TORCH
 def test_torch_op_at_import_never_hangs_fork_falls_back(iso):
-    pytest.importorskip("torch")
     heavy = """
 import torch, pytest
 pytestmark = pytest.mark.requires_heavy_ram
@@ -302,6 +305,19 @@ def test_forkserver_preloads_once(iso):
     result = iso.runpytest_subprocess()
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["test_p1.py *forkserver*", "test_p2.py *forkserver*"])
+
+
+@NEEDS_TORCH
+def test_forkserver_forks_torch_modules_after_preloading_torch(iso):
+    """Importing torch starts an idle thread; only threads beyond those make the server refuse."""
+    iso.makeini("[pytest]\nheavy_ram_gb = 4\nheavy_preload = torch\n")
+    body = ("import torch, pytest\npytestmark = pytest.mark.requires_heavy_ram\n"
+            "def test_op(): assert (torch.ones(64, 64) @ torch.ones(64, 64)).sum().item() == 64 ** 3\n")
+    iso.makepyfile(test_p1=body, test_p2=body)
+    result = iso.runpytest_subprocess("--heavy-timeout", "120")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["test_p1.py *forkserver*", "test_p2.py *forkserver*"])
+    assert "refused" not in result.stdout.str()
 
 
 def test_a_run_without_heavy_modules_does_not_wait_for_the_preload(iso):

@@ -139,8 +139,11 @@ def foreign_threads() -> int:
     return max(total - 1 - ours, 0)
 
 
-def fork_unsafe_reason() -> str | None:
+def fork_unsafe_reason(allowed_threads: int = 0) -> str | None:
     """Why forking this process now could hang or break a child, or None when it is safe.
+
+    ``allowed_threads``: idle threads known to be harmless, such as the one ``import torch`` starts
+    (the forkserver counts them right after its preload, before anything runs).
 
     A process that already ran a multi-threaded torch op has an OpenMP pool whose threads do not
     survive fork: the child's first parallel op waits for them forever. A CUDA context does not
@@ -148,12 +151,12 @@ def fork_unsafe_reason() -> str | None:
     """
     if cleanup.cuda_initialized():
         return "CUDA is initialized in this process"
-    threads = foreign_threads()
+    threads = max(foreign_threads() - allowed_threads, 0)
     for _ in range(5):  # one of ours that just ended leaves threading's list before the kernel's
         if not threads:
             break
         time.sleep(0.01)
-        threads = foreign_threads()
+        threads = max(foreign_threads() - allowed_threads, 0)
     if threads:
         plural = "s" if threads > 1 else ""
         return f"{threads} other thread{plural} running (e.g. an OpenMP pool started by a torch op)"

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -39,6 +40,7 @@ from .base import (
     UnitRequest,
     child_args,
     child_options,
+    foreign_threads,
     fork_unsafe_reason,
     release_parent_fds,
 )
@@ -195,12 +197,23 @@ def _reap(sock: socket.socket) -> None:
         _send(sock, exit=pid, returncode=os.waitstatus_to_exitcode(status))
 
 
+def settled_threads(samples: int = 5, interval: float = 0.02) -> int:
+    """Threads the imports alone started (torch starts one), idle and harmless; some start a moment
+    after their import returns, so the most seen over a short while counts."""
+    seen = foreign_threads()
+    for _ in range(samples - 1):
+        time.sleep(interval)
+        seen = max(seen, foreign_threads())
+    return seen
+
+
 def serve(sock: socket.socket, payload: dict[str, Any]) -> None:
     child.enable_stack_dumps()
     try:
         config = child.configure(payload["options"], payload["args"])
         for name in payload["preload"]:
             importlib.import_module(name)
+        imported_threads = settled_threads()
     except BaseException as exc:
         traceback.print_exc()
         _send(sock, error=f"the forkserver could not start: {type(exc).__name__}: {exc}")
@@ -223,7 +236,7 @@ def serve(sock: socket.socket, payload: dict[str, Any]) -> None:
             return  # the parent closed its end: the session is over
         with open(json.loads(msg)["path"]) as fh:
             request = json.load(fh)
-        unsafe = fork_unsafe_reason()
+        unsafe = fork_unsafe_reason(imported_threads)
         if unsafe:
             for fd in fds:
                 os.close(fd)
