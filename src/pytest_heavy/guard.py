@@ -10,8 +10,8 @@ unavailable". The guard finds that state without ever creating a context itself,
   it). True means torch initialized CUDA here; the context exists or appears at the next CUDA call.
 
 After each in-parent test (and once after collection, for contexts made by imports) the guard
-checks and remembers the first test that left the parent holding a context; the controller reads it
-through ``first_offender(config)`` before starting a GPU child, and the terminal summary names it.
+checks and remembers the first test that left the parent holding a context; ``refusal(config, ...)``
+checks once more before a GPU child or example starts, and the terminal summary names the test.
 
 Test double: on machines without a GPU, ``test/fakes/torch_double`` put on ``sys.path`` provides a
 ``torch`` whose ``torch.cuda.init()`` makes ``torch.cuda.is_initialized()`` true, standing in for a

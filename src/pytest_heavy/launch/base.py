@@ -151,12 +151,11 @@ def fork_unsafe_reason(allowed_threads: int = 0) -> str | None:
     """
     if cleanup.cuda_initialized():
         return "CUDA is initialized in this process"
-    threads = max(foreign_threads() - allowed_threads, 0)
-    for _ in range(5):  # one of ours that just ended leaves threading's list before the kernel's
-        if not threads:
+    for retry in range(6):  # one of ours that just ended leaves threading's list before the kernel's
+        threads = max(foreign_threads() - allowed_threads, 0)
+        if not threads or retry == 5:
             break
         time.sleep(0.01)
-        threads = max(foreign_threads() - allowed_threads, 0)
     if threads:
         plural = "s" if threads > 1 else ""
         return f"{threads} other thread{plural} running (e.g. an OpenMP pool started by a torch op)"
