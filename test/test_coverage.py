@@ -36,7 +36,7 @@ COVERAGE_INI = "[coverage:run]\npatch = subprocess, _exit, fork\nsigterm = true\
 
 @pytest.fixture
 def project(heavy_pytester: pytest.Pytester) -> pytest.Pytester:
-    heavy_pytester.makeini("[pytest]\nheavy_ram_gb = 4\nheavy_examples_dirs = examples\n" + COVERAGE_INI)
+    heavy_pytester.makeini("[pytest]\nheavy_ram_gib = 4\nheavy_examples_dirs = examples\n" + COVERAGE_INI)
     heavy_pytester.makepyfile(mylib=LIBRARY, test_a=HEAVY.format("a"), test_b=HEAVY.format("b"))
     (heavy_pytester.mkdir("examples") / "use_lib.py").write_text(EXAMPLE)
     return heavy_pytester
@@ -57,5 +57,5 @@ def test_children_and_examples_are_measured(project: pytest.Pytester, method: st
 
 
 def test_without_the_patch_settings_children_are_not_measured(project: pytest.Pytester) -> None:
-    project.makeini("[pytest]\nheavy_ram_gb = 4\nheavy_examples_dirs = examples\n")
+    project.makeini("[pytest]\nheavy_ram_gib = 4\nheavy_examples_dirs = examples\n")
     assert missing_lines(project, "--heavy-start", "spawn") == [2, 6, 10]

@@ -20,7 +20,7 @@ from pytest_heavy.examples import HeaderError, parse_header
 
 INI = """\
 [pytest]
-heavy_ram_gb = 4
+heavy_ram_gib = 4
 heavy_optional_modules = nosuch_optional_mod other_pkg.sub json
 {extra}
 """
@@ -216,7 +216,7 @@ def test_outcomes_exit_status_skips_and_optional_modules(ex: pytest.Pytester) ->
 
 
 def test_timeout_dumps_stacks_then_terminates_the_whole_session(ex: pytest.Pytester) -> None:
-    ex.makeini(INI.format(extra="heavy_example_timeout = 1"))
+    ex.makeini(INI.format(extra="heavy_example_timeout_s = 1"))
     write(ex, "docs/examples/hangs.py", """
         # pytest: timeout=1
         import signal, subprocess, sys, time
@@ -250,7 +250,7 @@ def test_timeout_dumps_stacks_then_terminates_the_whole_session(ex: pytest.Pytes
         f"terminated: pid {pids[1]} (*python -c import signal, time;*)",
         f"killed (still alive after 5 s): pid {pids[1]} (*python -c import signal, time;*)",
         "terminated: pid * (the example)",
-        "docs/examples/ini_timeout.py::example timed out after 1 s (ini heavy_example_timeout);*",
+        "docs/examples/ini_timeout.py::example timed out after 1 s (ini heavy_example_timeout_s);*",
         '*ini_timeout.py", line 3 in <module>',
     ])
     for pid in pids:
@@ -304,7 +304,7 @@ def test_selection_tiers_and_hardware_gating_apply_to_header_markers(
     assert short_summary(result)["docs/examples/vram.py::example"] == (
         "SKIPPED needs a GPU with 24 GiB (requires_vram): largest visible GPU has 16.0 GiB (assumed GPU)")
     monkeypatch.setenv("CICD", "1")
-    result = tiers_suite.runpytest("-rA", "--ignore-gpu-check", "docs/examples")
+    result = tiers_suite.runpytest("-rA", "--heavy-ignore-gpu-check", "docs/examples")
     result.assert_outcomes(passed=4, skipped=1, deselected=1)
     assert short_summary(result)["docs/examples/qual.py::example"] == (
         "SKIPPED CICD=1: qualitative tests are skipped in CI")

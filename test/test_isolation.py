@@ -89,7 +89,7 @@ def summary_line(result):
 @pytest.fixture
 def iso(heavy_pytester):
     """pytester with junit family xunit1 (record_property allowed) and no plugin autoload surprises."""
-    heavy_pytester.makeini("[pytest]\nheavy_ram_gb = 4\njunit_family = xunit1\n")
+    heavy_pytester.makeini("[pytest]\nheavy_ram_gib = 4\njunit_family = xunit1\n")
     return heavy_pytester
 
 
@@ -297,7 +297,7 @@ def test_matmul():
 
 
 def test_forkserver_preloads_once(iso):
-    iso.makeini("[pytest]\nheavy_ram_gb = 4\nheavy_preload = json decimal\n")
+    iso.makeini("[pytest]\nheavy_ram_gib = 4\nheavy_preload = json decimal\n")
     body = ("import sys, pytest\npytestmark = pytest.mark.requires_heavy_ram\n"
             "def test_preloaded(): assert 'decimal' in sys.modules\n")
     iso.makepyfile(test_p1=body, test_p2=body)
@@ -310,7 +310,7 @@ def test_forkserver_preloads_once(iso):
 @NEEDS_TORCH
 def test_forkserver_forks_torch_modules_after_preloading_torch(iso):
     """Importing torch starts an idle thread; only threads beyond those make the server refuse."""
-    iso.makeini("[pytest]\nheavy_ram_gb = 4\nheavy_preload = torch\n")
+    iso.makeini("[pytest]\nheavy_ram_gib = 4\nheavy_preload = torch\n")
     body = ("import torch, pytest\npytestmark = pytest.mark.requires_heavy_ram\n"
             "def test_op(): assert (torch.ones(64, 64) @ torch.ones(64, 64)).sum().item() == 64 ** 3\n")
     iso.makepyfile(test_p1=body, test_p2=body)
@@ -322,7 +322,7 @@ def test_forkserver_forks_torch_modules_after_preloading_torch(iso):
 
 def test_a_run_without_heavy_modules_does_not_wait_for_the_preload(iso):
     """The server starts preloading before collection; when no child is needed it is stopped, not awaited."""
-    iso.makeini("[pytest]\nheavy_ram_gb = 4\nheavy_preload = slow_import\n")
+    iso.makeini("[pytest]\nheavy_ram_gib = 4\nheavy_preload = slow_import\n")
     iso.makepyfile(slow_import="import pathlib, time\ntime.sleep(5)\npathlib.Path('imported').touch()\n",
                    test_light="def test_x(): pass\n")
     iso.runpytest_subprocess().assert_outcomes(passed=1)
@@ -348,7 +348,7 @@ def test_dash_s_streams_child_output_live(iso):
 
 
 def test_child_environment_and_report_json(iso, monkeypatch):
-    iso.makeini("[pytest]\nheavy_ram_gb = 4\nheavy_env =\n    MY_FLAG=on\n")
+    iso.makeini("[pytest]\nheavy_ram_gib = 4\nheavy_env =\n    MY_FLAG=on\n")
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
     body = """
 import os, pytest

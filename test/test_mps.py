@@ -229,7 +229,7 @@ def test_scripts_export_for_eval(env):
 def test_a_pytest_run_after_mps_start_uses_the_users_daemon(env, tmp_path):
     """No exports in this shell: the plugin finds the per-user daemon and points every CUDA client at it."""
     dirs, _ = mps.start(env)
-    (tmp_path / "pytest.ini").write_text("[pytest]\nheavy_ram_gb = 4\n")
+    (tmp_path / "pytest.ini").write_text("[pytest]\nheavy_ram_gib = 4\n")
     (tmp_path / "test_gpu.py").write_text(
         "import os, pytest\n"
         "@pytest.mark.requires_gpu\n"

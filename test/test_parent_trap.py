@@ -38,7 +38,7 @@ def trap(heavy_pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> py
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TORCH_DOUBLE),
                                                                    os.environ.get("PYTHONPATH")])))
     monkeypatch.delenv("PYTEST_HEAVY_ASSUME")
-    heavy_pytester.makeini("[pytest]\nheavy_ram_gb = 4\nheavy_examples_dirs = z_examples\n")
+    heavy_pytester.makeini("[pytest]\nheavy_ram_gib = 4\nheavy_examples_dirs = z_examples\n")
     heavy_pytester.makepyfile(test_a_parent=PARENT_MAKES_CONTEXT, test_b_gpu=GPU_MODULE)
     example = heavy_pytester.mkdir("z_examples") / "gpu_example.py"
     example.write_text("# pytest: requires_gpu\nprint('on the GPU')\n")

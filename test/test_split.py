@@ -13,7 +13,7 @@ from pytest_heavy import cli
 from pytest_heavy.split import SNAPSHOT_ENV
 from pytest_heavy.splitrun import worst
 
-INI = "[pytest]\nheavy_ram_gb = 4\nheavy_durations_path = ci/durations.json\n"
+INI = "[pytest]\nheavy_ram_gib = 4\nheavy_durations_path = ci/durations.json\n"
 
 
 def write_durations(pytester: pytest.Pytester, durations: dict[str, float]) -> None:

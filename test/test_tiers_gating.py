@@ -61,17 +61,17 @@ def test_default_tier_deselects_slow_and_gates_hardware(suite):
         "*SKIPPED*needs a GPU (requires_vram): --heavy-assume gpus=0*",
         "*SKIPPED*needs a GPU (vllm)*",
     ])
-    assert "needs 4 GiB RAM" not in result.stdout.str()  # 16 GiB assumed >= heavy_ram_gb 4
+    assert "needs 4 GiB RAM" not in result.stdout.str()  # 16 GiB assumed >= heavy_ram_gib 4
 
 
 def test_fast_tier_and_slow_tier(suite):
     suite.runpytest("-m", "not qualitative").assert_outcomes(passed=2, skipped=4, deselected=2)
     suite.runpytest("-m", "slow").assert_outcomes(passed=1, deselected=7)
-    suite.runpytest("--run-slow").assert_outcomes(passed=4, skipped=4)
+    suite.runpytest("--heavy-run-slow").assert_outcomes(passed=4, skipped=4)
 
 
 def test_slow_default_can_be_turned_off(suite):
-    suite.makeini("[pytest]\nheavy_skip_slow_by_default = false\nheavy_ram_gb = 4\n")
+    suite.makeini("[pytest]\nheavy_skip_slow_by_default = false\nheavy_ram_gib = 4\n")
     suite.runpytest().assert_outcomes(passed=4, skipped=4)
 
 
@@ -85,9 +85,9 @@ def test_cicd_skips_qualitative_with_reason(suite, monkeypatch):
 def test_ram_gate_names_both_numbers(suite, monkeypatch):
     monkeypatch.setenv("PYTEST_HEAVY_ASSUME", "gpus=0,ram=2GiB")
     result = suite.runpytest("-rs")
-    result.stdout.fnmatch_lines(["*needs 4 GiB RAM (requires_heavy_ram, heavy_ram_gb): "
+    result.stdout.fnmatch_lines(["*needs 4 GiB RAM (requires_heavy_ram, heavy_ram_gib): "
                                  "this machine has 2.0 GiB*"])
-    suite.runpytest("-rs", "--ignore-ram-check").assert_outcomes(passed=3, skipped=4, deselected=1)
+    suite.runpytest("-rs", "--heavy-ignore-ram-check").assert_outcomes(passed=3, skipped=4, deselected=1)
 
 
 def test_vram_gate_and_gpu_override(suite):
@@ -102,8 +102,8 @@ def test_vram_gate_and_gpu_override(suite):
 
 
 def test_ignore_gpu_check_runs_gpu_tests(suite):
-    suite.runpytest("--ignore-gpu-check").assert_outcomes(passed=6, skipped=1, deselected=1)
-    suite.runpytest("--skip-resource-checks").assert_outcomes(passed=6, skipped=1, deselected=1)
+    suite.runpytest("--heavy-ignore-gpu-check").assert_outcomes(passed=6, skipped=1, deselected=1)
+    suite.runpytest("--heavy-skip-resource-checks").assert_outcomes(passed=6, skipped=1, deselected=1)
 
 
 def test_extra_gpu_marker_from_ini(heavy_pytester):
@@ -141,7 +141,7 @@ def test_bad_assume_is_a_usage_error_naming_the_field(heavy_pytester, spec, fiel
 
 
 @pytest.mark.parametrize("ini, key", [
-    ("heavy_isolate = sometimes", "heavy_isolate"), ("heavy_ram_gb = lots", "heavy_ram_gb"),
+    ("heavy_isolate = sometimes", "heavy_isolate"), ("heavy_ram_gib = lots", "heavy_ram_gib"),
     ("heavy_start = teleport", "heavy_start"), ("heavy_env = NOEQUALS", "heavy_env"),
     ("heavy_cleanup = maybe", "heavy_cleanup"),
 ])
@@ -190,7 +190,7 @@ def test_garbage_collected():
     assert not [o for o in gc.get_objects() if type(o).__name__ == "Cycle"]
 """)
     heavy_pytester.runpytest("-p", "no:randomly").assert_outcomes(passed=2)
-    heavy_pytester.makeini("[pytest]\nheavy_cleanup = never\nheavy_ram_gb = 4\n")
+    heavy_pytester.makeini("[pytest]\nheavy_cleanup = never\nheavy_ram_gib = 4\n")
     heavy_pytester.runpytest().assert_outcomes(passed=1, failed=1)
 
 

@@ -37,7 +37,7 @@ def doctor_document(pytest_args: list[str]) -> dict[str, Any]:
         if reason is None and name == "qualitative" and settings.cicd:
             reason = tiers.CICD_QUALITATIVE_REASON
         if reason is None and name == "slow" and not tiers.slow_is_selected(config, settings):
-            reason = "deselected by default (run with -m slow or --run-slow)"
+            reason = "deselected by default (run with -m slow or --heavy-run-slow)"
         verdicts[name] = {"runs": reason is None, "reason": reason,
                           "isolated": name in settings.isolate_markers, "gpu": name in gpu_markers}
     return {

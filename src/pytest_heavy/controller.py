@@ -371,7 +371,7 @@ class Controller:
         if broken:
             self.contain(ur, attempt, status)
         pids = guard.context_pids(self.config, {attempt.pid, *peaks.seen}) if ur.unit.gpu else None
-        release = memory.wait_released(self.gpu, attempt.baseline_gpu, self.settings.vram_tolerance_mb,
+        release = memory.wait_released(self.gpu, attempt.baseline_gpu, self.settings.vram_tolerance_mib,
                                        self.settings.release_timeout, pids=pids)
         ur.record.released = release.text()
         ur.record.gpu_before_mib = attempt.baseline_gpu

@@ -81,7 +81,7 @@ class HeaderError(ValueError):
 class Header:
     line: int  # 1-based line of the header in the file
     marks: tuple[pytest.MarkDecorator, ...] = ()
-    timeout: float | None = None  # None: ini heavy_example_timeout
+    timeout: float | None = None  # None: ini heavy_example_timeout_s
     skip: str | None = None  # reason, when the header says skip / skip_always
 
 
@@ -331,7 +331,7 @@ class ExampleItem(pytest.Item):
                 record.exit = "timeout" if ended.timed_out else procs.signal_name(proc.returncode)
                 record.killed = ended.killed
         pids = guard.context_pids(self.config, {proc.pid, *peaks.seen}) if gpu_example else None
-        record.released = wait_released(gpu, record.gpu_before_mib, settings.vram_tolerance_mb,
+        record.released = wait_released(gpu, record.gpu_before_mib, settings.vram_tolerance_mib,
                                         settings.release_timeout, pids=pids).text()
         record.gpu_after_mib = gpu.device_used_mib() if gpu else None
         return ended, out, err
@@ -340,7 +340,7 @@ class ExampleItem(pytest.Item):
         """Pass, skip (exit 77: reason = last stderr line) or fail with the status and stderr's tail."""
         stderr_tail = f"last {STDERR_LINES} lines of stderr:\n{tail}"
         if ended.timed_out:
-            source = "header timeout=" if self.header.timeout is not None else "ini heavy_example_timeout"
+            source = "header timeout=" if self.header.timeout is not None else "ini heavy_example_timeout_s"
             silent = f"(none: the example did not answer {procs.STACK_SIGNAL.name} within {STACK_WAIT_S:g} s)"
             lines = [f"{self.nodeid} timed out after {timeout:g} s ({source}); "
                      "its process session was terminated (SIGTERM, then SIGKILL)",

@@ -49,8 +49,8 @@ def skip_reason(marks: list[pytest.Mark], settings: Settings, hw: Hardware) -> s
                         f"{best.total_gib:.1f} GiB ({best.name})")
     if "requires_heavy_ram" in by_name and not settings.ignore_ram_check:
         have = hw.ram_total_mib / 1024
-        if have < settings.ram_gb:
-            return (f"needs {settings.ram_gb:g} GiB RAM (requires_heavy_ram, heavy_ram_gb): "
+        if have < settings.ram_gib:
+            return (f"needs {settings.ram_gib:g} GiB RAM (requires_heavy_ram, heavy_ram_gib): "
                     f"this machine has {have:.1f} GiB")
     if "vllm" in by_name and importlib.util.find_spec("vllm") is None:
         return "needs vllm (vllm marker): the vllm package is not installed"

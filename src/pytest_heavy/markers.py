@@ -10,10 +10,10 @@ import pytest
 MARKERS: dict[str, str] = {
     "qualitative": "checks output quality (slower, model-dependent); skipped when CICD=1; "
                    "the fast tier is -m 'not qualitative'",
-    "slow": "long-running; deselected by default, run with -m slow or --run-slow",
+    "slow": "long-running; deselected by default, run with -m slow or --heavy-run-slow",
     "requires_gpu": "needs a CUDA GPU (probed through NVML); skipped with the reason otherwise",
     "requires_vram(gb)": "needs a visible GPU with at least gb GiB of total memory",
-    "requires_heavy_ram": "needs heavy_ram_gb GiB of host RAM; its module runs in its own process",
+    "requires_heavy_ram": "needs heavy_ram_gib GiB of host RAM; its module runs in its own process",
     "requires_gpu_isolation": "its module runs in its own child process (GPU memory freed at exit)",
     "huggingface": "uses HuggingFace models; implies a GPU (heavy_gpu_markers)",
     "vllm": "uses vLLM; needs a GPU and the vllm package; its module runs in its own process",

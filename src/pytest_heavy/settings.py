@@ -26,16 +26,16 @@ INI: dict[str, tuple[str, str, object]] = {
                               ["requires_heavy_ram", "requires_gpu_isolation", "vllm"]),
     "heavy_gpu_markers": ("markers that imply a GPU (gated, routed)", "args",
                           ["requires_gpu", "huggingface", "vllm"]),
-    "heavy_ram_gb": ("GiB of host RAM that requires_heavy_ram needs", "string", "48"),
-    "heavy_skip_slow_by_default": ("deselect slow tests unless -m names slow or --run-slow", "bool", True),
+    "heavy_ram_gib": ("GiB of host RAM that requires_heavy_ram needs", "string", "48"),
+    "heavy_skip_slow_by_default": ("deselect slow tests unless -m names slow or --heavy-run-slow", "bool", True),
     "heavy_env": ("KEY=VALUE lines added to children's environment", "linelist", []),
     "heavy_preload": ("modules the forkserver imports once (e.g. torch transformers)", "args", []),
-    "heavy_timeout": ("seconds an isolated module may run (0: no limit)", "string", "0"),
-    "heavy_release_timeout": ("seconds to wait for GPU memory to be released after a child", "string", "30"),
-    "heavy_vram_tolerance_mb": ("MiB above the baseline that still counts as released", "string", "256"),
+    "heavy_timeout_s": ("seconds an isolated module may run (0: no limit)", "string", "0"),
+    "heavy_release_timeout_s": ("seconds to wait for GPU memory to be released after a child", "string", "30"),
+    "heavy_vram_tolerance_mib": ("MiB above the baseline that still counts as released", "string", "256"),
     "heavy_examples_dirs": ("directories whose `# pytest:` scripts run as tests", "args", ["docs/examples"]),
     "heavy_examples_cwd": ("examples' working directory: rootdir or file", "string", "rootdir"),
-    "heavy_example_timeout": ("seconds an example may run", "string", "600"),
+    "heavy_example_timeout_s": ("seconds an example may run", "string", "600"),
     "heavy_optional_modules": ("modules whose absence skips an example", "args", []),
     "heavy_durations_path": ("committed JSON file of test durations for --heavy-split", "string", ""),
     "heavy_cleanup": ("gc/empty_cache after each test and module: auto (CICD=1), always, never",
@@ -62,13 +62,13 @@ def add_options(parser: pytest.Parser) -> None:
                     help="keep subset i of N (1-based), balanced by recorded durations")
     group.addoption("--heavy-split-by", choices=("item", "module"), default="item",
                     help="split unit: single items (default) or whole modules/example directories")
-    group.addoption("--run-slow", action="store_true", default=False, help="include tests marked slow")
-    group.addoption("--ignore-gpu-check", action="store_true", default=False,
+    group.addoption("--heavy-run-slow", action="store_true", default=False, help="include tests marked slow")
+    group.addoption("--heavy-ignore-gpu-check", action="store_true", default=False,
                     help="run GPU-marked tests even where no suitable GPU is seen")
-    group.addoption("--ignore-ram-check", action="store_true", default=False,
+    group.addoption("--heavy-ignore-ram-check", action="store_true", default=False,
                     help="run requires_heavy_ram tests whatever the RAM")
-    group.addoption("--skip-resource-checks", action="store_true", default=False,
-                    help="both --ignore-gpu-check and --ignore-ram-check")
+    group.addoption("--heavy-skip-resource-checks", action="store_true", default=False,
+                    help="both --heavy-ignore-gpu-check and --heavy-ignore-ram-check")
     for name, (help_, type_, default) in INI.items():
         parser.addini(name, help_, type=type_, default=default)  # type: ignore[arg-type]
 
@@ -88,12 +88,12 @@ class Settings:
     ignore_ram_check: bool
     isolate_markers: tuple[str, ...]
     gpu_markers: tuple[str, ...]
-    ram_gb: float
+    ram_gib: float
     skip_slow_by_default: bool
     env: tuple[tuple[str, str], ...]
     preload: tuple[str, ...]
     release_timeout: float
-    vram_tolerance_mb: int
+    vram_tolerance_mib: int
     examples_dirs: tuple[str, ...]
     examples_cwd: str
     example_timeout: float
@@ -155,7 +155,7 @@ def load(config: pytest.Config) -> Settings:
         isolate = "always"
     if opt.heavy_workers < 1:
         raise pytest.UsageError(f"--heavy-workers {opt.heavy_workers}: must be at least 1")
-    timeout = opt.heavy_timeout if opt.heavy_timeout is not None else _number(config, "heavy_timeout")
+    timeout = opt.heavy_timeout if opt.heavy_timeout is not None else _number(config, "heavy_timeout_s")
     if timeout < 0:
         raise pytest.UsageError(f"--heavy-timeout {timeout}: must be >= 0")
     cleanup = _choice(config, "heavy_cleanup", CLEANUP_CHOICES)
@@ -169,20 +169,20 @@ def load(config: pytest.Config) -> Settings:
         assume=opt.heavy_assume or os.environ.get("PYTEST_HEAVY_ASSUME", ""),
         split=parse_split(opt.heavy_split) if opt.heavy_split else None,
         split_by=opt.heavy_split_by,
-        run_slow=opt.run_slow,
-        ignore_gpu_check=opt.ignore_gpu_check or opt.skip_resource_checks,
-        ignore_ram_check=opt.ignore_ram_check or opt.skip_resource_checks,
+        run_slow=opt.heavy_run_slow,
+        ignore_gpu_check=opt.heavy_ignore_gpu_check or opt.heavy_skip_resource_checks,
+        ignore_ram_check=opt.heavy_ignore_ram_check or opt.heavy_skip_resource_checks,
         isolate_markers=tuple(config.getini("heavy_isolate_markers")),
         gpu_markers=tuple(config.getini("heavy_gpu_markers")),
-        ram_gb=_number(config, "heavy_ram_gb"),
+        ram_gib=_number(config, "heavy_ram_gib"),
         skip_slow_by_default=bool(config.getini("heavy_skip_slow_by_default")),
         env=_env_lines(config.getini("heavy_env")),
         preload=tuple(config.getini("heavy_preload")),
-        release_timeout=_number(config, "heavy_release_timeout"),
-        vram_tolerance_mb=int(_number(config, "heavy_vram_tolerance_mb", int)),
+        release_timeout=_number(config, "heavy_release_timeout_s"),
+        vram_tolerance_mib=int(_number(config, "heavy_vram_tolerance_mib", int)),
         examples_dirs=tuple(config.getini("heavy_examples_dirs")),
         examples_cwd=cwd,
-        example_timeout=_number(config, "heavy_example_timeout"),
+        example_timeout=_number(config, "heavy_example_timeout_s"),
         optional_modules=tuple(config.getini("heavy_optional_modules")),
         durations_path=str(config.getini("heavy_durations_path")).strip(),
         cleanup=cleanup == "always" or (cleanup == "auto" and cicd),

@@ -2,7 +2,7 @@
 
 - default: everything but ``slow`` (deselected, so the summary counts them);
 - ``-m "not qualitative"``: the fast tier (pytest's own -m does the work);
-- ``-m slow`` or ``--run-slow``: slow tests are kept;
+- ``-m slow`` or ``--heavy-run-slow``: slow tests are kept;
 - ``CICD=1``: qualitative tests are skipped with a reason, so CI logs show what was left out.
 """
 
@@ -18,7 +18,7 @@ CICD_QUALITATIVE_REASON = "CICD=1: qualitative tests are skipped in CI"
 
 
 def slow_is_selected(config: pytest.Config, settings: Settings) -> bool:
-    """True when slow tests stay selected: --run-slow, the default turned off, or -m naming slow."""
+    """True when slow tests stay selected: --heavy-run-slow, the default turned off, or -m naming slow."""
     if settings.run_slow or not settings.skip_slow_by_default:
         return True
     return re.search(r"\bslow\b", config.option.markexpr or "") is not None

@@ -1,4 +1,4 @@
-"""A slow test: deselected by default, run with ``pytest -m slow`` or ``--run-slow``."""
+"""A slow test: deselected by default, run with ``pytest -m slow`` or ``--heavy-run-slow``."""
 
 import pytest
 from tinymodels import CORPUS, BigramLM
