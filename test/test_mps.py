@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pytest_heavy import mps
+from pytest_heavy.gpu import mps
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE = Path(__file__).resolve().parent / "fakes" / "nvidia-cuda-mps-control.py"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from pytest_heavy import cli
-from pytest_heavy.split import SNAPSHOT_ENV
-from pytest_heavy.splitrun import worst
+from pytest_heavy.cli.split import worst
+from pytest_heavy.split.durations import SNAPSHOT_ENV
 
 INI = "[pytest]\nheavy_ram_gib = 4\nheavy_durations_path = ci/durations.json\n"
 

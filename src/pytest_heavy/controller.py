@@ -20,9 +20,10 @@ from typing import Any
 import psutil
 import pytest
 
-from . import guard, memory, procs, wire
+from . import memory, procs, wire
 from ._reprs import failure_repr
 from .child import deserialize_warning
+from .gpu import guard
 from .launch.base import Launcher, RefusedError, Started, UnitRequest, fork_unsafe_reason, release_parent_fds
 from .plan import Unit
 from .report import HeavyRecord

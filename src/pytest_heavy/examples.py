@@ -31,7 +31,8 @@ from typing import IO, Any
 import psutil
 import pytest
 
-from . import gating, guard, markers, procs
+from . import gating, markers, procs
+from .gpu import guard
 from .memory import TreeMonitor, wait_released
 from .report import HeavyRecord
 from .state import RUN, Run

@@ -1,7 +1,8 @@
-"""Hardware gating: pure functions from (markers, settings, hardware) to a skip reason.
+"""Gating: pure functions from (markers, settings, hardware) to a skip reason.
 
 Decided at collection so fixtures of a skipped test never run, and phrased so that every skip says
-what the test needs and what the probe saw.
+what the test needs and what the probe saw. ``verdict`` is the one rule book: the collection hook
+applies it to each item and ``pytest-heavy doctor`` to each marker, so the two never disagree.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import pytest
 
 from .hardware import Hardware
 from .settings import Settings
+
+CICD_QUALITATIVE_REASON = "CICD=1: qualitative tests are skipped in CI"
 
 
 def vram_gib(mark: pytest.Mark) -> float:
@@ -28,15 +31,30 @@ def vram_gib(mark: pytest.Mark) -> float:
     return gib
 
 
+def gpu_markers(settings: Settings) -> tuple[str, ...]:
+    """Every marker that implies a GPU: ours, then the project's (ini ``heavy_gpu_markers``)."""
+    return ("requires_gpu", "requires_vram", *settings.gpu_markers)
+
+
 def gpu_marker(marker_names: Iterable[str], settings: Settings) -> str | None:
     """The first marker that implies a GPU, or None."""
-    gpu = ("requires_gpu", "requires_vram", *settings.gpu_markers)
-    return next((m for m in gpu if m in marker_names), None)
+    return next((m for m in gpu_markers(settings) if m in marker_names), None)
 
 
-def skip_reason(marks: list[pytest.Mark], settings: Settings, hw: Hardware) -> str | None:
-    """Why this test cannot run here, or None when it can."""
+def verdict(marks: list[pytest.Mark], settings: Settings, hw: Hardware) -> str | None:
+    """Why a test with these marks is skipped here, or None when it runs.
+
+    Raises ValueError for a mark that cannot be read (``requires_vram("lots")``).
+    """
     by_name = {m.name: m for m in reversed(marks)}  # closest mark wins
+    reason = hardware_reason(by_name, settings, hw)
+    if reason is None and settings.cicd and "qualitative" in by_name:
+        reason = CICD_QUALITATIVE_REASON
+    return reason
+
+
+def hardware_reason(by_name: dict[str, pytest.Mark], settings: Settings, hw: Hardware) -> str | None:
+    """What the test needs that this machine lacks (GPU, VRAM, RAM, vllm), or None."""
     gpu = gpu_marker(by_name, settings)
     if gpu and not settings.ignore_gpu_check:
         if not hw.gpus:

@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from .gpu import mps
+
 HARDWARE_ENV = "PYTEST_HEAVY_HARDWARE"
 ASSUME_ENV = "PYTEST_HEAVY_ASSUME"
 
@@ -40,10 +42,6 @@ class GPU:
     used_mib: int
     compute_mode: str = "default"
     mig: bool = False  # a MIG instance rather than a whole device
-
-    @property
-    def free_mib(self) -> int:
-        return max(self.total_mib - self.used_mib, 0)
 
     @property
     def total_gib(self) -> float:
@@ -362,8 +360,6 @@ def probe(assume: str | None = None) -> Hardware:
         gpus, reason, driver = (), "", ""
     else:
         gpus, reason, driver = probe_gpus()
-    from . import mps  # local: mps imports nothing heavy, but keeps this module importable alone
-
     mps_pid, mps_detail = mps.daemon_pid() if gpus or "gpus" in fields else (None, "no GPU")
     vm = psutil.virtual_memory()
     try:

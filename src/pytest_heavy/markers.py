@@ -20,9 +20,14 @@ MARKERS: dict[str, str] = {
 }
 
 
+def documented() -> set[str]:
+    """The names of the markers above, without their signatures (``requires_vram``)."""
+    return {spec.split("(")[0] for spec in MARKERS}
+
+
 def register(config: pytest.Config, extra: tuple[str, ...] = ()) -> None:
     """Register the documented markers plus any project marker named in the heavy_* ini keys."""
-    known = {spec.split("(")[0] for spec in MARKERS}
+    known = documented()
     for spec, help_ in MARKERS.items():
         config.addinivalue_line("markers", f"{spec}: {help_}")
     for name in extra:

@@ -61,12 +61,6 @@ class GpuReader:
                 usage[p.pid] = usage.get(p.pid, 0) + int(used) // MIB
         return usage
 
-    def close(self) -> None:
-        try:
-            self._nv.nvmlShutdown()
-        except self._nv.NVMLError:
-            pass
-
 
 @dataclass
 class Peaks:

@@ -12,21 +12,20 @@ from . import (
     cleanup,
     examples,
     gating,
-    guard,
     hardware,
     hooks,
     launch,
     markers,
-    mps,
     plan,
     procs,
     report,
-    split,
     tiers,
 )
 from .controller import Controller
+from .gpu import guard, mps
 from .launch.forkserver import ForkserverLauncher
 from .settings import CHILD_ENV, Settings, add_options, load
+from .split import plugin as split
 from .state import RUN, Run
 
 # Modules exposing ``register(config, run)``; each adds its own hooks for the session.
@@ -108,11 +107,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         marks = list(item.iter_markers())
         try:
-            reason = gating.skip_reason(marks, run.settings, run.hardware)
+            reason = gating.verdict(marks, run.settings, run.hardware)
         except ValueError as exc:
             raise pytest.UsageError(f"{item.nodeid}: {exc}") from None
-        if reason is None and run.settings.cicd and item.get_closest_marker("qualitative"):
-            reason = tiers.CICD_QUALITATIVE_REASON
         if reason is not None:
             item.add_marker(pytest.mark.skip(reason=reason))
             run.gated.setdefault(gating.reason_group(reason), []).append(item.nodeid)

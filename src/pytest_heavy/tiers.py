@@ -3,7 +3,8 @@
 - default: everything but ``slow`` (deselected, so the summary counts them);
 - ``-m "not qualitative"``: the fast tier (pytest's own -m does the work);
 - ``-m slow`` or ``--heavy-run-slow``: slow tests are kept;
-- ``CICD=1``: qualitative tests are skipped with a reason, so CI logs show what was left out.
+- ``CICD=1``: qualitative tests are skipped with a reason, so CI logs show what was left out (a skip,
+  not a deselection: gating.verdict decides it with the hardware rules).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 
 from .settings import Settings
 
-CICD_QUALITATIVE_REASON = "CICD=1: qualitative tests are skipped in CI"
+SLOW_DESELECTED = "deselected by default (run with -m slow or --heavy-run-slow)"
 
 
 def slow_is_selected(config: pytest.Config, settings: Settings) -> bool:
@@ -22,6 +23,11 @@ def slow_is_selected(config: pytest.Config, settings: Settings) -> bool:
     if settings.run_slow or not settings.skip_slow_by_default:
         return True
     return re.search(r"\bslow\b", config.option.markexpr or "") is not None
+
+
+def slow_reason(config: pytest.Config, settings: Settings) -> str | None:
+    """Why slow tests do not run here (doctor's line for the marker), or None when they are selected."""
+    return None if slow_is_selected(config, settings) else SLOW_DESELECTED
 
 
 def deselect_slow(config: pytest.Config, settings: Settings, items: list[pytest.Item]) -> None:

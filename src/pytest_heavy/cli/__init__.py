@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from . import gating, hardware, markers, mps, splitrun, tiers
+from .. import gating, hardware, markers, tiers
+from ..settings import load
+from . import mps, split
 
 
 def _settings(pytest_args: list[str]) -> Any:
-    from .settings import load
-
     config = pytest.Config.fromdictargs({}, ["-p", "no:cacheprovider", *pytest_args])
     return load(config), config
 
@@ -27,17 +27,14 @@ def _settings(pytest_args: list[str]) -> Any:
 def doctor_document(pytest_args: list[str]) -> dict[str, Any]:
     settings, config = _settings(pytest_args)
     hw = hardware.probe(settings.assume or None)
-    gpu_markers = sorted({"requires_gpu", "requires_vram", *settings.gpu_markers})
-    names = sorted({spec.split("(")[0] for spec in markers.MARKERS} | set(gpu_markers)
-                   | set(settings.isolate_markers))
+    gpu_markers = sorted(set(gating.gpu_markers(settings)))
+    names = sorted(markers.documented() | set(gpu_markers) | set(settings.isolate_markers))
     verdicts: dict[str, dict[str, Any]] = {}
     for name in names:
         mark = pytest.Mark(name, (1,) if name == "requires_vram" else (), {})
-        reason = gating.skip_reason([mark], settings, hw)
-        if reason is None and name == "qualitative" and settings.cicd:
-            reason = tiers.CICD_QUALITATIVE_REASON
-        if reason is None and name == "slow" and not tiers.slow_is_selected(config, settings):
-            reason = "deselected by default (run with -m slow or --heavy-run-slow)"
+        reason = gating.verdict([mark], settings, hw)
+        if reason is None and name == "slow":
+            reason = tiers.slow_reason(config, settings)  # a tier's deselection, which doctor shows too
         verdicts[name] = {"runs": reason is None, "reason": reason,
                           "isolated": name in settings.isolate_markers, "gpu": name in gpu_markers}
     return {
@@ -99,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pytest options to read (e.g. --heavy-assume gpus=1x80GiB)")
     p.set_defaults(func=doctor)
     mps.add_parser(sub)
-    splitrun.add_parser(sub)
+    split.add_parser(sub)
     return parser
 
 
@@ -114,6 +111,3 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

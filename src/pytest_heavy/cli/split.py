@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .split import SNAPSHOT_ENV
+from ..split.durations import share_snapshot
 
 DEFAULT_JUNIT_DIR = ".heavy/split"
 MERGED_NAME = "junit.xml"
@@ -153,10 +153,7 @@ def run_split(n: int, jobs: int, junit_dir: Path, pytest_args: list[str]) -> int
     start = time.monotonic()
     junit_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    if SNAPSHOT_ENV not in env:
-        snapshot = junit_dir / "durations.json"
-        snapshot.unlink(missing_ok=True)  # a snapshot belongs to one run
-        env[SNAPSHOT_ENV] = str(snapshot.resolve())
+    share_snapshot(env, junit_dir / "durations.json")
     base = coverage_base() if wants_coverage(pytest_args) else None
     subsets = [Subset(i, n, junit_dir / f"junit-{i}-of-{n}.xml", f"{base}.split-{i}" if base else None)
                for i in range(1, n + 1)]

@@ -1,8 +1,4 @@
-"""Balanced splitting of a run into subsets: the durations store and the least-loaded partition.
-
-Durations are recorded on every run, not only split ones, so that the first ``--heavy-split`` is already
-balanced. They come from ``pytest_runtest_logreport``: isolated children's reports are re-emitted in the
-parent through that same hook, so one source covers in-process items, isolated modules and examples.
+"""The durations store (committed file under the pytest cache), and the least-loaded partition over it.
 
 Every subset is a separate pytest process that computes the whole partition again and keeps its own
 share, so the partition must be a function of the selection and the durations alone: units are sorted
@@ -17,18 +13,15 @@ import heapq
 import json
 import os
 import warnings
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from .state import Run
 
 CACHE_KEY = "heavy/durations"
 # Set by `pytest-heavy split` (or by hand for Slurm arrays): the subsets of one run all partition with
 # the durations this file held when the first of them collected, not with what earlier subsets recorded.
 SNAPSHOT_ENV = "PYTEST_HEAVY_DURATIONS_SNAPSHOT"
-EMPTY_MESSAGE = "this subset is empty"
 
 
 class DurationsError(Exception):
@@ -65,7 +58,7 @@ def dump_durations(durations: dict[str, float]) -> str:
     return json.dumps(durations, indent=2, sort_keys=True) + "\n"
 
 
-def _rounded(seconds: float) -> float:
+def rounded(seconds: float) -> float:
     """Two significant digits: enough to balance on, and a committed file that does not churn on noise."""
     return float(f"{seconds:.2g}")
 
@@ -162,6 +155,16 @@ def snapshot(path: Path, store: Store) -> dict[str, float]:
     return durations
 
 
+def share_snapshot(env: dict[str, str], path: Path) -> None:
+    """Point the subsets of one run (started with ``env``) at one snapshot file, fresh for this run.
+
+    An environment that already names one keeps it: a Slurm array's tasks share the file its script chose.
+    """
+    if SNAPSHOT_ENV not in env:
+        path.unlink(missing_ok=True)  # a snapshot belongs to one run
+        env[SNAPSHOT_ENV] = str(path.resolve())
+
+
 def partition(weights: dict[str, float], n: int) -> list[list[str]]:
     """Greedy least-loaded assignment, longest unit first (LPT: within 4/3 of the best possible)."""
     loads = [(0.0, index) for index in range(n)]  # a heap: least load, then lowest index
@@ -171,16 +174,6 @@ def partition(weights: dict[str, float], n: int) -> list[list[str]]:
         buckets[index].append(unit)
         heapq.heappush(loads, (load + weights[unit], index))
     return buckets
-
-
-def unit_of(item: pytest.Item, by: str, example_dirs: Iterable[Path]) -> str:
-    """The node id, or with ``by == "module"`` its module, or an example's whole directory."""
-    if by == "item":
-        return item.nodeid
-    path = item.nodeid.split("::", 1)[0]
-    if any(item.path.is_relative_to(d) for d in example_dirs):
-        return path.rpartition("/")[0]
-    return path
 
 
 def unit_weights(units: dict[str, str], durations: dict[str, float],
@@ -199,81 +192,3 @@ def unit_weights(units: dict[str, str], durations: dict[str, float],
         seconds = 0.0 if nodeid in skipped else durations.get(nodeid, default)
         weights[units[nodeid]] = weights.get(units[nodeid], 0.0) + seconds
     return weights
-
-
-class SplitPlugin:
-    def __init__(self, config: pytest.Config, run: Run) -> None:
-        self.config = config
-        self.run = run
-        self.split = run.settings.split
-        self.store = Store(config, run.settings.durations_path)
-        self.phases: dict[str, dict[str, float]] = {}  # node id -> {setup/call/teardown: seconds}
-        self.skipped: set[str] = set()
-        self.selected = 0  # items before the split
-        self.estimate = (0.0, 0.0)  # seconds: this subset, the whole selection
-        self.emptied = False  # this subset is empty because of the split, not for want of tests
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        # Keyed by phase, so a test re-run after a crashed child is counted once.
-        self.phases.setdefault(report.nodeid, {})[report.when] = report.duration
-        if report.skipped and not hasattr(report, "wasxfail"):
-            self.skipped.add(report.nodeid)  # a skip's time says nothing of the test's
-
-    # A wrapper, so that the split sees the selection after every plain hook (tiers, gating, -k, -m,
-    # --deselect) whatever the registration order; tryfirst makes it the outermost, after --lf too.
-    @pytest.hookimpl(wrapper=True, tryfirst=True)
-    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> Generator[None, None, None]:
-        result = yield
-        if self.split is not None and items:
-            self._keep_subset(items, *self.split)
-        return result
-
-    def _keep_subset(self, items: list[pytest.Item], index: int, n: int) -> None:
-        settings = self.run.settings
-        snapshot_path = os.environ.get(SNAPSHOT_ENV)
-        try:
-            durations = snapshot(Path(snapshot_path), self.store) if snapshot_path else self.store.read()
-        except DurationsError as exc:
-            raise pytest.UsageError(f"--heavy-split: {exc}") from None
-        example_dirs = [self.config.rootpath / d for d in settings.examples_dirs]
-        units = {item.nodeid: unit_of(item, settings.split_by, example_dirs) for item in items}
-        marked_skip = {item.nodeid for item in items if item.get_closest_marker("skip")}
-        weights = unit_weights(units, durations, marked_skip)
-        mine = set(partition(weights, n)[index - 1])
-        keep = [item for item in items if units[item.nodeid] in mine]
-        drop = [item for item in items if units[item.nodeid] not in mine]
-        self.selected = len(items)
-        self.estimate = (sum(weights[u] for u in mine), sum(weights.values()))
-        self.emptied = not keep
-        if drop:
-            self.config.hook.pytest_deselected(items=drop)
-            items[:] = keep
-
-    def pytest_report_collectionfinish(self, items: list[pytest.Item]) -> str | None:
-        if self.split is None or not self.selected:
-            return None
-        index, n = self.split
-        mine, total = self.estimate
-        return (f"heavy split {index}/{n} by {self.run.settings.split_by}: {len(items)} of {self.selected} "
-                f"items, about {mine:.2f}s of {total:.2f}s by recorded durations")
-
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        self.store.record({
-            nodeid: _rounded(sum(phases.values()))
-            for nodeid, phases in self.phases.items() if nodeid not in self.skipped
-        })
-        if self.emptied and session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
-            session.exitstatus = pytest.ExitCode.OK  # an empty share is not a broken run
-
-    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        if self.split is not None and self.emptied:
-            index, n = self.split
-            terminalreporter.write_line(
-                f"heavy split {index}/{n}: {EMPTY_MESSAGE} (all {self.selected} selected items are in other "
-                f"subsets); exit status 0")
-
-
-def register(config: pytest.Config, run: Run) -> None:
-    """In the parent only: children run exactly the node ids they are given and record nothing."""
-    if not run.settings.child:
-        config.pluginmanager.register(SplitPlugin(config, run), "heavy-split")

@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 
-from .cleanup import cuda_initialized
-from .state import RUN, Run
+from ..cleanup import cuda_initialized
+from ..state import RUN, Run
 
 # The inode of the initial (host) pid namespace: a fixed kernel constant (PROC_PID_INIT_INO). Comparing
 # with /proc/1/ns/pid would not do: inside a container, pid 1 shares the container's namespace.
@@ -114,8 +114,7 @@ class ContextGuard:
         self.indices = sorted({g.index for g in hw.gpus}) if "gpus" not in hw.assumed else []
         self.held = False
         self.last: str | None = None  # node id of the last in-parent test observed
-        self.offender: str | None = None  # node id of the first test after which a context was held
-        self.where = ""  # "after <that test>", or BEFORE_TESTS
+        self.where = ""  # "after <the first test that left a context>", or BEFORE_TESTS
         self.detail = ""  # how the context was found
         self._nvml: Any = None
 
@@ -143,7 +142,7 @@ class ContextGuard:
             return
         held, detail = self.check()
         if held:
-            self.held, self.offender, self.detail = True, nodeid, detail
+            self.held, self.detail = True, detail
             self.where = f"after {nodeid}" if nodeid else BEFORE_TESTS
 
     def describe(self) -> str:
@@ -215,8 +214,3 @@ def register(config: pytest.Config, run: Run) -> None:
 def get(config: pytest.Config) -> ContextGuard | None:
     return config.stash.get(GUARD, None)
 
-
-def first_offender(config: pytest.Config) -> str | None:
-    """Node id of the first in-parent test after which the parent held a CUDA context, if any."""
-    guard = get(config)
-    return guard.offender if guard is not None else None
