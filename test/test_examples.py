@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pytest_heavy.examples import HeaderError, parse_header
+from pytest_heavy.examples.header import HeaderError, parse_header
 
 INI = """\
 [pytest]
@@ -238,7 +238,7 @@ def test_timeout_dumps_stacks_then_terminates_the_whole_session(ex: pytest.Pytes
     out = result.stdout.str()
     pids = [int(p) for p in re.search(r"grandchildren (\d+) (\d+)", out).groups()]  # type: ignore[union-attr]
     result.stdout.fnmatch_lines([
-        "docs/examples/hangs.py::example timed out after 1 s (header timeout=); its process session was "
+        "docs/examples/hangs.py::example timed out after 1 s (header timeout=1); its process session was "
         "terminated (SIGTERM, then SIGKILL)",
         "Python stacks at the timeout (faulthandler):",
         "*most recent call first*",

@@ -25,7 +25,6 @@ from typing import Any
 from .gpu import mps
 
 HARDWARE_ENV = "PYTEST_HEAVY_HARDWARE"
-ASSUME_ENV = "PYTEST_HEAVY_ASSUME"
 
 # NVML's nvmlComputeMode_t values (nvml.h); the names are ours and appear in specs and reports.
 COMPUTE_MODES = {0: "default", 1: "exclusive_thread", 2: "prohibited", 3: "exclusive_process"}

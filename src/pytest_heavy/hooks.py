@@ -23,3 +23,14 @@ def pytest_heavy_unit_start(config: pytest.Config, unit: str, method: str, nodei
 @pytest.hookspec
 def pytest_heavy_unit_finish(config: pytest.Config, record: HeavyRecord) -> None:
     """``unit`` is finished (its row of the heavy table is ``record``), memory release included."""
+
+
+@pytest.hookspec(firstresult=True)
+def pytest_heavy_make_launcher(config: pytest.Config, method: str) -> object | None:
+    """Return the launcher that starts children for ``method`` (``spawn``, ``fork`` or ``forkserver``),
+    or None to use pytest-heavy's own.
+
+    The object follows ``pytest_heavy.isolation.launch.base.Launcher``: ``name``, ``start(request) ->
+    Started`` and ``close()``. Modelled on pytest-xdist's ``pytest_xdist_make_scheduler``; a test suite
+    can hand the controller a launcher that plays back scripted events without starting processes.
+    """

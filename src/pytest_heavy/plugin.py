@@ -8,23 +8,11 @@ from collections.abc import Generator
 
 import pytest
 
-from . import (
-    cleanup,
-    examples,
-    gating,
-    hardware,
-    hooks,
-    launch,
-    markers,
-    plan,
-    procs,
-    report,
-    tiers,
-)
-from .controller import Controller
+from . import cleanup, gating, hardware, hooks, markers, report, tiers
+from .examples import plugin as examples
 from .gpu import guard, mps
-from .launch.forkserver import ForkserverLauncher
-from .settings import CHILD_ENV, Settings, add_options, load
+from .isolation import plan
+from .settings import ASSUME_ENV, Settings, add_options, load
 from .split import plugin as split
 from .state import RUN, Run
 
@@ -50,7 +38,7 @@ def pytest_configure(config: pytest.Config) -> None:
         try:
             hw = hardware.probe(settings.assume or None)
         except hardware.AssumeError as exc:
-            source = "--heavy-assume" if config.option.heavy_assume else hardware.ASSUME_ENV
+            source = "--heavy-assume" if config.option.heavy_assume else ASSUME_ENV
             raise pytest.UsageError(f"{source} {settings.assume!r}: {exc}") from None
     run = config.stash[RUN] = Run(settings=settings, hardware=hw)
     # Concerns that keep per-session state register a plugin object of their own here.
@@ -65,9 +53,15 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     run = session.config.stash[RUN]
-    if isolation_possible(session.config, run) and launch.wants_forkserver(run.settings):
-        env = procs.child_environment(run.settings, run.hardware)
-        env[CHILD_ENV] = "1"
+    if not isolation_possible(session.config, run):
+        return
+    from .isolation import launch  # imported only by sessions that may isolate: the idle cost stays low
+
+    if launch.wants_forkserver(run.settings):
+        from . import supervise
+        from .isolation.launch.forkserver import ForkserverLauncher
+
+        env = supervise.child_environment(run.settings, run.hardware, isolated=True)
         run.forkserver = ForkserverLauncher(session.config, session.config.option.capture != "no",
                                             run.settings.preload, env)
 
@@ -93,9 +87,19 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
         if run.forkserver is not None:
             run.forkserver.close()
         return None
+    from .isolation import launch
+    from .isolation.controller import Controller
+
     method = launch.resolve(run.settings, run.forkserver)
-    Controller(session, run, launch.launchers(session, method, run.forkserver), method).run_units(units)
+    launchers = launch.Launchers(session, method, run.forkserver, note=lambda text: note(config, text))
+    Controller(session, run, launchers).run_units(units)
     return True
+
+
+def note(config: pytest.Config, text: str) -> None:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"pytest-heavy: {text}", yellow=True)
 
 
 @pytest.hookimpl(trylast=True)

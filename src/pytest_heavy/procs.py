@@ -1,4 +1,4 @@
-"""Child processes: environment, output draining, and killing whole process trees.
+"""Child processes through psutil: output draining, process trees, and killing what a child left.
 
 Shared by isolated modules and examples. Each child starts in its own process session, so when it
 ends, anything it left behind (vLLM engine workers, dataloader workers, a forgotten server) can be
@@ -10,30 +10,35 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable
-from typing import IO
+from typing import IO, Protocol
 
 import psutil
 
-from .hardware import HARDWARE_ENV, Hardware
-from .settings import Settings
-
-DEFAULT_ALLOC_CONF = "expandable_segments:True"
-STACK_SIGNAL = signal.SIGUSR1  # children register faulthandler on it: dump every thread's stack
+POLL_S = 0.01
 
 
-def child_environment(settings: Settings, hw: Hardware, base: dict[str, str] | None = None) -> dict[str, str]:
-    """A copy of the parent's environment (coverage's subprocess patch needs a copy), plus ours.
+class Process(Protocol):
+    """What every start method hands back: a pid, a non-blocking poll, and signals."""
 
-    ``PYTORCH_CUDA_ALLOC_CONF`` lowers fragmentation for model-sized allocations unless the user chose
-    a value; ``heavy_env`` lines come last so a project can override anything.
-    """
-    env = dict(os.environ if base is None else base)
-    env.setdefault("PYTORCH_CUDA_ALLOC_CONF", DEFAULT_ALLOC_CONF)
-    env[HARDWARE_ENV] = hw.to_json()
-    env.update(dict(settings.env))
-    return env
+    pid: int
+
+    def poll(self) -> int | None:
+        """The return code once it exited (negative: killed by that signal), else None."""
+
+    def send_signal(self, sig: int) -> None: ...
+
+
+def wait(proc: Process, timeout: float | None) -> int | None:
+    """The return code, or None when ``timeout`` seconds passed first (None: no limit)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while (code := proc.poll()) is None:
+        if deadline is not None and time.monotonic() >= deadline:
+            return None
+        time.sleep(POLL_S)
+    return code
 
 
 class Drain:
@@ -54,6 +59,7 @@ class Drain:
         self._tail: deque[bytes] = deque()
         self._tail_size = 0
         self._tail_bytes = tail_bytes
+        self.size = 0  # bytes read so far
         self._echo = echo
         self._thread = threading.Thread(target=self._run, name="heavy-drain", daemon=True)
         self._thread.start()
@@ -70,6 +76,7 @@ class Drain:
                     self._kept_size += len(chunk)
                 else:
                     self.truncated = True
+            self.size += len(chunk)
             self._tail.append(chunk)
             self._tail_size += len(chunk)
             while self._tail_size > self._tail_bytes and len(self._tail) > 1:

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import pytest
 
-CHILD_ENV = "PYTEST_HEAVY_CHILD"  # set in isolated children: isolation off, hardware from the parent
+from . import wire
+
+ASSUME_ENV = "PYTEST_HEAVY_ASSUME"  # --heavy-assume's value when the option is not given
 
 ISOLATE_CHOICES = ("auto", "always", "never")
 START_CHOICES = ("auto", "spawn", "fork", "forkserver")
@@ -27,11 +29,13 @@ INI: dict[str, tuple[str, str, object]] = {
     "heavy_gpu_markers": ("markers that imply a GPU (gated, routed)", "args",
                           ["requires_gpu", "huggingface", "vllm"]),
     "heavy_ram_gib": ("GiB of host RAM that requires_heavy_ram needs", "string", "48"),
-    "heavy_skip_slow_by_default": ("deselect slow tests unless -m names slow or --heavy-run-slow", "bool", True),
+    "heavy_skip_slow_by_default": ("deselect slow tests unless -m names slow or --heavy-run-slow", "bool",
+                                   True),
     "heavy_env": ("KEY=VALUE lines added to children's environment", "linelist", []),
     "heavy_preload": ("modules the forkserver imports once (e.g. torch transformers)", "args", []),
     "heavy_timeout_s": ("seconds an isolated module may run (0: no limit)", "string", "0"),
-    "heavy_release_timeout_s": ("seconds to wait for GPU memory to be released after a child", "string", "30"),
+    "heavy_release_timeout_s": ("seconds to wait for GPU memory to be released after a child", "string",
+                                "30"),
     "heavy_vram_tolerance_mib": ("MiB above the baseline that still counts as released", "string", "256"),
     "heavy_examples_dirs": ("directories whose `# pytest:` scripts run as tests", "args", ["docs/examples"]),
     "heavy_examples_cwd": ("examples' working directory: rootdir or file", "string", "rootdir"),
@@ -166,7 +170,7 @@ def load(config: pytest.Config) -> Settings:
         workers=opt.heavy_workers,
         timeout=timeout,
         report_path=opt.heavy_report or "",
-        assume=opt.heavy_assume or os.environ.get("PYTEST_HEAVY_ASSUME", ""),
+        assume=opt.heavy_assume or os.environ.get(ASSUME_ENV, ""),
         split=parse_split(opt.heavy_split) if opt.heavy_split else None,
         split_by=opt.heavy_split_by,
         run_slow=opt.heavy_run_slow,
@@ -187,5 +191,5 @@ def load(config: pytest.Config) -> Settings:
         durations_path=str(config.getini("heavy_durations_path")).strip(),
         cleanup=cleanup == "always" or (cleanup == "auto" and cicd),
         cicd=cicd,
-        child=os.environ.get(CHILD_ENV) == "1",
+        child=wire.in_child(),
     )

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from .hardware import Hardware
-from .memory import GpuReader
 from .report import HeavyRecord
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .memory import GpuReader
 
 
 @dataclass
@@ -19,13 +21,15 @@ class Run:
     hardware: Hardware
     gated: dict[str, list[str]] = field(default_factory=dict)  # reason group -> node ids skipped
     records: list[HeavyRecord] = field(default_factory=list)  # heavy table rows, in finishing order
-    forkserver: Any = None  # launch.forkserver.ForkserverLauncher, started before collection
+    forkserver: Any = None  # isolation.launch.forkserver.ForkserverLauncher, started before collection
     _gpu: GpuReader | None = None
     _gpu_opened: bool = False
 
     def gpu(self) -> GpuReader | None:
         """NVML handles for the visible GPUs, opened on first use; None without real GPUs."""
         if not self._gpu_opened:
+            from .memory import GpuReader  # only sessions that run children need it: keep start-up light
+
             self._gpu_opened = True
             self._gpu = GpuReader.open(self.hardware)
         return self._gpu

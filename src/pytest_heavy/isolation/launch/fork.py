@@ -13,8 +13,8 @@ import traceback
 
 import pytest
 
+from ... import wire
 from .. import child
-from ..wire import Sender
 from .base import PARENT_FDS, Pipes, Started, UnitRequest
 
 
@@ -48,7 +48,7 @@ class ForkLauncher:
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:  # the child never returns from here
-            code = 70
+            code = wire.EXIT_INTERNAL
             try:
                 code = self._child(pipes, request)
             except BaseException:
@@ -69,7 +69,7 @@ class ForkLauncher:
         os.environ.clear()
         os.environ.update(request.env)
         child.enable_stack_dumps()
-        return child.run_forked(self._session, request.items, Sender(pipes.events_w), pipes.control_r)
+        return child.run_forked(self._session, request.items, wire.Sender(pipes.events_w), pipes.control_r)
 
     def close(self) -> None:
         pass

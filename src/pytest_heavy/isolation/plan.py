@@ -12,11 +12,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from .examples import ExampleItem
-from .gating import gpu_marker
-from .hardware import Hardware
-from .markers import names
-from .settings import Settings
+from ..gating import gpu_marker
+from ..hardware import Hardware
+from ..markers import names
+from ..settings import Settings
 
 
 @dataclass
@@ -55,7 +54,8 @@ def plan(items: list[pytest.Item], settings: Settings, hw: Hardware) -> list[Uni
             continue
         marker_names = names(item)
         # An example already runs in a process of its own: isolation markers add nothing but a second one.
-        if not isinstance(item, ExampleItem) and any(m in marker_names for m in settings.isolate_markers):
+        own_process = getattr(item, "runs_in_own_process", False)
+        if not own_process and any(m in marker_names for m in settings.isolate_markers):
             heavy.setdefault(module_of(item), False)
         if route_gpu and gpu_marker(marker_names, settings):
             heavy[module_of(item)] = True

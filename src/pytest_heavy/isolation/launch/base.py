@@ -11,8 +11,8 @@ from typing import IO, Any, Protocol
 
 import pytest
 
-from .. import cleanup
-from ..child import CHILD_OVERRIDES
+from ... import cleanup, procs
+from ...wire import CHILD_OVERRIDES
 
 
 @dataclass
@@ -34,18 +34,9 @@ class RefusedError(RuntimeError):
     """A launcher could not start a child safely; the controller falls back to spawn."""
 
 
-class ChildProcess(Protocol):
-    pid: int
-
-    def poll(self) -> int | None:
-        """The return code once it exited (negative: killed by that signal), else None."""
-
-    def send_signal(self, sig: int) -> None: ...
-
-
 @dataclass
 class Started:
-    process: ChildProcess
+    process: procs.Process
     events: IO[bytes]  # read end of the event stream
     control: int  # write end of the control pipe
     stdout: IO[bytes] | None  # None when the child writes to our terminal (-s)
@@ -85,7 +76,7 @@ class Pipes:
     def parent_fds(self) -> tuple[int, ...]:
         return tuple(fd for fd in (self.events_r, self.control_w, self.out_r, self.err_r) if fd >= 0)
 
-    def started(self, process: ChildProcess) -> Started:
+    def started(self, process: procs.Process) -> Started:
         self.close_child_ends()
         return Started(
             parent_fds=self.parent_fds(),

@@ -11,10 +11,8 @@ reports it receives. The child never re-applies ``-k``/``-m``/``--lf``: the pare
 from __future__ import annotations
 
 import faulthandler
-import importlib
 import os
 import pickle
-import signal
 import sys
 import threading
 import traceback
@@ -23,19 +21,16 @@ from typing import Any
 
 import pytest
 
-from .wire import FDS_ENV, PAYLOAD_ENV, Sender
-
-STACK_SIGNAL = signal.SIGUSR1  # the parent sends it on timeout: every thread's stack goes to stderr
-PARENT_GONE_EXIT = 3
-
-# Options a child must not inherit as they are: the parent alone selects, debugs and writes reports.
-CHILD_OVERRIDES: dict[str, Any] = {
-    "usepdb": False, "trace": False, "xmlpath": None, "lf": False, "failedfirst": False, "newfirst": False,
-    "keyword": "", "markexpr": "", "deselect": [], "stepwise": False, "stepwise_skip": False,
-    "collectonly": False, "heavy_isolate": "never", "heavy_split": None, "heavy_report": None,
-    "cov_source": None,  # pytest-cov stays off; coverage's own subprocess/fork patches measure us
-    "basetemp": None,  # a given --basetemp is wiped by whoever uses it first: children get their own
-}
+from .. import procs
+from ..wire import (
+    EXIT_PARENT_GONE,
+    FDS_ENV,
+    PAYLOAD_ENV,
+    STACK_SIGNAL,
+    Event,
+    Sender,
+    serialize_warning,
+)
 
 
 class Forwarder:
@@ -59,58 +54,29 @@ class Forwarder:
         items[:] = [by_id[n] for n in self.nodeids if n in by_id]
         missing = [n for n in self.nodeids if n not in by_id]
         if missing:
-            self.sender.send("missing", nodeids=missing)
+            self.sender.send(Event.MISSING, nodeids=missing)
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:
-            self.sender.send("collecterror", nodeid=report.nodeid, longrepr=str(report.longrepr))
+            self.sender.send(Event.COLLECT_ERROR, nodeid=report.nodeid, longrepr=str(report.longrepr))
 
     def pytest_runtest_logstart(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
-        self.sender.send("logstart", nodeid=nodeid, location=location)
+        self.sender.send(Event.LOGSTART, nodeid=nodeid, location=location)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.failed += report.failed
         data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
-        self.sender.send("report", data=data)
+        self.sender.send(Event.REPORT, data=data)
 
     def pytest_runtest_logfinish(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
-        self.sender.send("logfinish", nodeid=nodeid, location=location)
+        self.sender.send(Event.LOGFINISH, nodeid=nodeid, location=location)
 
     def pytest_warning_recorded(self, warning_message: warnings.WarningMessage, when: str, nodeid: str,
                                 location: tuple[str, int, str] | None) -> None:
         if not self.live:
             return
-        self.sender.send("warning", when=when, nodeid=nodeid, location=location,
+        self.sender.send(Event.WARNING, when=when, nodeid=nodeid, location=location,
                          message=serialize_warning(warning_message))
-
-
-def serialize_warning(wm: warnings.WarningMessage) -> dict[str, Any]:
-    message = wm.message
-    return {
-        "message": str(message),
-        "category_module": wm.category.__module__,
-        "category_name": wm.category.__qualname__,
-        "filename": wm.filename,
-        "lineno": wm.lineno,
-        "is_instance": isinstance(message, Warning),
-    }
-
-
-def deserialize_warning(data: dict[str, Any]) -> warnings.WarningMessage:
-    """The parent's copy of a child's warning; unknown categories fall back to UserWarning."""
-    try:
-        category = getattr(importlib.import_module(data["category_module"]), data["category_name"])
-        if not (isinstance(category, type) and issubclass(category, Warning)):
-            raise TypeError(category)
-    except Exception:
-        category = UserWarning
-    message: Any = data["message"]
-    if data.get("is_instance"):
-        try:
-            message = category(message)
-        except Exception:
-            message = UserWarning(message)
-    return warnings.WarningMessage(message, category, data["filename"], data["lineno"])
 
 
 def register_forwarder(forwarder: Forwarder) -> Forwarder:
@@ -128,7 +94,7 @@ def watch_control(fd: int, session: pytest.Session) -> None:
             while data := pipe.read(64):
                 if b"stop" in data:
                     session.shouldstop = "stopped by pytest-heavy: the parent session is stopping"
-        os._exit(PARENT_GONE_EXIT)
+        os._exit(EXIT_PARENT_GONE)
 
     threading.Thread(target=run, name="heavy-control", daemon=True).start()
 
@@ -211,10 +177,8 @@ _dump_file: Any = None
 
 def finish(sender: Sender, exitstatus: int) -> int:
     """Tell the parent which processes we leave behind (it kills them once we exit), then 'done'."""
-    from .procs import descendants
-
-    sender.send("leftovers", processes=descendants())
-    sender.send("done", exitstatus=int(exitstatus))
+    sender.send(Event.LEFTOVERS, processes=procs.descendants())
+    sender.send(Event.DONE, exitstatus=int(exitstatus))
     return int(exitstatus)
 
 
@@ -231,7 +195,7 @@ def enable_stack_dumps() -> None:
 
 
 def main() -> int:
-    """Entry point of a spawned child: ``python -m pytest_heavy.child``."""
+    """Entry point of a spawned child: ``python -m pytest_heavy.isolation.child``."""
     enable_stack_dumps()
     with open(os.environ.pop(PAYLOAD_ENV), "rb") as fh:
         payload = pickle.load(fh)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from ..wire import FDS_ENV, PAYLOAD_ENV
+from ...wire import FDS_ENV, PAYLOAD_ENV
 from .base import Pipes, Started, UnitRequest, child_args, child_options
 
 
@@ -49,7 +49,7 @@ class SpawnLauncher:
         env[PAYLOAD_ENV] = payload_path
         env[FDS_ENV] = f"{pipes.events_w},{pipes.control_r}"
         popen = subprocess.Popen(
-            [sys.executable, "-m", "pytest_heavy.child"],
+            [sys.executable, "-m", "pytest_heavy.isolation.child"],
             cwd=self._cwd, env=env, pass_fds=[pipes.events_w, pipes.control_r],
             stdin=subprocess.DEVNULL,
             stdout=pipes.out_w if self._capture else None,

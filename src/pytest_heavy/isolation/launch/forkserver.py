@@ -31,8 +31,8 @@ from typing import Any
 import psutil
 import pytest
 
-from .. import child, procs
-from ..wire import Sender
+from ... import procs, wire
+from .. import child
 from .base import (
     Pipes,
     RefusedError,
@@ -45,7 +45,6 @@ from .base import (
     release_parent_fds,
 )
 
-SERVER_FD_ENV = "PYTEST_HEAVY_FORKSERVER_FD"
 READY_TIMEOUT_S = 300.0  # preloading torch + transformers on a slow disk can take a while
 REPLY_TIMEOUT_S = 30.0
 
@@ -79,8 +78,8 @@ class ForkserverLauncher:
                          "preload": list(preload)}, fh)
         self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._popen = subprocess.Popen(
-            [sys.executable, "-m", "pytest_heavy.launch.forkserver", payload],
-            cwd=str(config.invocation_params.dir), env={**env, SERVER_FD_ENV: str(theirs.fileno())},
+            [sys.executable, "-m", "pytest_heavy.isolation.launch.forkserver", payload],
+            cwd=str(config.invocation_params.dir), env={**env, wire.SERVER_FD_ENV: str(theirs.fileno())},
             pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, start_new_session=True,
         )
@@ -183,7 +182,7 @@ def _child(config: pytest.Config, sock: socket.socket, request: dict[str, Any], 
     os.environ.clear()
     os.environ.update(request["env"])
     child.enable_stack_dumps()
-    return child.run_session(config, request, Sender(events_fd), control_fd)
+    return child.run_session(config, request, wire.Sender(events_fd), control_fd)
 
 
 def _reap(sock: socket.socket) -> None:
@@ -244,7 +243,7 @@ def serve(sock: socket.socket, payload: dict[str, Any]) -> None:
             continue
         pid = os.fork()
         if pid == 0:
-            code = 70
+            code = wire.EXIT_INTERNAL
             try:
                 code = _child(config, sock, request, fds)
             except BaseException:
@@ -257,7 +256,7 @@ def serve(sock: socket.socket, payload: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    sock = socket.socket(fileno=int(os.environ.pop(SERVER_FD_ENV)))
+    sock = socket.socket(fileno=int(os.environ.pop(wire.SERVER_FD_ENV)))
     with open(sys.argv[1], "rb") as fh:
         payload = pickle.load(fh)
     try:

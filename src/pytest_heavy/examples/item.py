@@ -1,0 +1,217 @@
+"""An example script as a test item: run as ``python <file>`` in a supervised process of its own.
+
+Examples import optional heavy libraries and may need a GPU, so the pytest process never imports
+them: collection reads only the header (``header.py``), and each example runs in a subprocess of
+its own, in its own process session, with its output drained concurrently, a timeout that dumps its
+Python stacks before ending its tree (``supervise.py``), and the same memory accounting and report
+rows as isolated modules.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+from .. import gating, markers, procs, supervise, wire
+from ..gpu import guard
+from ..report import HeavyRecord
+from ..state import RUN, Run
+from .header import Header, HeaderError, parse_header
+
+EXIT_SKIP = 77  # the automake convention: "this test cannot run here"
+STDERR_LINES = 40  # lines of stderr in a failure message
+# node id -> heavy-table row of the examples running now; the plugin counts their reports into it
+RUNNING = pytest.StashKey[dict[str, HeavyRecord]]()
+
+# Run inside the example's interpreter: argv = [-c, optional modules, stack file, example, *args].
+# It registers faulthandler on STACK_SIGNAL (stacks go to a file, so stderr stays the example's own),
+# then runs the file the way `python <file>` does: sys.argv[0], sys.path[0], __name__ == "__main__".
+# Its own frames are cut from tracebacks; a missing optional module exits 77 with the reason last.
+BOOTSTRAP = f"""\
+import faulthandler, os, runpy, signal, sys
+_optional, _stacks, path = sys.argv[1], sys.argv[2], sys.argv[3]
+_stack_file = open(_stacks, "w")
+faulthandler.register(signal.Signals({int(wire.STACK_SIGNAL)}), file=_stack_file, all_threads=True)
+sys.argv = sys.argv[3:]
+sys.path[0] = os.path.dirname(os.path.realpath(path))
+del faulthandler, os, signal
+try:
+    runpy.run_path(path, run_name="__main__")
+except (SystemExit, KeyboardInterrupt):
+    raise
+except BaseException as exc:
+    missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+    wanted = [m for m in _optional.split(",") if missing and (m == missing or m.startswith(missing + "."))]
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != path:
+        tb = tb.tb_next
+    sys.excepthook(type(exc), exc.with_traceback(tb), tb)
+    if wanted:
+        sys.stderr.write("optional dependency " + wanted[0] + " not installed\\n")
+    sys.exit({EXIT_SKIP} if wanted else 1)
+"""
+
+
+class ExampleFile(pytest.File):
+    """An example script: one item, ``<path>::example``; the header is parsed here, never the code."""
+
+    def __init__(self, *, header_line: int, header_text: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.header_line = header_line
+        self.header_text = header_text
+
+    def collect(self) -> Iterable[pytest.Item]:
+        where = f"{self.nodeid}:{self.header_line}"
+        # pytest warns about an unregistered marker; say where it is instead of pointing at this module.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                header = parse_header(self.header_line, self.header_text)
+            except HeaderError as exc:
+                raise self.CollectError(f"{where}: bad '# pytest:' header: {exc}") from None
+        for warning in caught:
+            warnings.warn_explicit(warning.message, warning.category, str(self.path), self.header_line)
+        item = ExampleItem.from_parent(self, name="example", header=header)
+        for mark in header.marks:
+            item.add_marker(mark)
+        if header.skip is not None:
+            item.add_marker(pytest.mark.skip(reason=header.skip))
+        yield item
+
+
+class ExampleFailure(Exception):
+    """An example that failed or timed out; its message is the whole failure report."""
+
+
+class ExampleItem(pytest.Item):
+    """Runs ``python <file>`` in its own process session and turns its exit into an outcome."""
+
+    runs_in_own_process = True  # isolation markers gate it, but never wrap it in a second process
+
+    def __init__(self, *, header: Header, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.header = header
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        # Skip lines (gating, exit 77) point at the header, where the reason usually is.
+        return self.path, self.header.line - 1, f"example {self.nodeid}"
+
+    def runtest(self) -> None:
+        run = self.config.stash[RUN]
+        timeout = self.header.timeout if self.header.timeout is not None else run.settings.example_timeout
+        live = self.config.getoption("capture") == "no"
+        gpu_example = gating.gpu_marker(markers.names(self), run.settings) is not None
+        refusal = guard.refusal(self.config, f"example {self.nodeid}") if gpu_example else None
+        if refusal:
+            raise ExampleFailure(refusal)
+        record = HeavyRecord(unit=self.nodeid, kind="example", start_method="subprocess", tests=1)
+        self.config.stash[RUNNING][self.nodeid] = record
+        try:
+            sup, stacks, out, err = self._run(run, timeout, live, record, gpu_example)
+        finally:
+            run.records.append(record)
+        if not live:
+            self.add_report_section("call", "stdout", out.text())
+            self.add_report_section("call", "stderr", err.text())
+        if sup.killed and not sup.timed_out:
+            self.add_report_section("call", "leftover processes",
+                                    "\n".join(f"killed: {victim}" for victim in sup.killed))
+        self._outcome(sup, stacks, timeout, err.tail(STDERR_LINES) or "(empty)")
+
+    def _run(self, run: Run, timeout: float, live: bool, record: HeavyRecord,
+             gpu_example: bool) -> tuple[supervise.Supervisor, str, procs.Drain, procs.Drain]:
+        """Start the example, wait (bounded), end its whole tree, and fill in its table row."""
+        settings = run.settings
+        root = str(self.config.rootpath)
+        env = supervise.child_environment(settings, run.hardware, isolated=False)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        cwd = root if settings.examples_cwd == "rootdir" else str(self.path.parent)
+        gpu = run.gpu()
+        record.gpu_before_mib = gpu.device_used_mib() if gpu else None
+        with tempfile.TemporaryDirectory(prefix="pytest-heavy-example-") as tmp:
+            stack_file = os.path.join(tmp, "stacks.txt")
+            argv = [sys.executable, "-c", BOOTSTRAP, ",".join(settings.optional_modules), stack_file,
+                    str(self.path)]
+            start = time.monotonic()
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True)
+            sup = supervise.Supervisor(proc, gpu, record.gpu_before_mib, "the example")
+            assert proc.stdout is not None and proc.stderr is not None
+            out = procs.Drain(proc.stdout, keep=not live, echo=_binary(sys.stdout) if live else None)
+            err = procs.Drain(proc.stderr, keep=not live, echo=_binary(sys.stderr) if live else None)
+            try:
+                proc.wait(timeout or None)
+            except subprocess.TimeoutExpired:
+                sup.time_out(lambda: _size(stack_file))
+            finally:
+                # Also reached on Ctrl-C: nothing of the example's session outlives the run.
+                peaks = sup.reap()
+                proc.wait()
+                out.join(5)  # a grandchild holding the pipes is dead now: the drains reach EOF
+                err.join(5)
+                stacks = _read(stack_file)
+                record.wall_s = time.monotonic() - start
+                record.peak_rss_mib = peaks.rss_mib
+                record.peak_gpu_mib = peaks.gpu_mib
+                record.exit = "timeout" if sup.timed_out else procs.signal_name(proc.returncode)
+                record.killed = sup.killed
+        pids = guard.context_pids(self.config, {proc.pid, *peaks.seen}) if gpu_example else None
+        record.released = sup.release(settings, pids).text()
+        record.gpu_after_mib = gpu.device_used_mib() if gpu else None
+        return sup, stacks, out, err
+
+    def _outcome(self, sup: supervise.Supervisor, stacks: str, timeout: float, tail: str) -> None:
+        """Pass, skip (exit 77: reason = last stderr line) or fail with the status and stderr's tail."""
+        stderr_tail = f"last {STDERR_LINES} lines of stderr:\n{tail}"
+        if sup.timed_out:
+            source = (f"header timeout={timeout:g}" if self.header.timeout is not None
+                      else "ini heavy_example_timeout_s")
+            silent = (f"(none: the example did not answer {wire.STACK_SIGNAL.name} within "
+                      f"{supervise.STACK_WAIT_S:g} s)")
+            lines = [f"{self.nodeid} timed out after {timeout:g} s ({source}); "
+                     "its process session was terminated (SIGTERM, then SIGKILL)",
+                     "Python stacks at the timeout (faulthandler):", stacks or silent]
+            lines += [f"terminated: {victim}" for victim in sup.terminated]
+            grace = supervise.TERM_GRACE_S
+            lines += [f"killed (still alive after {grace:g} s): {victim}" for victim in sup.killed]
+            raise ExampleFailure("\n".join([*lines, stderr_tail]))
+        returncode = sup.proc.poll()
+        if returncode == 0:
+            return
+        if returncode == EXIT_SKIP:
+            reason = next((line.strip() for line in reversed(tail.splitlines()) if line.strip()), "")
+            # Raised with the item's location (the header line), as pytest's own skip markers do.
+            raise pytest.skip.Exception(reason or f"exit {EXIT_SKIP} (skip) with nothing on stderr",
+                                        _use_item_location=True)
+        raise ExampleFailure(f"{self.nodeid} failed: {procs.signal_name(returncode or 0)}\n{stderr_tail}")
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        if isinstance(excinfo.value, ExampleFailure):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style=style)
+
+
+def _binary(text_stream: Any) -> IO[bytes] | None:
+    """The binary side of sys.stdout / sys.stderr for live output with ``-s``."""
+    return getattr(text_stream, "buffer", None)
+
+
+def _size(path: str) -> int:
+    return os.path.getsize(path) if os.path.exists(path) else 0
+
+
+def _read(path: str) -> str:
+    """The stack dump, or nothing when the example ended before its bootstrap created the file."""
+    if not os.path.exists(path):
+        return ""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        return fh.read().strip()

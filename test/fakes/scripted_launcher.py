@@ -1,0 +1,102 @@
+"""A launcher that starts no process: it plays back the events a child would send, scripted by test name.
+
+Handed to the controller through the ``pytest_heavy_make_launcher`` hook (``pytest_plugins`` in a
+generated conftest), so the controller's restart, crash, missing-test and ``-x`` logic runs for real
+against a child whose behaviour is known exactly. By test function name:
+
+- ``test_crash*``: the child dies during the test's call (SIGSEGV), after its setup passed;
+- ``test_fail*``: the call fails;
+- ``test_missing*``: the child did not collect it;
+- ``test_early*``: the child dies before it starts any test;
+- anything else passes.
+
+A child stops after ``request.maxfail`` failures, as a real one does. Every request is appended, as a
+JSON line of node ids, to the file named by ``SCRIPTED_LAUNCHER_LOG``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from pytest_heavy.isolation.launch.base import Started, UnitRequest
+
+
+class ScriptedProcess:
+    def __init__(self, returncode: int) -> None:
+        done = subprocess.Popen(["true"])  # a real pid that is gone: the tree monitor finds nothing
+        done.wait()
+        self.pid = done.pid
+        self._returncode = returncode
+
+    def poll(self) -> int | None:
+        return self._returncode
+
+    def send_signal(self, sig: int) -> None:
+        pass
+
+
+class ScriptedLauncher:
+    def __init__(self, config: pytest.Config, name: str) -> None:
+        self.config = config
+        self.name = name
+
+    def start(self, request: UnitRequest) -> Started:
+        with open(os.environ["SCRIPTED_LAUNCHER_LOG"], "a") as log:
+            log.write(json.dumps(request.nodeids) + "\n")
+        lines: list[dict] = []
+        returncode = self._play(request, lines)
+        control_r, control_w = os.pipe()
+        os.close(control_r)  # a 'stop' written to it fails quietly, as to a child that already ended
+        events = io.BytesIO(b"".join(json.dumps(e).encode() + b"\n" for e in lines))
+        stderr = io.BytesIO(b"Fatal Python error: Segmentation fault\n" if returncode < 0 else b"")
+        return Started(process=ScriptedProcess(returncode), events=events, control=control_w,
+                       stdout=io.BytesIO(b""), stderr=stderr, parent_fds=(control_w,))
+
+    def _play(self, request: UnitRequest, lines: list[dict]) -> int:
+        by_id = {item.nodeid: item for item in request.items}
+        missing = [n for n in request.nodeids if by_id[n].name.startswith("test_missing")]
+        if missing:
+            lines.append({"event": "missing", "nodeids": missing})
+        failures = 0
+        for nodeid in request.nodeids:
+            item = by_id[nodeid]
+            if nodeid in missing:
+                continue
+            if item.name.startswith("test_early"):
+                return -signal.SIGSEGV
+            lines.append({"event": "logstart", "nodeid": nodeid, "location": item.location})
+            lines.append(self._report(item, "setup", "passed"))
+            if item.name.startswith("test_crash"):
+                return -signal.SIGSEGV
+            failed = item.name.startswith("test_fail")
+            lines.append(self._report(item, "call", "failed" if failed else "passed"))
+            lines.append(self._report(item, "teardown", "passed"))
+            lines.append({"event": "logfinish", "nodeid": nodeid, "location": item.location})
+            failures += failed
+            if request.maxfail and failures >= request.maxfail:
+                return int(pytest.ExitCode.INTERRUPTED)
+        return int(pytest.ExitCode.TESTS_FAILED if failures else pytest.ExitCode.OK)
+
+    def _report(self, item: pytest.Item, when: str, outcome: str) -> dict:
+        now = time.time()
+        report = pytest.TestReport(
+            nodeid=item.nodeid, location=item.location, keywords={k: 1 for k in item.keywords},
+            outcome=outcome, when=when, longrepr="scripted failure" if outcome == "failed" else None,  # type: ignore[arg-type]
+            sections=[], duration=0.0, start=now, stop=now, user_properties=[],
+        )
+        data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
+        return {"event": "report", "data": data}
+
+    def close(self) -> None:
+        pass
+
+
+def pytest_heavy_make_launcher(config: pytest.Config, method: str) -> ScriptedLauncher:
+    return ScriptedLauncher(config, method)
