@@ -20,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from types import ModuleType
 
+import fig_cimode
 import fig_examples
 import fig_idle
 import fig_isolation
@@ -35,6 +36,7 @@ FIGURES: dict[str, ModuleType] = {
     "memory": fig_memory,
     "workers": fig_workers,
     "examples": fig_examples,
+    "cimode": fig_cimode,
 }
 DOCS = REPO / "docs" / "benchmarks"
 SUMMARY_START, SUMMARY_END = "<!-- summary:start -->", "<!-- summary:end -->"

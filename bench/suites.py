@@ -115,3 +115,25 @@ def examples_dir(root: Path, count: int, dirname: str = "examples") -> list[str]
         path.write_text(EXAMPLE.format(index=i))
         names.append(str(path.relative_to(root)))
     return names
+
+
+def ci_suite(root: Path, modules: int = 300, per_module: int = 10, heavy_modules: int = 5,
+             library_objects: int = 300_000) -> int:
+    """A real ML library's CI run in miniature: every test module imports a large library (``biglib``,
+    about ``4 x library_objects`` Python objects at import, as transformers and a project's own ~300
+    modules make), ``modules`` x ``per_module`` tests, and ``heavy_modules`` of them marked heavy.
+
+    The heap size is what makes a full ``gc.collect()`` cost what it costs on a real suite (80 ms and
+    more); the heavy modules are what CI-mode cleanup and isolation are for.
+    """
+    write_ini(root, "    requires_heavy_ram: heavy module", "heavy_ram_gib = 1")
+    (root / "biglib.py").write_text(
+        f"TABLE = [{{'id': i, 'tags': [i, str(i)]}} for i in range({library_objects})]\n"
+        "REGISTRY = {row['id']: row for row in TABLE}\n"
+    )
+    for m in range(modules):
+        mark = "pytestmark = pytest.mark.requires_heavy_ram\n" if m < heavy_modules else ""
+        tests = "\n".join(f"def test_{i}():\n    assert biglib.REGISTRY[{i}]['tags'][0] == {i}\n"
+                          for i in range(per_module))
+        (root / f"test_ci_{m:03d}.py").write_text(f"import pytest\n\nimport biglib\n\n{mark}\n{tests}")
+    return modules * per_module

@@ -4,8 +4,11 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+TORCH_DOUBLE = Path(__file__).resolve().parent / "fakes" / "torch_double"
 
 SUITE = """
 import pytest
@@ -173,25 +176,73 @@ def pytest_sessionfinish(session):
     result.stdout.fnmatch_lines(["*TORCH-IN-PARENT False*"])
 
 
-def test_cleanup_runs_gc_after_each_test_in_ci(heavy_pytester, monkeypatch):
-    monkeypatch.setenv("CICD", "1")
-    heavy_pytester.makepyfile("""
+CLEANUP_SUITE = """
 import gc, pytest
+heavy = pytest.mark.requires_heavy_ram
+
 class Cycle:
-    def __init__(self): self.me = self
+    def __init__(self, size):
+        self.me = self
+        self.buffer = bytearray(size)
+
+def cycles():
+    return [o for o in gc.get_objects() if type(o).__name__ == "Cycle"]
+
 @pytest.fixture(scope="module", autouse=True)
 def explicit_gc_only():
-    gc.disable()  # only an explicit gc.collect() (the cleanup's) may free the cycle
+    gc.disable()  # only an explicit gc.collect() (the cleanup's) may free a cycle
     yield
     gc.enable()
-def test_make_garbage():
-    Cycle()
-def test_garbage_collected():
-    assert not [o for o in gc.get_objects() if type(o).__name__ == "Cycle"]
-""")
-    heavy_pytester.runpytest("-p", "no:randomly").assert_outcomes(passed=2)
+
+def test_plain_garbage():
+    Cycle(1)
+
+def test_plain_garbage_is_left_to_reference_counting():
+    assert len(cycles()) == 1  # no collection after an ordinary test: it costs 80-400 ms on a big heap
+    gc.collect()
+
+@heavy
+def test_heavy_leaves_a_large_buffer_in_a_cycle():
+    Cycle(256 << 20)
+
+@heavy
+def test_next_heavy_test_finds_it_freed():
+    assert not cycles()
+"""
+
+
+def test_ci_cleanup_collects_after_heavy_tests_only(heavy_pytester, monkeypatch):
+    monkeypatch.setenv("CICD", "1")
+    heavy_pytester.makepyfile(test_cleanup=CLEANUP_SUITE)
+    heavy_pytester.runpytest("-p", "no:randomly", "--heavy-isolate", "never").assert_outcomes(passed=4)
     heavy_pytester.makeini("[pytest]\nheavy_cleanup = never\nheavy_ram_gib = 4\n")
-    heavy_pytester.runpytest().assert_outcomes(passed=1, failed=1)
+    result = heavy_pytester.runpytest("-p", "no:randomly", "--heavy-isolate", "never")
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines(["*test_next_heavy_test_finds_it_freed*"])
+
+
+def test_cleanup_empties_the_cuda_cache_only_once_cuda_is_initialized(heavy_pytester, monkeypatch):
+    monkeypatch.setenv("CICD", "1")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TORCH_DOUBLE),
+                                                                   os.environ.get("PYTHONPATH")])))
+    heavy_pytester.makepyfile(test_cuda="""
+import pytest, torch
+heavy = pytest.mark.requires_heavy_ram
+
+@heavy
+def test_heavy_without_cuda(): pass
+
+def test_no_empty_cache_yet():
+    assert torch.cuda.empty_cache_calls == 0
+
+def test_makes_a_context():
+    torch.cuda.init()
+
+def test_then_every_test_empties_it():
+    assert torch.cuda.empty_cache_calls == 1
+""")
+    result = heavy_pytester.runpytest_subprocess("-p", "no:randomly", "--heavy-isolate", "never")
+    result.assert_outcomes(passed=4)
 
 
 def test_doctor_json(tmp_path):

@@ -1,10 +1,17 @@
-"""Memory cleanup between tests and modules (CI mode, or heavy_cleanup = always).
+"""Memory cleanup where it buys something (CI mode, or heavy_cleanup = always).
 
 What it can free: Python objects kept alive only by reference cycles (``gc.collect()``) and tensors
 the caching allocator holds but no longer uses (``torch.cuda.empty_cache()``). What it cannot free:
 the CUDA context itself (hundreds of MiB per process), memory still referenced by module globals
 or caches, and memory fragmented inside the allocator. Only process exit returns those; that is
 what heavy-module isolation is for.
+
+Where: after each test that carries a heavy or GPU marker, after the last test of a module that had
+one (its module-scope fixtures are gone then), and after any test once this process holds a CUDA
+context. Ordinary tests free their objects by reference counting, and a full collection on a heap
+holding a large ML library costs 80-400 ms, so they get none. ``gc.freeze()`` once collection is
+done moves the session's long-lived objects (imported libraries, items) out of every later
+collection's way.
 
 Torch is never imported here: ``empty_cache`` runs only when a test already imported torch and
 CUDA is already initialized in this process, so cleanup never creates a CUDA context.
@@ -14,6 +21,15 @@ from __future__ import annotations
 
 import gc
 import sys
+from collections.abc import Generator
+from typing import TYPE_CHECKING
+
+import pytest
+
+from .gating import gpu_markers
+
+if TYPE_CHECKING:
+    from .state import Run
 
 
 def cuda_initialized() -> bool:
@@ -31,3 +47,47 @@ def collect() -> None:
     gc.collect()
     if cuda_initialized():
         sys.modules["torch"].cuda.empty_cache()
+
+
+def after_which(items: list[pytest.Item], heavy_markers: set[str]) -> set[str]:
+    """The node ids after whose teardown a collection is worth it: heavy/GPU-marked tests, and the last
+    test of every module that holds one."""
+    wanted: set[str] = set()
+    heavy_modules: set[str] = set()
+    last_of_module: dict[str, str] = {}
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        last_of_module[module] = item.nodeid
+        if any(mark.name in heavy_markers for mark in item.iter_markers()):
+            wanted.add(item.nodeid)
+            heavy_modules.add(module)
+    wanted.update(last_of_module[module] for module in heavy_modules)
+    return wanted
+
+
+class Cleanup:
+    """Registered only when cleanup is on: a session without it pays no per-test hook."""
+
+    def __init__(self, heavy_markers: set[str]) -> None:
+        self.heavy_markers = heavy_markers
+        self.after: set[str] = set()
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.after = after_which(session.items, self.heavy_markers)
+        gc.collect()
+        gc.freeze()
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, None, None]:
+        try:
+            return (yield)
+        finally:
+            if item.nodeid in self.after or cuda_initialized():
+                collect()
+
+
+def register(config: pytest.Config, run: Run) -> None:
+    if run.settings.cleanup:
+        heavy = {*run.settings.isolate_markers, *gpu_markers(run.settings), "requires_heavy_ram"}
+        config.pluginmanager.register(Cleanup(heavy), "heavy-cleanup")

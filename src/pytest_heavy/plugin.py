@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Generator
 
 import pytest
 
@@ -17,7 +16,7 @@ from .split import plugin as split
 from .state import RUN, Run
 
 # Modules exposing ``register(config, run)``; each adds its own hooks for the session.
-CONCERNS: tuple = (split, examples, guard)
+CONCERNS: tuple = (split, examples, guard, cleanup)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -117,15 +116,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if reason is not None:
             item.add_marker(pytest.mark.skip(reason=reason))
             run.gated.setdefault(gating.reason_group(reason), []).append(item.nodeid)
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, None, None]:
-    try:
-        return (yield)
-    finally:
-        if item.config.stash[RUN].settings.cleanup:
-            cleanup.collect()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

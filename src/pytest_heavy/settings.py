@@ -42,7 +42,7 @@ INI: dict[str, tuple[str, str, object]] = {
     "heavy_example_timeout_s": ("seconds an example may run", "string", "600"),
     "heavy_optional_modules": ("modules whose absence skips an example", "args", []),
     "heavy_durations_path": ("committed JSON file of test durations for --heavy-split", "string", ""),
-    "heavy_cleanup": ("gc/empty_cache after each test and module: auto (CICD=1), always, never",
+    "heavy_cleanup": ("gc/empty_cache after heavy and GPU tests: auto (CICD=1), always, never",
                       "string", "auto"),
 }
 

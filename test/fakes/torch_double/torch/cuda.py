@@ -6,6 +6,7 @@ stays True: a context lives until the process exits.
 """
 
 _initialized = False
+empty_cache_calls = 0  # how often cleanup emptied the (absent) cache: tests read it
 
 
 def init() -> None:
@@ -19,3 +20,5 @@ def is_initialized() -> bool:
 
 def empty_cache() -> None:
     """Nothing cached: present because cleanup calls it once CUDA is initialized."""
+    global empty_cache_calls
+    empty_cache_calls += 1
