@@ -205,11 +205,13 @@ def test_parent_holds_context_reads_nvml_process_lists(nvml):
 
 @pytest.fixture
 def guarded(heavy_pytester, monkeypatch):
-    """Sessions that run in a subprocess with the torch double first on the path.
+    """Sessions that run in a subprocess with the torch double first on the path, on a machine with a GPU
+    (assumed: without one no test can create a CUDA context, and the guard is not even registered).
 
     A subprocess, because a torch already imported in this process (real or double) would be reused by
     an in-process session and decide the outcome.
     """
+    monkeypatch.setenv("PYTEST_HEAVY_ASSUME", "gpus=1x80GiB,ram=16GiB")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TORCH_DOUBLE),
                                                                    os.environ.get("PYTHONPATH")])))
     return heavy_pytester

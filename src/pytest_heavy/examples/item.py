@@ -14,8 +14,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
-from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,7 +23,7 @@ from .. import gating, markers, procs, supervise, wire
 from ..gpu import guard
 from ..report import HeavyRecord
 from ..state import RUN, Run
-from .header import Header, HeaderError, parse_header
+from .header import Header
 
 EXIT_SKIP = 77  # the automake convention: "this test cannot run here"
 STDERR_LINES = 40  # lines of stderr in a failure message
@@ -59,33 +57,6 @@ except BaseException as exc:
         sys.stderr.write("optional dependency " + wanted[0] + " not installed\\n")
     sys.exit({EXIT_SKIP} if wanted else 1)
 """
-
-
-class ExampleFile(pytest.File):
-    """An example script: one item, ``<path>::example``; the header is parsed here, never the code."""
-
-    def __init__(self, *, header_line: int, header_text: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.header_line = header_line
-        self.header_text = header_text
-
-    def collect(self) -> Iterable[pytest.Item]:
-        where = f"{self.nodeid}:{self.header_line}"
-        # pytest warns about an unregistered marker; say where it is instead of pointing at this module.
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                header = parse_header(self.header_line, self.header_text)
-            except HeaderError as exc:
-                raise self.CollectError(f"{where}: bad '# pytest:' header: {exc}") from None
-        for warning in caught:
-            warnings.warn_explicit(warning.message, warning.category, str(self.path), self.header_line)
-        item = ExampleItem.from_parent(self, name="example", header=header)
-        for mark in header.marks:
-            item.add_marker(mark)
-        if header.skip is not None:
-            item.add_marker(pytest.mark.skip(reason=header.skip))
-        yield item
 
 
 class ExampleFailure(Exception):
@@ -149,9 +120,8 @@ class ExampleItem(pytest.Item):
             out = procs.Drain(proc.stdout, keep=not live, echo=_binary(sys.stdout) if live else None)
             err = procs.Drain(proc.stderr, keep=not live, echo=_binary(sys.stderr) if live else None)
             try:
-                proc.wait(timeout or None)
-            except subprocess.TimeoutExpired:
-                sup.time_out(lambda: _size(stack_file))
+                if procs.wait(proc, timeout or None) is None:
+                    sup.time_out(lambda: _size(stack_file))
             finally:
                 # Also reached on Ctrl-C: nothing of the example's session outlives the run.
                 peaks = sup.reap()
@@ -215,3 +185,22 @@ def _read(path: str) -> str:
         return ""
     with open(path, encoding="utf-8", errors="replace") as fh:
         return fh.read().strip()
+
+
+class ReportCounter:
+    """Counts the reports of running examples into their heavy-table rows; registered with the first
+    example collected, so a session without examples pays no per-report hook."""
+
+    def __init__(self, running: dict[str, HeavyRecord]) -> None:
+        self.running = running
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        record = self.running.get(report.nodeid)
+        if record is not None:
+            record.count(report)
+
+
+def count_reports(config: pytest.Config) -> None:
+    if not config.pluginmanager.has_plugin("heavy-example-reports"):
+        config.pluginmanager.register(ReportCounter(config.stash.setdefault(RUNNING, {})),
+                                      "heavy-example-reports")

@@ -1,25 +1,25 @@
 """Collection of example scripts: a plain directory walk that never imports them, one item per file
-with a ``# pytest:`` header, and the heavy-table rows of the examples this session ran."""
+with a ``# pytest:`` header. The runner (``item.py``: subprocess, psutil, supervision) is imported
+only once an example is collected, so sessions without examples never load it."""
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ..report import HeavyRecord
 from ..state import Run
-from .header import find_header
-from .item import RUNNING, ExampleFile
+from .header import HeaderError, find_header, parse_header
 
 
 class ExamplesPlugin:
-    """The collection hooks, and the heavy-table rows of the examples run in this session."""
+    """The collection hooks: example directories are walked, never imported."""
 
     def __init__(self, config: pytest.Config, run: Run) -> None:
         self.dirs = [config.rootpath / d for d in run.settings.examples_dirs]
-        self.running: dict[str, HeavyRecord] = config.stash.setdefault(RUNNING, {})
 
     def inside(self, path: Path) -> bool:
         return any(path == d or path.is_relative_to(d) for d in self.dirs)
@@ -42,10 +42,35 @@ class ExamplesPlugin:
                                                 header_text=found[1]))
         return kept
 
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        record = self.running.get(report.nodeid)
-        if record is not None:
-            record.count(report)
+
+class ExampleFile(pytest.File):
+    """An example script: one item, ``<path>::example``; the header is parsed here, never the code."""
+
+    def __init__(self, *, header_line: int, header_text: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.header_line = header_line
+        self.header_text = header_text
+
+    def collect(self) -> Iterable[pytest.Item]:
+        where = f"{self.nodeid}:{self.header_line}"
+        # pytest warns about an unregistered marker; say where it is instead of pointing at this module.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                header = parse_header(self.header_line, self.header_text)
+            except HeaderError as exc:
+                raise self.CollectError(f"{where}: bad '# pytest:' header: {exc}") from None
+        for warning in caught:
+            warnings.warn_explicit(warning.message, warning.category, str(self.path), self.header_line)
+        from . import item as runner  # the runner's imports are paid only where there are examples
+
+        runner.count_reports(self.config)
+        item = runner.ExampleItem.from_parent(self, name="example", header=header)
+        for mark in header.marks:
+            item.add_marker(mark)
+        if header.skip is not None:
+            item.add_marker(pytest.mark.skip(reason=header.skip))
+        yield item
 
 
 def register(config: pytest.Config, run: Run) -> None:
