@@ -9,14 +9,15 @@ context, else spawn. Spawn is always available as the fallback.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pytest
 
 from ...settings import Settings
 from .base import Launcher, RefusedError, Started, UnitRequest, fork_unsafe_reason
-from .fork import ForkLauncher
-from .forkserver import ForkserverLauncher
-from .spawn import SpawnLauncher
+
+if TYPE_CHECKING:  # the launchers themselves are imported when a run needs them, not at session start
+    from .forkserver import ForkserverLauncher
 
 
 def wants_forkserver(settings: Settings) -> bool:
@@ -44,6 +45,9 @@ class Launchers:
         self.method = method
         self.note = note
         self._fallback_noted = False
+        from .fork import ForkLauncher
+        from .spawn import SpawnLauncher
+
         capture = session.config.option.capture != "no"
         builtin: dict[str, Callable[[], Launcher]] = {
             "spawn": lambda: SpawnLauncher(session.config, capture),
