@@ -34,7 +34,8 @@ class GpuReader:
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             uuid = pynvml.nvmlDeviceGetUUID(handle)
             by_uuid[uuid.decode() if isinstance(uuid, bytes) else uuid] = handle
-        self.handles = [by_uuid[g.uuid] for g in hw.gpus if g.uuid in by_uuid]
+        self.devices = [(g.index, by_uuid[g.uuid]) for g in hw.gpus if g.uuid in by_uuid]  # (NVML index, handle)
+        self.handles = [handle for _, handle in self.devices]
 
     @classmethod
     def open(cls, hw: Hardware) -> GpuReader | None:
@@ -51,14 +52,23 @@ class GpuReader:
     def process_usage_mib(self) -> dict[int, int]:
         """{host pid: MiB} for every compute process on the visible GPUs."""
         usage: dict[int, int] = {}
-        for handle in self.handles:
+        for per_pid in self.usage_by_device().values():
+            for pid, mib in per_pid.items():
+                usage[pid] = usage.get(pid, 0) + mib
+        return usage
+
+    def usage_by_device(self) -> dict[int, dict[int, int]]:
+        """{NVML index: {host pid: MiB}} for the visible GPUs (per-test figures are kept per device)."""
+        usage: dict[int, dict[int, int]] = {}
+        for index, handle in self.devices:
+            per_pid = usage.setdefault(index, {})
             try:
                 running = self._nv.nvmlDeviceGetComputeRunningProcesses(handle)
             except self._nv.NVMLError:
                 continue
             for p in running:
                 used = p.usedGpuMemory or 0  # None when the driver cannot tell (some containers)
-                usage[p.pid] = usage.get(p.pid, 0) + int(used) // MIB
+                per_pid[p.pid] = per_pid.get(p.pid, 0) + int(used) // MIB
         return usage
 
 

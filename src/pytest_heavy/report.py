@@ -92,9 +92,11 @@ def heavy_table(tr: pytest.TerminalReporter, records: list[HeavyRecord]) -> None
             tr.write_line(f"{r.unit}: killed leftover process {victim}")
 
 
-def write_json(path: str, records: list[HeavyRecord], hardware: dict[str, object]) -> None:
-    """--heavy-report: the same rows as JSON (schema in README: 'The --heavy-report JSON')."""
-    doc = {"schema": 1, "hardware": hardware, "modules": [asdict(r) for r in records]}
+def write_json(path: str, records: list[HeavyRecord], hardware: dict[str, object],
+               extra: dict[str, object] | None = None) -> None:
+    """--heavy-report: the same rows as JSON (schema in README: 'The --heavy-report JSON'), plus the
+    top-level keys other concerns add (``extra``: memory attribution's ``tests`` and ``leaks``)."""
+    doc = {**(extra or {}), "schema": 1, "hardware": hardware, "modules": [asdict(r) for r in records]}
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(doc, fh, indent=2, sort_keys=True)
         fh.write("\n")

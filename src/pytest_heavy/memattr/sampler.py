@@ -1,0 +1,145 @@
+"""Per-test memory figures, measured inside the process that runs the tests.
+
+The parent's monitor sees a child's tree from outside and only learns where a test starts or ends
+from events that reach it up to a pump cycle late; measuring in the process that runs the test gives
+readings taken exactly at setup start, call end and teardown end. Between those marks the peak comes
+from two sources: a sampling thread over the whole process tree (workers, engine processes) and the
+kernel's own high-water mark of this process (``VmHWM``, reset at each test through
+``/proc/self/clear_refs``), which catches a spike shorter than the sampling interval.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+import psutil
+
+from .. import procs
+from ..memory import MIB, GpuReader, TreeMonitor
+
+
+@dataclass
+class Reading:
+    """The tree's memory at one moment (or the peak of a window)."""
+
+    rss_mib: float = 0.0
+    gpu_mib: dict[int, float] | None = None  # NVML index -> MiB of this tree's processes; None: no GPU
+
+    def gpu_total(self) -> float | None:
+        return None if self.gpu_mib is None else sum(self.gpu_mib.values())
+
+    def peak_with(self, other: Reading) -> Reading:
+        gpu = None
+        if self.gpu_mib is not None or other.gpu_mib is not None:
+            mine, theirs = self.gpu_mib or {}, other.gpu_mib or {}
+            gpu = {i: max(mine.get(i, 0.0), theirs.get(i, 0.0)) for i in {*mine, *theirs}}
+        return Reading(max(self.rss_mib, other.rss_mib), gpu)
+
+
+def read_tree(pid: int, gpu: GpuReader | None) -> Reading:
+    """RSS of ``pid`` and its descendants, and their GPU memory per device."""
+    members = procs.tree(pid)
+    rss = 0
+    for proc in members:
+        try:
+            rss += proc.memory_info().rss
+        except psutil.Error:
+            continue
+    per_device = None
+    if gpu is not None:
+        pids = {p.pid for p in members}
+        per_device = {index: float(sum(mib for p, mib in usage.items() if p in pids))
+                      for index, usage in gpu.usage_by_device().items()}
+    return Reading(rss / MIB, per_device)
+
+
+def own_peak_mib() -> float | None:
+    """This process's RSS high-water mark (Linux ``VmHWM``), or None where it cannot be read."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_own_peak() -> bool:
+    """Reset ``VmHWM`` to the current RSS (``clear_refs`` value 5, Linux >= 4.0); False if refused."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+@dataclass
+class Window:
+    """What the monitor gathers between ``open_window`` and ``close_window``: one test."""
+
+    peak: Reading = field(default_factory=Reading)
+    samples: list[tuple[float, float, float | None]] = field(default_factory=list)  # (time, rss, gpu)
+
+
+class TestMonitor(TreeMonitor):
+    """This process's tree, sampled at test boundaries and (``threaded``) every ``interval`` seconds.
+
+    Unthreaded in a pytest process that may still fork children: a sampling thread would make every
+    later fork unsafe (and ``--heavy-start auto`` fall back to spawn); its peaks then come from the
+    boundaries and ``VmHWM`` alone.
+    """
+
+    __test__ = False  # not a pytest test class, whatever its name says
+
+    def __init__(self, gpu: GpuReader | None, interval: float, threaded: bool) -> None:
+        self._lock = threading.Lock()
+        self._window = Window()
+        self._hwm = reset_own_peak()
+        self.threaded = threaded
+        if threaded:
+            super().__init__(os.getpid(), gpu, interval)
+        else:
+            self.pid = os.getpid()
+            self._gpu = gpu
+
+    def _sample(self) -> Reading:  # type: ignore[override]
+        reading = read_tree(self.pid, self._gpu)
+        with self._lock:
+            self._window.peak = self._window.peak.peak_with(reading)
+            self._window.samples.append((time.time(), reading.rss_mib, reading.gpu_total()))
+        return reading
+
+    def mark(self) -> Reading:
+        """A reading now (it counts towards the window's peak and its samples too)."""
+        return self._sample()
+
+    def open_window(self) -> Reading:
+        """Start a test: forget the previous window, reset the high-water mark, read now."""
+        with self._lock:
+            self._window = Window()
+        if self._hwm:
+            reset_own_peak()
+        return self.mark()
+
+    def window_peak(self) -> Reading:
+        """The peak since ``open_window``: sampled tree, or this process's own high-water mark."""
+        with self._lock:
+            peak = Reading(self._window.peak.rss_mib,
+                           dict(self._window.peak.gpu_mib) if self._window.peak.gpu_mib is not None else None)
+        own = own_peak_mib() if self._hwm else None
+        if own is not None:
+            peak.rss_mib = max(peak.rss_mib, own)
+        return peak
+
+    def samples(self) -> list[tuple[float, float, float | None]]:
+        with self._lock:
+            return list(self._window.samples)
+
+    def stop(self) -> None:  # type: ignore[override]
+        if self.threaded:
+            super().stop()
