@@ -16,8 +16,6 @@ MARKERS: dict[str, str] = {
     "requires_heavy_ram": "needs heavy_ram_gib GiB of host RAM; its module runs in its own process",
     "requires_gpu_isolation": "its module runs in its own child process (GPU memory freed at exit)",
     "huggingface": "uses HuggingFace models; implies a GPU (heavy_gpu_markers)",
-    "heavy_limit_memory(rss, vram)": "fails the test when its process tree's peak RSS or GPU memory exceeds "
-                                     "a size, e.g. rss=\"2 GiB\", vram=\"10 GiB\"",
     "vllm": "uses vLLM; needs a GPU and the vllm package; its module runs in its own process",
 }
 

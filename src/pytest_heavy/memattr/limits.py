@@ -17,6 +17,8 @@ from ..hardware import AssumeError, parse_size_mib
 from .sampler import Reading
 
 MARKER = "heavy_limit_memory"
+HELP = ("fail the test when its process tree's peak RSS or GPU memory (setup start to call end) exceeds "
+        "a size: rss=\"2 GiB\", vram=\"10 GiB\" (a bare number is GiB)")
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ def add_options(parser: pytest.Parser) -> None:
 
 
 def register(config: pytest.Config, run: Run) -> None:
+    config.addinivalue_line("markers", f"{limits.MARKER}(rss, vram): {limits.HELP}")
     find_leaks = bool(config.option.heavy_find_leaks) and not run.settings.child
     if find_leaks:
         run.settings = dataclasses.replace(run.settings, isolate="never")  # one process, on purpose

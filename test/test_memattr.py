@@ -1,0 +1,225 @@
+"""Memory attribution end to end: per-test figures in --heavy-report, heavy_limit_memory, the leak finder.
+
+Generated suites allocate known sizes: RSS by writing bytes (every page touched, so resident), GPU
+memory through the fake NVML (test/fakes/pynvml.py), where a test "creates a context" of a known size.
+"""
+
+import json
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+FAKES = Path(__file__).resolve().parent / "fakes"
+H100 = {"uuid": "GPU-aaaaaaaa-1111-2222-3333-444444444444", "name": "NVIDIA H100 80GB HBM3",
+        "total_mib": 81559, "used_mib": 4, "compute_mode": 0}
+
+KNOWN_SIZES = """
+import pytest
+pytestmark = pytest.mark.requires_heavy_ram
+_KEEP = []
+
+def test_keeps_256_mib():
+    _KEEP.append(b"\\x01" * (256 << 20))
+
+def test_frees_192_mib_at_once():
+    block = b"\\x01" * (192 << 20)
+    del block
+
+def test_nothing():
+    pass
+"""
+
+
+def figures_in(path: Path) -> dict[str, dict]:
+    return {t["nodeid"].split("::")[-1]: t for t in json.loads(path.read_text())["tests"]}
+
+
+def grew(entry: dict, point: str) -> float:
+    return entry["rss_mib"][point] - entry["rss_mib"]["setup_start"]
+
+
+@pytest.mark.parametrize("isolate,method,process", [("always", "fork", "child"), ("always", "spawn", "child"),
+                                                    ("never", "auto", "parent")])
+def test_per_test_rss_figures_match_known_allocations(heavy_pytester, isolate, method, process):
+    heavy_pytester.makepyfile(test_sizes=KNOWN_SIZES)
+    result = heavy_pytester.runpytest_subprocess("--heavy-isolate", isolate, "--heavy-start", method,
+                                                 "--heavy-report", "heavy.json", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3)
+    tests = figures_in(heavy_pytester.path / "heavy.json")
+    assert set(tests) == {"test_keeps_256_mib", "test_frees_192_mib_at_once", "test_nothing"}
+    keeps, frees, nothing = (tests[n] for n in ("test_keeps_256_mib", "test_frees_192_mib_at_once",
+                                                 "test_nothing"))
+    assert {t["process"] for t in tests.values()} == {process}
+    assert {t["module"] for t in tests.values()} == {"test_sizes.py"}
+    assert all(t["outcome"] == "passed" and t["gpu_mib"] is None for t in tests.values())
+    # kept: still there at call end and after teardown
+    assert 240 <= grew(keeps, "call_end") <= 320 and 240 <= grew(keeps, "teardown_end")
+    assert keeps["rss_mib"]["peak"] >= keeps["rss_mib"]["call_end"]
+    # freed inside the test: only the peak shows it (the kernel's high-water mark catches it between samples)
+    assert frees["rss_mib"]["peak"] - frees["rss_mib"]["setup_start"] >= 180
+    assert grew(frees, "teardown_end") < 64
+    assert abs(grew(nothing, "teardown_end")) < 32 and nothing["rss_mib"]["peak"] < keeps["rss_mib"]["peak"] + 32
+    for t in tests.values():
+        assert t["start"] <= t["stop"] and t["samples"] and all(len(s) == 3 for s in t["samples"])
+    if process == "child":
+        assert len({t["pid"] for t in tests.values()}) == 1  # one child for the module
+
+
+def test_figures_change_neither_junit_nor_user_properties(heavy_pytester):
+    heavy_pytester.makepyfile(test_a=KNOWN_SIZES, test_b=KNOWN_SIZES)
+    heavy_pytester.makeconftest("""
+import os
+def pytest_runtest_logreport(report):
+    if report.when == "teardown" and not os.environ.get("PYTEST_HEAVY_CHILD"):  # the parent's copy
+        with open("props.txt", "a") as fh:
+            fh.write(f"{report.nodeid} {sorted(name for name, _ in report.user_properties)}\\n")
+""")
+    plain = heavy_pytester.runpytest_subprocess("--heavy-isolate", "always", "--junitxml=plain.xml",
+                                                "-p", "no:cacheprovider")
+    props_plain = (heavy_pytester.path / "props.txt").read_text()
+    (heavy_pytester.path / "props.txt").unlink()
+    measured = heavy_pytester.runpytest_subprocess("--heavy-isolate", "always", "--junitxml=measured.xml",
+                                                   "--heavy-report", "heavy.json", "-p", "no:cacheprovider")
+    assert plain.ret == measured.ret == 0
+    assert (heavy_pytester.path / "props.txt").read_text() == props_plain
+
+    def shape(name: str) -> list:
+        root = ET.parse(heavy_pytester.path / name).getroot()
+        return [(tc.get("classname"), tc.get("name"), sorted(p.get("name") for p in tc.iter("property")),
+                 [c.tag for c in tc]) for tc in root.iter("testcase")]
+
+    assert shape("measured.xml") == shape("plain.xml")
+    assert "heavy_memory" not in (heavy_pytester.path / "measured.xml").read_text()
+    assert len(figures_in(heavy_pytester.path / "heavy.json")) == 3  # same names in both modules: one per name
+
+
+def test_nothing_is_measured_unless_asked(heavy_pytester):
+    heavy_pytester.makepyfile(test_sizes=KNOWN_SIZES)
+    heavy_pytester.makeconftest("""
+import os
+def pytest_runtest_logreport(report):
+    if report.when == "teardown" and not os.environ.get("PYTEST_HEAVY_CHILD"):  # the parent's copy
+        with open("attr.txt", "a") as fh:
+            fh.write(f"{hasattr(report, 'heavy_memory')}\\n")
+""")
+    heavy_pytester.runpytest_subprocess("--heavy-isolate", "always", "-p", "no:cacheprovider").assert_outcomes(
+        passed=3)
+    assert (heavy_pytester.path / "attr.txt").read_text().split() == ["False"] * 3
+    (heavy_pytester.path / "attr.txt").unlink()
+    heavy_pytester.runpytest_subprocess("--heavy-isolate", "always", "--heavy-report", "h.json",
+                                        "-p", "no:cacheprovider").assert_outcomes(passed=3)
+    assert (heavy_pytester.path / "attr.txt").read_text().split() == ["True"] * 3
+
+
+GPU_SUITE = """
+import os, pynvml, pytest
+pytestmark = pytest.mark.requires_heavy_ram
+
+def test_makes_a_context_of_1024_mib():
+    pynvml.fake_create_context(os.getpid(), 0, used_mib=1024)
+
+@pytest.mark.heavy_limit_memory(vram="512 MiB")
+def test_over_its_vram_limit():
+    pynvml.fake_create_context(os.getpid(), 0, used_mib=768)
+
+@pytest.mark.heavy_limit_memory(vram="10 GiB", rss="8 GiB")
+def test_within_its_limits():
+    pass
+"""
+
+
+@pytest.fixture
+def fake_gpu(heavy_pytester, monkeypatch):
+    """Sessions that see one GPU through the fake NVML (a subprocess: the binding is on its PYTHONPATH)."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(FAKES), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("FAKE_PYNVML", json.dumps({"devices": [H100]}))
+    monkeypatch.setenv("PYTEST_HEAVY_ASSUME", "ram=16GiB")  # the GPU comes from the probe
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    heavy_pytester.makeini("[pytest]\nheavy_ram_gib = 4\nheavy_release_timeout_s = 0\n")
+    return heavy_pytester
+
+
+@pytest.mark.parametrize("isolate", ["always", "never"])
+def test_gpu_figures_per_device_and_vram_limit_through_fake_nvml(fake_gpu, isolate):
+    fake_gpu.makepyfile(test_gpu=GPU_SUITE)
+    result = fake_gpu.runpytest_subprocess("-p", "pynvml", "--heavy-isolate", isolate, "--heavy-start", "fork",
+                                           "--heavy-report", "heavy.json", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*heavy_limit_memory: peak GPU memory 1,792 MiB (GPU 0: 1,792 MiB) exceeds "
+                                 "the limit of 512 MiB*"])
+    tests = figures_in(fake_gpu.path / "heavy.json")
+    made = tests["test_makes_a_context_of_1024_mib"]["gpu_mib"]
+    assert made == {"0": {"setup_start": 0.0, "call_end": 1024.0, "teardown_end": 1024.0, "peak": 1024.0}}
+    over = tests["test_over_its_vram_limit"]
+    assert over["outcome"] == "failed"
+    assert over["gpu_mib"]["0"]["setup_start"] == 1024.0 and over["gpu_mib"]["0"]["peak"] == 1792.0
+    assert tests["test_within_its_limits"]["outcome"] == "passed"
+
+
+LIMITS = """
+import pytest
+
+@pytest.mark.heavy_limit_memory(rss="64 MiB")
+def test_spike_over_the_limit():
+    block = b"\\x01" * (320 << 20)
+    del block
+
+@pytest.mark.heavy_limit_memory(rss=64)
+def test_well_under_64_gib():
+    block = b"\\x01" * (64 << 20)
+
+@pytest.mark.heavy_limit_memory(rss="64 MiB")
+def test_fails_anyway():
+    block = b"\\x01" * (320 << 20)
+    assert False, "its own failure"
+
+def test_unmarked():
+    block = b"\\x01" * (320 << 20)
+"""
+
+
+@pytest.mark.parametrize("isolate", ["never", "always"])
+def test_rss_limit_fails_with_the_measured_peak_without_any_report(heavy_pytester, isolate):
+    heavy_pytester.makepyfile(test_limits="import pytest\npytestmark = pytest.mark.requires_heavy_ram\n" + LIMITS)
+    result = heavy_pytester.runpytest_subprocess("--heavy-isolate", isolate, "-p", "no:cacheprovider",
+                                                 "--junitxml=out.xml")
+    result.assert_outcomes(passed=2, failed=2)
+    result.stdout.re_match_lines([
+        r"_+ test_spike_over_the_limit _+",
+        r"heavy_limit_memory: peak RSS (3\d\d|4\d\d) MiB of the process tree exceeds the limit of 64 MiB "
+        r"\(measured from setup start to call end\)",
+        r"_+ test_fails_anyway _+",
+    ])
+    # a test that failed anyway keeps its own failure, with the limit noted in a section of its own
+    result.stdout.fnmatch_lines(["E       AssertionError: its own failure", "*",
+                                 "*- heavy_limit_memory -*", "heavy_limit_memory: peak RSS * MiB *"])
+    failures = {tc.get("name"): tc.find("failure") for tc in ET.parse(heavy_pytester.path / "out.xml").iter(
+        "testcase")}
+    assert "exceeds the limit of 64 MiB" in failures["test_spike_over_the_limit"].get("message")
+    assert failures["test_well_under_64_gib"] is None and failures["test_unmarked"] is None
+
+
+@pytest.mark.parametrize("args,error", [
+    ('rss="lots"', 'heavy_limit_memory(rss=\'lots\'): expected a size such as 80GiB or 512MiB'),
+    ("rss=-1", "heavy_limit_memory(rss=-1): must be positive"),
+    ('"2 GiB"', "heavy_limit_memory: takes keyword arguments only"),
+    ('ram="2 GiB"', "heavy_limit_memory: unknown argument ram"),
+    ("", "heavy_limit_memory: give rss="),
+])
+def test_bad_limit_is_a_usage_error_naming_test_and_marker(heavy_pytester, args, error):
+    heavy_pytester.makepyfile(test_bad=f"""
+import pytest
+@pytest.mark.heavy_limit_memory({args})
+def test_it(): pass
+""")
+    result = heavy_pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: test_bad.py::test_it: {error}*"])
+
+
+def test_limit_marker_is_registered_for_strict_markers(heavy_pytester):
+    heavy_pytester.makepyfile(test_ok=LIMITS)
+    result = heavy_pytester.runpytest_subprocess("--strict-markers", "-p", "no:cacheprovider", "-k", "under")
+    result.assert_outcomes(passed=1, deselected=3)
