@@ -223,3 +223,104 @@ def test_limit_marker_is_registered_for_strict_markers(heavy_pytester):
     heavy_pytester.makepyfile(test_ok=LIMITS)
     result = heavy_pytester.runpytest_subprocess("--strict-markers", "-p", "no:cacheprovider", "-k", "under")
     result.assert_outcomes(passed=1, deselected=3)
+
+
+LIBRARY = """
+_CACHE = {}
+
+def load(name, mib):
+    if name not in _CACHE:
+        _CACHE[name] = b"\\x01" * (mib << 20)
+    return _CACHE[name]
+"""
+
+LEAKY = """
+import pytest, weights
+pytestmark = pytest.mark.requires_heavy_ram
+
+@pytest.fixture(scope="module")
+def model():
+    return weights.load(__name__, 128)
+
+def test_one(model): assert model
+def test_two(model): assert model
+"""
+
+CLEAN = """
+import pytest
+pytestmark = pytest.mark.requires_heavy_ram
+
+@pytest.fixture(scope="module")
+def model():
+    return b"\\x01" * (128 << 20)   # released with the module's fixtures
+
+def test_one(model): assert model
+"""
+
+SESSION_HOLDER = """
+import pytest
+
+@pytest.fixture(scope="session")
+def corpus():
+    return bytearray(b"\\x02") * (96 << 20)
+
+def test_reads(corpus): assert corpus
+"""
+
+
+def test_leak_finder_names_module_globals_and_fixtures_in_one_process(heavy_pytester):
+    heavy_pytester.syspathinsert()
+    heavy_pytester.makepyfile(weights=LIBRARY)
+    heavy_pytester.makepyfile(test_a_leaky=LEAKY, test_b_clean=CLEAN, test_c_session=SESSION_HOLDER,
+                              test_d_last="def test_last(): pass\n")
+    result = heavy_pytester.runpytest_subprocess("--heavy-find-leaks", "--heavy-isolate", "always",
+                                                 "--heavy-report", "heavy.json", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=5)
+    result.stdout.fnmatch_lines([
+        "heavy: --heavy-find-leaks: every module runs in this process, on purpose",
+        "*- memory kept after teardown (pytest-heavy --heavy-find-leaks) -*",
+        "test_a_leaky.py keeps 1?? MiB of RAM after teardown: module global `weights._CACHE` "
+        "(dict, 1 bytes object of 128 MiB)",
+        "test_b_clean.py keeps nothing after teardown (less than 16 MiB)",
+        "test_c_session.py keeps ?? MiB of RAM after teardown: fixture `corpus` (session scope, still set up, "
+        "1 bytearray of 96 MiB)",
+    ])
+    assert "heavy modules (pytest-heavy)" not in result.stdout.str()  # nothing was isolated
+    doc = json.loads((heavy_pytester.path / "heavy.json").read_text())
+    rows = {row["module"]: row for row in doc["leaks"]}
+    assert set(rows) == {"test_a_leaky.py", "test_b_clean.py", "test_c_session.py"}  # heavy or keeping
+    assert 120 <= rows["test_a_leaky.py"]["kept_rss_mib"] <= 160 and rows["test_a_leaky.py"]["complete"]
+    assert rows["test_a_leaky.py"]["holders"] == [{"holder": "module global `weights._CACHE`", "what": "dict",
+                                                   "objects": 1, "mib": 128.0, "kinds": {"bytes object": 1},
+                                                   "devices": ["cpu"]}]
+    assert rows["test_b_clean.py"]["holders"] == [] and rows["test_b_clean.py"]["kept_rss_mib"] < 16
+    assert {t["process"] for t in doc["tests"]} == {"parent"}
+
+
+def test_leak_finder_names_a_tensor_global(heavy_pytester):
+    pytest.importorskip("torch")
+    heavy_pytester.makepyfile(test_tensor="""
+import pytest, torch
+pytestmark = pytest.mark.requires_heavy_ram
+_WEIGHTS = {}
+
+def test_loads():
+    _WEIGHTS["w"] = torch.ones(32 << 20)       # 128 MiB of float32
+    _WEIGHTS["view"] = _WEIGHTS["w"][:1024]    # a view shares the storage: counted once
+""")
+    result = heavy_pytester.runpytest_subprocess("--heavy-find-leaks", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["test_tensor.py keeps 1?? MiB of RAM after teardown: module global "
+                                 "`test_tensor._WEIGHTS` (dict, 1 tensor of 128 MiB)"])
+
+
+def test_leak_finder_says_when_its_search_was_cut_short(heavy_pytester):
+    heavy_pytester.makeconftest("import pytest_heavy.memattr.leaks as leaks\nleaks.SEARCH_S = 0\n")
+    heavy_pytester.makepyfile(test_keep="""
+_KEEP = []
+def test_keeps(): _KEEP.append(b"\\x01" * (64 << 20))
+""")
+    result = heavy_pytester.runpytest_subprocess("--heavy-find-leaks", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["test_keep.py keeps ?? MiB of RAM after teardown: * (search stopped after "
+                                 "0s: holders may be missing)"])
