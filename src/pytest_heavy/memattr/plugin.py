@@ -57,6 +57,7 @@ def register(config: pytest.Config, run: Run) -> None:
 
             finder = LeakFinder(run)
             run.report_extra["leaks"] = finder.rows
+            measure.leak_lines = finder.lines
             config.pluginmanager.register(finder, "heavy-leaks")
 
 
@@ -77,6 +78,7 @@ class Measure:
         self.run = run
         self.parent_asked = asked
         self.tests: list[dict[str, Any]] = []  # parent: one entry per measured test, in finishing order
+        self.leak_lines: list[str] = []  # --heavy-find-leaks' lines, for the HTML report
         self._outcomes: dict[str, str] = {}
         self._pid = -1
         self._asked = False
@@ -159,7 +161,7 @@ class Measure:
         if path and not self.run.settings.child:
             from . import html
 
-            html.write(path, self.tests, self.run)
+            html.write(path, self.tests, self.run, self.leak_lines)
 
 
 def enforce(report: pytest.TestReport, limit: limits.Limit, peak: Reading) -> None:
