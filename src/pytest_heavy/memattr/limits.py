@@ -10,11 +10,14 @@ while the test runs. Bad marker arguments are a usage error naming the test and 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pytest
 
 from ..hardware import AssumeError, parse_size_mib
-from .sampler import Reading
+
+if TYPE_CHECKING:
+    from .sampler import Reading
 
 MARKER = "heavy_limit_memory"
 HELP = ("fail the test when its process tree's peak RSS or GPU memory (setup start to call end) exceeds "

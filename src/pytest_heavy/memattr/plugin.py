@@ -17,7 +17,7 @@ import dataclasses
 import os
 import time
 from collections.abc import Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -25,7 +25,9 @@ from .. import wire
 from ..report import outcome_key
 from ..state import Run
 from . import limits
-from .sampler import Reading, TestMonitor
+
+if TYPE_CHECKING:  # the sampler (psutil, NVML) is imported only once a test is measured
+    from .sampler import Reading, TestMonitor
 
 ATTR = "heavy_memory"  # the teardown report's attribute holding a test's figures
 INTERVAL_S = 0.1  # the sampling thread's period in children, as the parent's TreeMonitor
@@ -99,6 +101,8 @@ class Measure:
 
     def monitor(self) -> TestMonitor:
         if self._monitor is None:
+            from .sampler import TestMonitor
+
             # A thread only where no child will be forked from this process afterwards.
             threaded = wire.in_child() or self.run.settings.isolate == "never"
             self._monitor = TestMonitor(self.run.gpu(), INTERVAL_S, threaded)
