@@ -59,7 +59,8 @@ def test_html_report_is_self_contained_with_a_timeline_per_module(heavy_pytester
 
 
 def test_html_report_draws_gpu_memory_from_nvml(heavy_pytester, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(FAKES), os.environ.get("PYTHONPATH")])))
+    path = [str(FAKES), os.environ.get("PYTHONPATH")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, path)))
     monkeypatch.setenv("FAKE_PYNVML", json.dumps({"devices": [H100]}))
     monkeypatch.setenv("PYTEST_HEAVY_ASSUME", "ram=16GiB")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)

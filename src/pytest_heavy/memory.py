@@ -34,7 +34,8 @@ class GpuReader:
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             uuid = pynvml.nvmlDeviceGetUUID(handle)
             by_uuid[uuid.decode() if isinstance(uuid, bytes) else uuid] = handle
-        self.devices = [(g.index, by_uuid[g.uuid]) for g in hw.gpus if g.uuid in by_uuid]  # (NVML index, handle)
+        # (NVML index, handle) of each visible GPU: per-test figures are kept per device
+        self.devices = [(g.index, by_uuid[g.uuid]) for g in hw.gpus if g.uuid in by_uuid]
         self.handles = [handle for _, handle in self.devices]
 
     @classmethod

@@ -85,7 +85,8 @@ def timeline_svg(module: str, tests: list[dict[str, Any]]) -> str:
 
     out = [f'<svg class="timeline" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" '
            f'role="img" aria-label="memory timeline of {_e(module)}">']
-    out.append(f'<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="#fafafa" stroke="#ccc"/>')
+    out.append(f'<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="#fafafa" '
+               'stroke="#ccc"/>')
     for test in tests:  # test spans: failures shaded red, every span has a tooltip
         a, b = x(test["start"] - t0), x(test["stop"] - t0)
         bad = test["outcome"] in BAD
@@ -98,7 +99,8 @@ def timeline_svg(module: str, tests: list[dict[str, Any]]) -> str:
                    f'stroke="#999" stroke-dasharray="3,3"/>')
     value = 0.0
     while value <= top + 1e-9:  # y axis
-        out.append(f'<line x1="{LEFT - 4}" x2="{LEFT}" y1="{y(value):.1f}" y2="{y(value):.1f}" stroke="#666"/>')
+        out.append(f'<line x1="{LEFT - 4}" x2="{LEFT}" y1="{y(value):.1f}" y2="{y(value):.1f}" '
+                   'stroke="#666"/>')
         out.append(f'<text x="{LEFT - 6}" y="{y(value) + 4:.1f}" text-anchor="end">{value:,.0f}</text>')
         value += step_y
     step_x = _nice_step(span)
@@ -122,7 +124,8 @@ def timeline_svg(module: str, tests: list[dict[str, Any]]) -> str:
         if index == 2 and not has_gpu:
             continue
         coords = " ".join(f"{x(p[0]):.1f},{y(p[index] or 0.0):.1f}" for p in points)
-        out.append(f'<polyline class="{name}" points="{coords}" fill="none" stroke="{color}" stroke-width="2"/>')
+        out.append(f'<polyline class="{name}" points="{coords}" fill="none" stroke="{color}" '
+                   'stroke-width="2"/>')
     out.append("</svg>")
     return "\n".join(out)
 
@@ -139,14 +142,15 @@ def tooltip(test: dict[str, Any]) -> str:
 
 def tests_table(tests: list[dict[str, Any]]) -> str:
     rows = ["<table class=\"tests\"><tr><th>test</th><th>outcome</th><th>RSS at setup start</th>"
-            "<th>after call</th><th>after teardown</th><th>peak RSS</th><th>peak GPU</th><th>process</th></tr>"]
+            "<th>after call</th><th>after teardown</th><th>peak RSS</th><th>peak GPU</th>"
+            "<th>process</th></tr>"]
     for t in tests:
         rss = t["rss_mib"]
         gpu = None if not t.get("gpu_mib") else sum(d["peak"] or 0.0 for d in t["gpu_mib"].values())
         cls = ' class="bad"' if t["outcome"] in BAD else ""
+        values = (rss["setup_start"], rss["call_end"], rss["teardown_end"], rss["peak"], gpu)
         rows.append(f"<tr{cls}><td>{_e(t['nodeid'].split('::', 1)[-1])}</td><td>{_e(t['outcome'])}</td>"
-                    + "".join(f'<td class="num">{_mib(v)}</td>' for v in (rss["setup_start"], rss["call_end"],
-                                                                            rss["teardown_end"], rss["peak"], gpu))
+                    + "".join(f'<td class="num">{_mib(v)}</td>' for v in values)
                     + f"<td>{_e(t['process'])}</td></tr>")
     rows.append("</table>")
     return "\n".join(rows)
@@ -155,14 +159,16 @@ def tests_table(tests: list[dict[str, Any]]) -> str:
 def heavy_table(records: list[HeavyRecord]) -> str:
     if not records:
         return '<p class="muted">No module ran in a child process.</p>'
-    rows = ["<table class=\"heavy\"><tr><th>module</th><th>tests</th><th>outcomes</th><th>wall</th><th>start</th>"
+    rows = ["<table class=\"heavy\"><tr><th>module</th><th>tests</th><th>outcomes</th><th>wall</th>"
+            "<th>start</th>"
             "<th>peak RSS</th><th>peak GPU</th><th>GPU released</th><th>exit</th></tr>"]
     for r in records:
         outcomes = " ".join(f"{n} {k}" for k, n in sorted(r.outcomes.items())) or "-"
         cls = ' class="bad"' if any(k in BAD for k in r.outcomes) else ""
         rows.append(f"<tr{cls}><td>{_e(r.unit)}</td><td class=\"num\">{r.tests}</td><td>{_e(outcomes)}</td>"
                     f"<td class=\"num\">{r.wall_s:.1f}s</td><td>{_e(r.start_method)}</td>"
-                    f"<td class=\"num\">{_mib(r.peak_rss_mib)}</td><td class=\"num\">{_mib(r.peak_gpu_mib)}</td>"
+                    f"<td class=\"num\">{_mib(r.peak_rss_mib)}</td>"
+                    f"<td class=\"num\">{_mib(r.peak_gpu_mib)}</td>"
                     f"<td>{_e(r.released)}</td><td>{_e(r.exit)}</td></tr>")
     rows.append("</table>")
     return "\n".join(rows)

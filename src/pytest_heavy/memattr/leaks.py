@@ -26,6 +26,7 @@ import pytest
 
 from .. import cleanup, markers
 from ..examples.item import ExampleItem
+from ..isolation.plan import module_of
 from ..state import Run
 from .sampler import Reading, read_tree
 
@@ -43,7 +44,7 @@ class Big:
     nbytes: int
     device: str  # "cpu" or "cuda:0"...
     kind: str  # "bytes object", "tensor", "array"...
-    via: list[tuple[Any, Any]]  # (tracked container, what it holds: obj or an untracked tuple/dict holding it)
+    via: list[tuple[Any, Any]]  # (tracked container, what it holds: obj, or an untracked tuple/dict with obj)
 
 
 def nbytes_of(obj: Any) -> tuple[int, str, str, int] | None:
@@ -107,7 +108,8 @@ def large_objects(deadline: float) -> dict[int, Big]:
 
 def _module_dicts() -> dict[int, str]:
     """id(module.__dict__) -> module name, for every imported module."""
-    return {id(vars(m)): name for name, m in list(sys.modules.items()) if issubclass(type(m), types.ModuleType)}
+    return {id(vars(m)): name for name, m in list(sys.modules.items())
+            if issubclass(type(m), types.ModuleType)}
 
 
 def _named(ref: Any, child: Any, modules: dict[int, str]) -> tuple[str, str] | None:
@@ -189,7 +191,9 @@ class LeakRow:
     def text(self) -> str:
         if not self.kept():
             return f"{self.module} keeps nothing after teardown (less than {MIN_KEPT_MIB:.0f} MiB)"
-        amounts = [_mib(self.kept_rss_mib * (1 << 20)) + " of RAM"] if self.kept_rss_mib >= MIN_KEPT_MIB else []
+        amounts = []
+        if self.kept_rss_mib >= MIN_KEPT_MIB:
+            amounts.append(_mib(self.kept_rss_mib * (1 << 20)) + " of RAM")
         if (self.kept_gpu_mib or 0.0) >= MIN_KEPT_MIB:
             amounts.append(_mib((self.kept_gpu_mib or 0.0) * (1 << 20)) + " of GPU memory")
         holders = "; ".join(h.text() for h in self.holders) or (
@@ -227,10 +231,11 @@ class LeakFinder:
         self._heavy = False
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
-    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, Any, Any]:
+    def pytest_runtest_protocol(self, item: pytest.Item,
+                                nextitem: pytest.Item | None) -> Generator[None, Any, Any]:
         if isinstance(item, ExampleItem):  # a process of its own: it cannot keep anything in ours
             return (yield)
-        module = item.nodeid.split("::", 1)[0]
+        module = module_of(item)
         if module != self._module:
             settle()
             self._module, self._heavy = module, False
@@ -238,7 +243,7 @@ class LeakFinder:
             self._before = set(large_objects(time.monotonic() + SEARCH_S))
         self._heavy |= bool(markers.names(item) & set(self.run.settings.isolate_markers))
         result = yield
-        if nextitem is None or isinstance(nextitem, ExampleItem) or nextitem.nodeid.split("::", 1)[0] != module:
+        if nextitem is None or isinstance(nextitem, ExampleItem) or module_of(nextitem) != module:
             self.finish_module(module)
         return result
 

@@ -88,5 +88,6 @@ def exceeded(limit: Limit, peak: Reading) -> list[str]:
             return lines  # no GPU memory to measure here: a vram limit cannot be exceeded
         if gpu > limit.vram_mib:
             devices = ", ".join(f"GPU {i}: {_mib(v)}" for i, v in sorted((peak.gpu_mib or {}).items()) if v)
-            lines.append(f"peak GPU memory {_mib(gpu)} ({devices}) exceeds the limit of {_mib(limit.vram_mib)}")
+            lines.append(f"peak GPU memory {_mib(gpu)} ({devices}) exceeds the limit of "
+                         f"{_mib(limit.vram_mib)}")
     return lines
