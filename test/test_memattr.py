@@ -327,3 +327,16 @@ def test_keeps(): _KEEP.append(b"\\x01" * (64 << 20))
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["test_keep.py keeps ?? MiB of RAM after teardown: * (search stopped after "
                                  "0s: holders may be missing)"])
+
+
+def test_measuring_in_the_parent_keeps_fork_safe(heavy_pytester):
+    """The parent's own monitor thread is one of ours: children still fork after parent tests ran."""
+    heavy_pytester.makepyfile(test_a_light="def test_light(): pass\n", test_b_heavy=KNOWN_SIZES,
+                              test_c_heavy=KNOWN_SIZES)
+    result = heavy_pytester.runpytest_subprocess("--heavy-report=heavy.json", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=7)
+    result.stdout.fnmatch_lines(["test_b_heavy.py *fork*", "test_c_heavy.py *fork*"])
+    assert "spawn" not in result.stdout.str()
+    doc = json.loads((heavy_pytester.path / "heavy.json").read_text())
+    assert [(t["module"], t["process"]) for t in doc["tests"]][:2] == [("test_a_light.py", "parent"),
+                                                                       ("test_b_heavy.py", "child")]

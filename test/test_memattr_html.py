@@ -122,3 +122,22 @@ def test_html_report_renders_in_headless_chromium(heavy_pytester, tmp_path):
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
     finally:
         driver.quit()
+
+
+def test_timeline_of_a_child_is_sampled_from_outside_so_a_gil_holding_call_leaves_no_gap(heavy_pytester):
+    heavy_pytester.makepyfile(test_gil="""
+import hashlib, pytest
+pytestmark = pytest.mark.requires_heavy_ram
+_KEEP = []
+
+def test_one_long_c_call():
+    _KEEP.append(hashlib.shake_128(b"seed").digest(160 << 20))   # holds the GIL throughout
+""")
+    result = heavy_pytester.runpytest_subprocess("--heavy-isolate", "always", "--heavy-report-html=gil.html",
+                                                 "--heavy-report=gil.json", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    [test] = json.loads((heavy_pytester.path / "gil.json").read_text())["tests"]
+    text = (heavy_pytester.path / "gil.html").read_text(encoding="utf-8")
+    [points] = re.findall(r'<polyline class="rss" points="([^"]*)"', text)
+    # the child's own thread waited for the GIL; the parent's monitor kept sampling the child
+    assert len(points.split()) >= len(test["samples"]) + 5

@@ -19,6 +19,7 @@ from . import procs
 from .hardware import Hardware
 
 MIB = 1 << 20
+MAX_SAMPLES = 36_000  # an hour at 0.1 s; a longer run keeps every other sample from then on
 
 
 class GpuReader:
@@ -78,6 +79,9 @@ class Peaks:
     rss_mib: float = 0.0
     gpu_mib: float | None = None
     seen: dict[int, psutil.Process] = field(default_factory=dict)  # every descendant observed
+    # (time.time(), RSS MiB, GPU MiB or None) per sample: the timeline of --heavy-report-html, seen from
+    # outside the process, so a long C call that holds the child's GIL leaves no gap in it
+    samples: list[tuple[float, float, float | None]] = field(default_factory=list)
 
 
 class TreeMonitor:
@@ -103,11 +107,16 @@ class TreeMonitor:
             except psutil.Error:
                 continue
         self.peaks.rss_mib = max(self.peaks.rss_mib, rss / MIB)
+        gpu: float | None = None
         if self._gpu is not None and members:
             usage = self._gpu.process_usage_mib()
             pids = {p.pid for p in members}
-            gpu = sum(mib for pid, mib in usage.items() if pid in pids)
-            self.peaks.gpu_mib = max(self.peaks.gpu_mib or 0.0, float(gpu))
+            gpu = float(sum(mib for pid, mib in usage.items() if pid in pids))
+            self.peaks.gpu_mib = max(self.peaks.gpu_mib or 0.0, gpu)
+        if members:
+            self.peaks.samples.append((time.time(), rss / MIB, gpu))
+            if len(self.peaks.samples) > MAX_SAMPLES:
+                del self.peaks.samples[::2]
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):

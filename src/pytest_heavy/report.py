@@ -48,6 +48,8 @@ class HeavyRecord:
     exit: str = "exit 0"  # or SIGSEGV, timeout, stopped, ...
     restarts: int = 0  # fresh children started after a crash
     killed: list[str] = field(default_factory=list)  # leftover processes killed at the end
+    # the child trees' (time, RSS MiB, GPU MiB) samples, for --heavy-report-html; not in the JSON
+    samples: list[tuple[float, float, float | None]] = field(default_factory=list, repr=False)
 
     def count(self, report: pytest.TestReport) -> None:
         """Tally one report the way the terminal summary counts outcomes."""
@@ -96,7 +98,8 @@ def write_json(path: str, records: list[HeavyRecord], hardware: dict[str, object
                extra: dict[str, object] | None = None) -> None:
     """--heavy-report: the same rows as JSON (schema in README: 'The --heavy-report JSON'), plus the
     top-level keys other concerns add (``extra``: memory attribution's ``tests`` and ``leaks``)."""
-    doc = {**(extra or {}), "schema": 1, "hardware": hardware, "modules": [asdict(r) for r in records]}
+    rows = [{k: v for k, v in asdict(r).items() if k != "samples"} for r in records]
+    doc = {**(extra or {}), "schema": 1, "hardware": hardware, "modules": rows}
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(doc, fh, indent=2, sort_keys=True)
         fh.write("\n")

@@ -153,6 +153,7 @@ class Controller:
         record = ur.record
         record.killed = [*record.killed, *attempt.sup.killed]
         record.peak_rss_mib = max(record.peak_rss_mib, peaks.rss_mib)
+        record.samples += peaks.samples
         if peaks.gpu_mib is not None:
             record.peak_gpu_mib = max(record.peak_gpu_mib or 0.0, peaks.gpu_mib)
         status = "timeout" if attempt.sup.timed_out else procs.signal_name(

@@ -28,7 +28,8 @@ body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; }
 h1 { font-size: 20px; } h2 { font-size: 16px; margin-top: 28px; }
 table { border-collapse: collapse; margin: 8px 0 16px; }
 th, td { padding: 3px 10px; border-bottom: 1px solid #ddd; text-align: left; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+th { white-space: nowrap; }
 tr.bad td { color: #d62728; }
 .legend span { margin-right: 16px; } .swatch { display: inline-block; width: 12px; height: 12px;
   vertical-align: middle; margin-right: 4px; }
@@ -46,11 +47,14 @@ def _mib(value: float | None) -> str:
 
 
 def by_module(tests: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Tests grouped by module, modules in the order their first test finished, tests by start time."""
+    """Tests grouped by module, tests by start time; the modules that ran in children (the heavy
+    ones, the reason to open this file) first, each part in the order the modules ran."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for test in tests:
         groups.setdefault(test["module"], []).append(test)
-    return {module: sorted(group, key=lambda t: t["start"]) for module, group in groups.items()}
+    order = sorted(groups, key=lambda m: (all(t["process"] == "parent" for t in groups[m]),
+                                          min(t["start"] for t in groups[m])))
+    return {module: sorted(groups[module], key=lambda t: t["start"]) for module in order}
 
 
 def _nice_step(span: float, ticks: int = 5) -> float:
@@ -63,12 +67,19 @@ def _nice_step(span: float, ticks: int = 5) -> float:
     return 10 * magnitude
 
 
-def timeline_svg(module: str, tests: list[dict[str, Any]]) -> str:
-    """The SVG of one module: RSS and GPU lines over time, test boundaries, failures in red."""
-    t0 = tests[0]["start"]
-    t1 = max(t["stop"] for t in tests)
-    points = [(t["start"] + s[0] - t0, s[1], s[2]) for t in tests for s in t["samples"]]
-    points.sort()
+def timeline_svg(module: str, tests: list[dict[str, Any]],
+                 outside: list[tuple[float, float, float | None]] | None = None) -> str:
+    """The SVG of one module: RSS and GPU lines over time, test boundaries, failures in red.
+
+    ``outside``: the parent's samples of the module's child tree (absolute times), drawn instead of the
+    tests' own samples, which a C call holding the child's GIL can leave far apart.
+    """
+    t0 = min([tests[0]["start"], *(s[0] for s in outside or [])])
+    t1 = max([*(t["stop"] for t in tests), *(s[0] for s in outside or [])])
+    if outside:
+        points = [(s[0] - t0, s[1], s[2]) for s in outside]
+    else:
+        points = sorted((t["start"] + s[0] - t0, s[1], s[2]) for t in tests for s in t["samples"])
     has_gpu = any(p[2] is not None for p in points)
     peaks = [t["rss_mib"]["peak"] or 0.0 for t in tests]
     top = max([p[1] for p in points] + [p[2] or 0.0 for p in points] + peaks + [1.0])
@@ -192,9 +203,10 @@ def document(tests: list[dict[str, Any]], run: Run, leaks: list[str]) -> str:
         parts.append("<h2>Memory kept after teardown (--heavy-find-leaks)</h2><ul class=\"leaks\">")
         parts.extend(f"<li>{_e(line)}</li>" for line in leaks)
         parts.append("</ul>")
+    outside = {r.unit: r.samples for r in run.records if r.kind == "module" and r.samples}
     for module, group in groups.items():
         parts.append(f'<section class="module"><h2>{_e(module)}</h2>')
-        parts.append(timeline_svg(module, group))
+        parts.append(timeline_svg(module, group, outside.get(module)))
         parts.append(tests_table(group))
         parts.append("</section>")
     if not groups:

@@ -103,9 +103,7 @@ class Measure:
         if self._monitor is None:
             from .sampler import TestMonitor
 
-            # A thread only where no child will be forked from this process afterwards.
-            threaded = wire.in_child() or self.run.settings.isolate == "never"
-            self._monitor = TestMonitor(self.run.gpu(), INTERVAL_S, threaded)
+            self._monitor = TestMonitor(self.run.gpu(), INTERVAL_S)
         return self._monitor
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -87,25 +87,20 @@ class Window:
 
 
 class TestMonitor(TreeMonitor):
-    """This process's tree, sampled at test boundaries and (``threaded``) every ``interval`` seconds.
+    """This process's tree, sampled at test boundaries and every ``interval`` seconds in between.
 
-    Unthreaded in a pytest process that may still fork children: a sampling thread would make every
-    later fork unsafe (and ``--heavy-start auto`` fall back to spawn); its peaks then come from the
-    boundaries and ``VmHWM`` alone.
+    Its thread is named ``heavy-monitor-<pid>`` like the parent's monitors, so a pytest process that
+    measures its own tests may still fork children (``fork_unsafe_reason`` counts only foreign
+    threads). A fork does not inherit the thread: ``Measure`` starts a new monitor there.
     """
 
     __test__ = False  # not a pytest test class, whatever its name says
 
-    def __init__(self, gpu: GpuReader | None, interval: float, threaded: bool) -> None:
+    def __init__(self, gpu: GpuReader | None, interval: float) -> None:
         self._lock = threading.Lock()
         self._window = Window()
         self._hwm = reset_own_peak()
-        self.threaded = threaded
-        if threaded:
-            super().__init__(os.getpid(), gpu, interval)
-        else:
-            self.pid = os.getpid()
-            self._gpu = gpu
+        super().__init__(os.getpid(), gpu, interval)
 
     def _sample(self) -> Reading:  # type: ignore[override]
         reading = read_tree(self.pid, self._gpu)
@@ -139,7 +134,3 @@ class TestMonitor(TreeMonitor):
     def samples(self) -> list[tuple[float, float, float | None]]:
         with self._lock:
             return list(self._window.samples)
-
-    def stop(self) -> None:  # type: ignore[override]
-        if self.threaded:
-            super().stop()
