@@ -27,9 +27,8 @@ STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; }
 h1 { font-size: 20px; } h2 { font-size: 16px; margin-top: 28px; }
 table { border-collapse: collapse; margin: 8px 0 16px; }
-th, td { padding: 3px 10px; border-bottom: 1px solid #ddd; text-align: left; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-th { white-space: nowrap; }
+th, td { padding: 3px 10px; border-bottom: 1px solid #ddd; text-align: left; white-space: nowrap; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.bad td { color: #d62728; }
 .legend span { margin-right: 16px; } .swatch { display: inline-block; width: 12px; height: 12px;
   vertical-align: middle; margin-right: 4px; }
