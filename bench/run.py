@@ -24,6 +24,7 @@ import fig_cimode
 import fig_examples
 import fig_idle
 import fig_isolation
+import fig_memattr
 import fig_memory
 import fig_probe
 import fig_workers
@@ -37,6 +38,7 @@ FIGURES: dict[str, ModuleType] = {
     "workers": fig_workers,
     "examples": fig_examples,
     "cimode": fig_cimode,
+    "memattr": fig_memattr,
 }
 DOCS = REPO / "docs" / "benchmarks"
 SUMMARY_START, SUMMARY_END = "<!-- summary:start -->", "<!-- summary:end -->"

@@ -6,10 +6,14 @@ memory through the fake NVML (test/fakes/pynvml.py), where a test "creates a con
 
 import json
 import os
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+
+from pytest_heavy.memattr import sampler
 
 FAKES = Path(__file__).resolve().parent / "fakes"
 H100 = {"uuid": "GPU-aaaaaaaa-1111-2222-3333-444444444444", "name": "NVIDIA H100 80GB HBM3",
@@ -340,3 +344,20 @@ def test_measuring_in_the_parent_keeps_fork_safe(heavy_pytester):
     doc = json.loads((heavy_pytester.path / "heavy.json").read_text())
     assert [(t["module"], t["process"]) for t in doc["tests"]][:2] == [("test_a_light.py", "parent"),
                                                                        ("test_b_heavy.py", "child")]
+
+
+def test_tree_rss_through_proc_matches_psutil_and_counts_children():
+    """The sampler's /proc walk (children files, statm) and psutil's tree see the same processes."""
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time; b = b'x' * (96 << 20); "
+                              "print('ready', flush=True); time.sleep(30)"], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == b"ready"
+        fast, fast_pids = sampler._tree_rss_proc(os.getpid())
+        slow, slow_pids = sampler._tree_rss_psutil(os.getpid())
+        assert child.pid in fast_pids and fast_pids == slow_pids
+        assert abs(fast - slow) < (8 << 20) and fast >= 96 << 20
+        assert sampler._tree_rss_proc(child.pid)[1] == {child.pid}
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
