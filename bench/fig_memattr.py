@@ -106,5 +106,6 @@ def run(quick: bool) -> Figure:
     body = (f"{modules} heavy modules x {tests} tests, each test burning {cpu_ms:g} ms of its own CPU time; "
             f"{reps} interleaved repetitions; ratios are measured / not measured within one repetition.\n\n"
             + table(header, rows)
-            + f"\nTarget: measuring every test adds at most {round((TARGET - 1) * 100)}% to an isolated run.\n")
+            + f"\nTarget: measuring every test adds at most {round((TARGET - 1) * 100)}% to an isolated "
+            "run.\n")
     return Figure("memattr", "Cost of per-test memory figures", body, verdicts, reps)

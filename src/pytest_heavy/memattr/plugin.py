@@ -133,6 +133,11 @@ class Measure:
             del self._current[item.nodeid]
         return report
 
+    def pytest_unconfigure(self) -> None:
+        if self._monitor is not None and self._pid == os.getpid():
+            self._monitor.stop()
+            self._monitor = None
+
     # --- in the parent -------------------------------------------------------------------------------
 
     @pytest.hookimpl(trylast=True)
