@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import textwrap
 from pathlib import Path
 
 import suites
@@ -35,33 +34,6 @@ from harness import (
 )
 
 TARGET = 1.02  # asked / not asked, isolated: at most +2 %
-
-
-def write_suite(root: Path, modules: int, tests: int, cpu_ms: float) -> list[str]:
-    """``modules`` heavy modules of ``tests`` tests, each burning ``cpu_ms`` of its own CPU time."""
-    body = textwrap.dedent(f"""\
-        import time
-
-        import pytest
-
-        pytestmark = pytest.mark.{suites.HEAVY_MARKER}
-
-
-        @pytest.mark.parametrize("i", range({tests}))
-        def test_work(i):
-            end = time.process_time() + {cpu_ms / 1000}
-            n = 0
-            while time.process_time() < end:
-                n += sum(range(1000))
-            assert n > 0
-        """)
-    suites.write_ini(root)
-    names = []
-    for m in range(modules):
-        name = f"test_work_{m:03d}.py"
-        (root / name).write_text(body)
-        names.append(name)
-    return names
 
 
 def variant(root: Path, label: str, isolate: str, asked: bool, expected: int) -> Variant:
@@ -85,7 +57,7 @@ def run(quick: bool) -> Figure:
     modules, tests, cpu_ms, reps = (2, 5, 20.0, 2) if quick else (10, 20, 100.0, 5)
     with tempfile.TemporaryDirectory(prefix="heavy-bench-memattr-") as tmp:
         root = Path(tmp)
-        write_suite(root, modules, tests, cpu_ms)
+        suites.cpu_bound_suite(root, modules, cpu_ms / 1000, tests)
         total = modules * tests
         variants = [variant(root, "isolated", "always", False, total),
                     variant(root, "isolated, measured", "always", True, total),

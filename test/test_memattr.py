@@ -15,10 +15,6 @@ import pytest
 
 from pytest_heavy.memattr import sampler
 
-FAKES = Path(__file__).resolve().parent / "fakes"
-H100 = {"uuid": "GPU-aaaaaaaa-1111-2222-3333-444444444444", "name": "NVIDIA H100 80GB HBM3",
-        "total_mib": 81559, "used_mib": 4, "compute_mode": 0}
-
 KNOWN_SIZES = """
 import pytest
 pytestmark = pytest.mark.requires_heavy_ram
@@ -133,18 +129,6 @@ def test_over_its_vram_limit():
 def test_within_its_limits():
     pass
 """
-
-
-@pytest.fixture
-def fake_gpu(heavy_pytester, monkeypatch):
-    """Sessions that see one GPU through the fake NVML (a subprocess: the binding is on its PYTHONPATH)."""
-    path = [str(FAKES), os.environ.get("PYTHONPATH")]
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, path)))
-    monkeypatch.setenv("FAKE_PYNVML", json.dumps({"devices": [H100]}))
-    monkeypatch.setenv("PYTEST_HEAVY_ASSUME", "ram=16GiB")  # the GPU comes from the probe
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    heavy_pytester.makeini("[pytest]\nheavy_ram_gib = 4\nheavy_release_timeout_s = 0\n")
-    return heavy_pytester
 
 
 @pytest.mark.parametrize("isolate", ["always", "never"])

@@ -5,16 +5,10 @@ in .ci/run); where either is missing it is skipped with the reason.
 """
 
 import json
-import os
 import re
 import shutil
-from pathlib import Path
 
 import pytest
-
-FAKES = Path(__file__).resolve().parent / "fakes"
-H100 = {"uuid": "GPU-aaaaaaaa-1111-2222-3333-444444444444", "name": "NVIDIA H100 80GB HBM3",
-        "total_mib": 81559, "used_mib": 4, "compute_mode": 0}
 
 SUITE = """
 import os, time, pytest
@@ -58,22 +52,16 @@ def test_html_report_is_self_contained_with_a_timeline_per_module(heavy_pytester
     assert re.search(r"<title>test_first.py::test_fails \(failed\): RSS [\d,]+ MiB at setup start", text)
 
 
-def test_html_report_draws_gpu_memory_from_nvml(heavy_pytester, monkeypatch):
-    path = [str(FAKES), os.environ.get("PYTHONPATH")]
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, path)))
-    monkeypatch.setenv("FAKE_PYNVML", json.dumps({"devices": [H100]}))
-    monkeypatch.setenv("PYTEST_HEAVY_ASSUME", "ram=16GiB")
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    heavy_pytester.makeini("[pytest]\nheavy_ram_gib = 4\nheavy_release_timeout_s = 0\n")
-    heavy_pytester.makepyfile(test_gpu="""
+def test_html_report_draws_gpu_memory_from_nvml(fake_gpu):
+    fake_gpu.makepyfile(test_gpu="""
 import os, pynvml, pytest
 pytestmark = pytest.mark.requires_heavy_ram
 def test_context(): pynvml.fake_create_context(os.getpid(), 0, used_mib=2048)
 """)
-    result = heavy_pytester.runpytest_subprocess("-p", "pynvml", "--heavy-isolate", "always",
-                                                 "--heavy-report-html", "gpu.html", "-p", "no:cacheprovider")
+    result = fake_gpu.runpytest_subprocess("-p", "pynvml", "--heavy-isolate", "always",
+                                           "--heavy-report-html", "gpu.html", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
-    text = (heavy_pytester.path / "gpu.html").read_text(encoding="utf-8")
+    text = (fake_gpu.path / "gpu.html").read_text(encoding="utf-8")
     assert '<polyline class="gpu"' in text
     assert "GPU peak 2,048 MiB" in text
 
