@@ -345,3 +345,22 @@ def test_tree_rss_through_proc_matches_psutil_and_counts_children():
         child.kill()
         child.wait()
         child.stdout.close()
+
+
+def test_leak_finder_counts_gpu_memory_a_module_keeps(fake_gpu):
+    """A context left behind (no Python object holds it) is kept GPU memory without a named holder."""
+    fake_gpu.makepyfile(test_ctx="""
+import os, pynvml, pytest
+pytestmark = pytest.mark.requires_heavy_ram
+def test_context(): pynvml.fake_create_context(os.getpid(), 0, used_mib=1024)
+""", test_clean="import pytest\npytestmark = pytest.mark.requires_heavy_ram\ndef test_nothing(): pass\n")
+    result = fake_gpu.runpytest_subprocess("-p", "pynvml", "--heavy-find-leaks", "--heavy-report=heavy.json",
+                                           "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines([
+        "test_clean.py keeps nothing after teardown (less than 16 MiB)",
+        "test_ctx.py keeps 1.0 GiB of GPU memory after teardown: no large object found holding it "
+        "(many small objects, or memory outside Python objects)",
+    ])
+    rows = {r["module"]: r for r in json.loads((fake_gpu.path / "heavy.json").read_text())["leaks"]}
+    assert rows["test_ctx.py"]["kept_gpu_mib"] == 1024.0 and rows["test_clean.py"]["kept_gpu_mib"] == 0.0

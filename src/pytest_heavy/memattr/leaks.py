@@ -13,8 +13,8 @@ and the row says so.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
+import os
 import sys
 import time
 import types
@@ -88,12 +88,13 @@ def _held(container: Any) -> Iterator[tuple[Any, Any]]:
                 yield inner, ref
 
 
-def large_objects(deadline: float) -> dict[int, Big]:
-    """Every large object held by a tracked container: {identity: Big}. Bounded by ``deadline``."""
+def large_objects(deadline: float) -> tuple[dict[int, Big], bool]:
+    """Every large object held by a tracked container: ({identity: Big}, whether the walk finished
+    before ``deadline``)."""
     found: dict[int, Big] = {}
     for container in gc.get_objects():
         if time.monotonic() > deadline:
-            break
+            return found, False
         for obj, holds in _held(container):
             sized = nbytes_of(obj)
             if not sized or sized[0] < MIN_OBJECT_BYTES:
@@ -103,7 +104,7 @@ def large_objects(deadline: float) -> dict[int, Big]:
                 big = found[sized[3]] = Big(obj, sized[0], sized[1], sized[2], [])
             if big.obj is obj and len(big.via) < 8:
                 big.via.append((container, holds))
-    return found
+    return found, True
 
 
 def _module_dicts() -> dict[int, str]:
@@ -203,12 +204,12 @@ class LeakRow:
 
 
 def trim_malloc() -> None:
-    """Give freed heap pages back to the system (glibc), so RSS shows only what is still referenced."""
-    name = ctypes.util.find_library("c")
-    if not name:
-        return
+    """Give freed heap pages back to the system, so RSS shows only what is still referenced.
+
+    ``CDLL(None)`` is the process's own symbol table, libc included; only glibc has ``malloc_trim``.
+    """
     try:
-        ctypes.CDLL(name).malloc_trim(0)
+        ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):
         pass
 
@@ -228,6 +229,7 @@ class LeakFinder:
         self._module: str | None = None
         self._start = Reading()
         self._before: set[int] = set()
+        self._before_complete = True
         self._heavy = False
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -240,7 +242,9 @@ class LeakFinder:
             settle()
             self._module, self._heavy = module, False
             self._start = read_tree_here(self.run)
-            self._before = set(large_objects(time.monotonic() + SEARCH_S))
+            before, self._before_complete = large_objects(time.monotonic() + SEARCH_S)
+            self._before = set(before)
+            del before
         self._heavy |= bool(markers.names(item) & set(self.run.settings.isolate_markers))
         result = yield
         if nextitem is None or isinstance(nextitem, ExampleItem) or module_of(nextitem) != module:
@@ -255,6 +259,7 @@ class LeakFinder:
                       None if end_gpu is None else round(end_gpu - (start_gpu or 0.0), 1))
         if row.kept():
             row.holders, row.complete = holders(self._before, time.monotonic() + SEARCH_S)
+            row.complete = row.complete and self._before_complete  # else old objects may look new
         self._module = None
         self._before = set()
         if row.heavy or row.kept():
@@ -271,21 +276,18 @@ class LeakFinder:
 
 
 def read_tree_here(run: Run) -> Reading:
-    import os
-
     return read_tree(os.getpid(), run.gpu())
 
 
 def holders(before: Iterable[int], deadline: float) -> tuple[list[Holder], bool]:
     """Group the large objects that appeared since ``before`` by what holds them, largest first."""
-    found = large_objects(deadline)
+    found, complete = large_objects(deadline)
     known = set(before)
     new = [big for key, big in found.items() if key not in known]
     del found
     modules = _module_dicts()
     ignore = {id(new), id(modules), id(known)}
     by_holder: dict[str, Holder] = {}
-    complete = time.monotonic() <= deadline
     for big in sorted(new, key=lambda b: -b.nbytes):
         found_holder = holder_of(big, modules, ignore, deadline)
         if found_holder is None:
