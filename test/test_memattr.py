@@ -15,6 +15,10 @@ import pytest
 
 from pytest_heavy.memattr import sampler
 
+# Generated sessions: no cache, and in file order even where pytest-randomly is installed (the tests of a
+# generated module build on each other: what one allocates, the next one's figures start from).
+NO_SHUFFLE = ("-p", "no:cacheprovider", "-p", "no:randomly")
+
 KNOWN_SIZES = """
 import pytest
 pytestmark = pytest.mark.requires_heavy_ram
@@ -45,7 +49,7 @@ def grew(entry: dict, point: str) -> float:
 def test_per_test_rss_figures_match_known_allocations(heavy_pytester, isolate, method, process):
     heavy_pytester.makepyfile(test_sizes=KNOWN_SIZES)
     result = heavy_pytester.runpytest_subprocess("--heavy-isolate", isolate, "--heavy-start", method,
-                                                 "--heavy-report", "heavy.json", "-p", "no:cacheprovider")
+                                                 "--heavy-report", "heavy.json", *NO_SHUFFLE)
     result.assert_outcomes(passed=3)
     tests = figures_in(heavy_pytester.path / "heavy.json")
     assert set(tests) == {"test_keeps_256_mib", "test_frees_192_mib_at_once", "test_nothing"}
@@ -78,11 +82,11 @@ def pytest_runtest_logreport(report):
             fh.write(f"{report.nodeid} {sorted(name for name, _ in report.user_properties)}\\n")
 """)
     plain = heavy_pytester.runpytest_subprocess("--heavy-isolate", "always", "--junitxml=plain.xml",
-                                                "-p", "no:cacheprovider")
+                                                *NO_SHUFFLE)
     props_plain = (heavy_pytester.path / "props.txt").read_text()
     (heavy_pytester.path / "props.txt").unlink()
     measured = heavy_pytester.runpytest_subprocess("--heavy-isolate", "always", "--junitxml=measured.xml",
-                                                   "--heavy-report", "heavy.json", "-p", "no:cacheprovider")
+                                                   "--heavy-report", "heavy.json", *NO_SHUFFLE)
     assert plain.ret == measured.ret == 0
     assert (heavy_pytester.path / "props.txt").read_text() == props_plain
 
@@ -105,12 +109,12 @@ def pytest_runtest_logreport(report):
         with open("attr.txt", "a") as fh:
             fh.write(f"{hasattr(report, 'heavy_memory')}\\n")
 """)
-    plain = heavy_pytester.runpytest_subprocess("--heavy-isolate", "always", "-p", "no:cacheprovider")
+    plain = heavy_pytester.runpytest_subprocess("--heavy-isolate", "always", *NO_SHUFFLE)
     plain.assert_outcomes(passed=3)
     assert (heavy_pytester.path / "attr.txt").read_text().split() == ["False"] * 3
     (heavy_pytester.path / "attr.txt").unlink()
     heavy_pytester.runpytest_subprocess("--heavy-isolate", "always", "--heavy-report", "h.json",
-                                        "-p", "no:cacheprovider").assert_outcomes(passed=3)
+                                        *NO_SHUFFLE).assert_outcomes(passed=3)
     assert (heavy_pytester.path / "attr.txt").read_text().split() == ["True"] * 3
 
 
@@ -135,7 +139,7 @@ def test_within_its_limits():
 def test_gpu_figures_per_device_and_vram_limit_through_fake_nvml(fake_gpu, isolate):
     fake_gpu.makepyfile(test_gpu=GPU_SUITE)
     result = fake_gpu.runpytest_subprocess("-p", "pynvml", "--heavy-isolate", isolate, "--heavy-start",
-                                           "fork", "--heavy-report", "heavy.json", "-p", "no:cacheprovider")
+                                           "fork", "--heavy-report", "heavy.json", *NO_SHUFFLE)
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(["*heavy_limit_memory: peak GPU memory 1,792 MiB (GPU 0: 1,792 MiB) exceeds "
                                  "the limit of 512 MiB*"])
@@ -174,7 +178,7 @@ def test_unmarked():
 def test_rss_limit_fails_with_the_measured_peak_without_any_report(heavy_pytester, isolate):
     heavy = "import pytest\npytestmark = pytest.mark.requires_heavy_ram\n"
     heavy_pytester.makepyfile(test_limits=heavy + LIMITS)
-    result = heavy_pytester.runpytest_subprocess("--heavy-isolate", isolate, "-p", "no:cacheprovider",
+    result = heavy_pytester.runpytest_subprocess("--heavy-isolate", isolate, *NO_SHUFFLE,
                                                  "--junitxml=out.xml")
     result.assert_outcomes(passed=2, failed=2)
     result.stdout.re_match_lines([
@@ -205,14 +209,14 @@ import pytest
 @pytest.mark.heavy_limit_memory({args})
 def test_it(): pass
 """)
-    result = heavy_pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result = heavy_pytester.runpytest_subprocess(*NO_SHUFFLE)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"ERROR: test_bad.py::test_it: {error}*"])
 
 
 def test_limit_marker_is_registered_for_strict_markers(heavy_pytester):
     heavy_pytester.makepyfile(test_ok=LIMITS)
-    result = heavy_pytester.runpytest_subprocess("--strict-markers", "-p", "no:cacheprovider", "-k", "under")
+    result = heavy_pytester.runpytest_subprocess("--strict-markers", *NO_SHUFFLE, "-k", "under")
     result.assert_outcomes(passed=1, deselected=3)
 
 
@@ -265,17 +269,16 @@ def test_leak_finder_names_module_globals_and_fixtures_in_one_process(heavy_pyte
     heavy_pytester.makepyfile(test_a_leaky=LEAKY, test_b_clean=CLEAN, test_c_session=SESSION_HOLDER,
                               test_d_last="def test_last(): pass\n")
     result = heavy_pytester.runpytest_subprocess("--heavy-find-leaks", "--heavy-isolate", "always",
-                                                 "--heavy-report", "heavy.json", "-p", "no:cacheprovider")
+                                                 "--heavy-report", "heavy.json", *NO_SHUFFLE)
     result.assert_outcomes(passed=5)
-    result.stdout.fnmatch_lines([
-        "heavy: --heavy-find-leaks: every module runs in this process, on purpose",
-        "*- memory kept after teardown (pytest-heavy --heavy-find-leaks) -*",
-        "test_a_leaky.py keeps 1?? MiB of RAM after teardown: module global `weights._CACHE` "
-        "(dict, 1 bytes object of 128 MiB)",
-        "test_b_clean.py keeps nothing after teardown (less than 16 MiB)",
-        "test_c_session.py keeps ?? MiB of RAM after teardown: fixture `corpus` "
-        "(session scope, still set up, 1 bytearray of 96 MiB)",
-    ])
+    result.stdout.fnmatch_lines(["heavy: --heavy-find-leaks: every module runs in this process, on purpose",
+                                 "*- memory kept after teardown (pytest-heavy --heavy-find-leaks) -*"])
+    for line in ("test_a_leaky.py keeps 1?? MiB of RAM after teardown: module global `weights._CACHE` "
+                 "(dict, 1 bytes object of 128 MiB)",
+                 "test_b_clean.py keeps nothing after teardown (less than 16 MiB)",
+                 "test_c_session.py keeps ?? MiB of RAM after teardown: fixture `corpus` "
+                 "(session scope, still set up, 1 bytearray of 96 MiB)"):
+        result.stdout.fnmatch_lines([line])  # one by one: pytest-randomly, where installed, shuffles modules
     assert "heavy modules (pytest-heavy)" not in result.stdout.str()  # nothing was isolated
     doc = json.loads((heavy_pytester.path / "heavy.json").read_text())
     rows = {row["module"]: row for row in doc["leaks"]}
@@ -299,7 +302,7 @@ def test_loads():
     _WEIGHTS["w"] = torch.ones(32 << 20)       # 128 MiB of float32
     _WEIGHTS["view"] = _WEIGHTS["w"][:1024]    # a view shares the storage: counted once
 """)
-    result = heavy_pytester.runpytest_subprocess("--heavy-find-leaks", "-p", "no:cacheprovider")
+    result = heavy_pytester.runpytest_subprocess("--heavy-find-leaks", *NO_SHUFFLE)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["test_tensor.py keeps 1?? MiB of RAM after teardown: module global "
                                  "`test_tensor._WEIGHTS` (dict, 1 tensor of 128 MiB)"])
@@ -311,7 +314,7 @@ def test_leak_finder_says_when_its_search_was_cut_short(heavy_pytester):
 _KEEP = []
 def test_keeps(): _KEEP.append(b"\\x01" * (64 << 20))
 """)
-    result = heavy_pytester.runpytest_subprocess("--heavy-find-leaks", "-p", "no:cacheprovider")
+    result = heavy_pytester.runpytest_subprocess("--heavy-find-leaks", *NO_SHUFFLE)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["test_keep.py keeps ?? MiB of RAM after teardown: * (search stopped after "
                                  "0s: holders may be missing)"])
@@ -321,10 +324,19 @@ def test_measuring_in_the_parent_keeps_fork_safe(heavy_pytester):
     """The parent's own monitor thread is one of ours: children still fork after parent tests ran."""
     heavy_pytester.makepyfile(test_a_light="def test_light(): pass\n", test_b_heavy=KNOWN_SIZES,
                               test_c_heavy=KNOWN_SIZES)
-    result = heavy_pytester.runpytest_subprocess("--heavy-report=heavy.json", "-p", "no:cacheprovider")
+    plain = heavy_pytester.runpytest_subprocess(*NO_SHUFFLE)
+    result = heavy_pytester.runpytest_subprocess("--heavy-report=heavy.json", *NO_SHUFFLE)
     result.assert_outcomes(passed=7)
-    result.stdout.fnmatch_lines(["test_b_heavy.py *fork*", "test_c_heavy.py *fork*"])
-    assert "spawn" not in result.stdout.str()
+
+    def started(run: pytest.RunResult) -> list[str]:  # the heavy table's start column
+        heavy = ("test_b_heavy.py", "test_c_heavy.py")
+        rows = [line.split() for line in run.outlines if line.startswith(heavy) and " exit " in line]
+        return [row[5] for row in rows]  # module, tests, "3 passed", wall, start
+
+    # as without measuring: fork, unless something else made the parent unsafe to fork (rerunfailures'
+    # server thread when xdist is installed)
+    assert started(result) == started(plain) and len(started(plain)) == 2
+    assert "fork is unsafe" not in result.stdout.str() or "fork is unsafe" in plain.stdout.str()
     doc = json.loads((heavy_pytester.path / "heavy.json").read_text())
     assert [(t["module"], t["process"]) for t in doc["tests"]][:2] == [("test_a_light.py", "parent"),
                                                                        ("test_b_heavy.py", "child")]
@@ -355,12 +367,10 @@ pytestmark = pytest.mark.requires_heavy_ram
 def test_context(): pynvml.fake_create_context(os.getpid(), 0, used_mib=1024)
 """, test_clean="import pytest\npytestmark = pytest.mark.requires_heavy_ram\ndef test_nothing(): pass\n")
     result = fake_gpu.runpytest_subprocess("-p", "pynvml", "--heavy-find-leaks", "--heavy-report=heavy.json",
-                                           "-p", "no:cacheprovider")
+                                           *NO_SHUFFLE)
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines([
-        "test_clean.py keeps nothing after teardown (less than 16 MiB)",
-        "test_ctx.py keeps 1.0 GiB of GPU memory after teardown: no large object found holding it "
-        "(many small objects, or memory outside Python objects)",
-    ])
+    result.stdout.fnmatch_lines(["test_clean.py keeps nothing after teardown (less than 16 MiB)"])
+    result.stdout.fnmatch_lines(["test_ctx.py keeps 1.0 GiB of GPU memory after teardown: no large object "
+                                 "found holding it (many small objects, or memory outside Python objects)"])
     rows = {r["module"]: r for r in json.loads((fake_gpu.path / "heavy.json").read_text())["leaks"]}
     assert rows["test_ctx.py"]["kept_gpu_mib"] == 1024.0 and rows["test_clean.py"]["kept_gpu_mib"] == 0.0

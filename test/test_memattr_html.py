@@ -10,6 +10,10 @@ import shutil
 
 import pytest
 
+# Generated sessions: no cache, and in file order even where pytest-randomly is installed (the tests of a
+# generated module build on each other: what one allocates, the next one's figures start from).
+NO_SHUFFLE = ("-p", "no:cacheprovider", "-p", "no:randomly")
+
 SUITE = """
 import os, time, pytest
 pytestmark = pytest.mark.requires_heavy_ram
@@ -31,7 +35,7 @@ def test_after():
 def report(pytester: pytest.Pytester, *args: str) -> str:
     pytester.makepyfile(test_first=SUITE, test_second=SUITE)
     result = pytester.runpytest_subprocess("--heavy-isolate", "always", "--heavy-report-html", "report.html",
-                                           "-p", "no:cacheprovider", *args)
+                                           *NO_SHUFFLE, *args)
     result.assert_outcomes(passed=4, failed=2)
     return (pytester.path / "report.html").read_text(encoding="utf-8")
 
@@ -59,7 +63,7 @@ pytestmark = pytest.mark.requires_heavy_ram
 def test_context(): pynvml.fake_create_context(os.getpid(), 0, used_mib=2048)
 """)
     result = fake_gpu.runpytest_subprocess("-p", "pynvml", "--heavy-isolate", "always",
-                                           "--heavy-report-html", "gpu.html", "-p", "no:cacheprovider")
+                                           "--heavy-report-html", "gpu.html", *NO_SHUFFLE)
     result.assert_outcomes(passed=1)
     text = (fake_gpu.path / "gpu.html").read_text(encoding="utf-8")
     assert '<polyline class="gpu"' in text
@@ -122,7 +126,7 @@ def test_one_long_c_call():
     _KEEP.append(hashlib.shake_128(b"seed").digest(160 << 20))   # holds the GIL throughout
 """)
     result = heavy_pytester.runpytest_subprocess("--heavy-isolate", "always", "--heavy-report-html=gil.html",
-                                                 "--heavy-report=gil.json", "-p", "no:cacheprovider")
+                                                 "--heavy-report=gil.json", *NO_SHUFFLE)
     result.assert_outcomes(passed=1)
     [test] = json.loads((heavy_pytester.path / "gil.json").read_text())["tests"]
     text = (heavy_pytester.path / "gil.html").read_text(encoding="utf-8")

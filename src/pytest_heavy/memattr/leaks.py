@@ -231,6 +231,7 @@ class LeakFinder:
         self._before: set[int] = set()
         self._before_complete = True
         self._heavy = False
+        self._item: pytest.Item | None = None
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item,
@@ -246,10 +247,19 @@ class LeakFinder:
             self._before = set(before)
             del before
         self._heavy |= bool(markers.names(item) & set(self.run.settings.isolate_markers))
-        result = yield
-        if nextitem is None or isinstance(nextitem, ExampleItem) or module_of(nextitem) != module:
-            self.finish_module(module)
-        return result
+        self._item = item
+        try:
+            return (yield)
+        finally:
+            self._item = None
+
+    def module_done(self, module: str) -> None:
+        """The module's fixtures are finalized; its last test's ``funcargs`` still point at their values
+        (pytest drops them only after the whole teardown, session fixtures included): dropped here so
+        a released fixture value does not count as kept."""
+        if self._item is not None and getattr(self._item, "funcargs", None):
+            self._item.funcargs = {}  # type: ignore[attr-defined]
+        self.finish_module(module)
 
     def finish_module(self, module: str) -> None:
         settle()
@@ -273,6 +283,19 @@ class LeakFinder:
         terminalreporter.write_sep("-", "memory kept after teardown (pytest-heavy --heavy-find-leaks)")
         for line in self.lines or ["no module keeps memory after its teardown"]:
             terminalreporter.write_line(line)
+
+
+FINDER = pytest.StashKey[LeakFinder]()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _heavy_leak_probe(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Where a module ends: torn down right after the module's own fixtures (autouse, so set up first
+    and finalized last of its scope) and before any session fixture, so the last module's figure is
+    not lowered by what the session's teardown gives back. This module is registered as a plugin
+    (only with --heavy-find-leaks) for this fixture alone."""
+    yield
+    request.config.stash[FINDER].module_done(module_of(request.node))
 
 
 def read_tree_here(run: Run) -> Reading:

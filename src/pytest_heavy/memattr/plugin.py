@@ -55,12 +55,13 @@ def register(config: pytest.Config, run: Run) -> None:
         if asked:
             run.report_extra["tests"] = measure.tests
         if find_leaks:
-            from .leaks import LeakFinder
+            from . import leaks
 
-            finder = LeakFinder(run)
+            finder = config.stash[leaks.FINDER] = leaks.LeakFinder(run)
             run.report_extra["leaks"] = finder.rows
             measure.leak_lines = finder.lines
             config.pluginmanager.register(finder, "heavy-leaks")
+            config.pluginmanager.register(leaks, "heavy-leaks-probe")  # its module-scope fixture
 
 
 @dataclasses.dataclass
