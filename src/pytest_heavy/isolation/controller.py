@@ -86,7 +86,7 @@ class Controller:
                 while ur in self.queue and not self.stopping():  # collection order: it starts before we go on
                     if not self.fill():
                         self.pump(block=True)
-            while self.queue and not self.stopping():
+            while (self.queue or self.running) and not self.stopping():  # OOM re-runs join the queue late
                 if not self.fill():
                     self.pump(block=True)
             self.wait_all()
@@ -126,6 +126,8 @@ class Controller:
         hw = self.run.hardware
         self.scheduler.started(ur.job, placement)
         self.t_first = self.t_first or time.monotonic()
+        if ur.attempt is None:
+            ur.t0 = time.monotonic()  # its wall time starts with its first child, not in the queue
         ur.placement = placement
         ur.holding = placement.may_share
         ur.record.gpus = placement.indices(hw)
@@ -148,7 +150,8 @@ class Controller:
         total = sum(r.wall_s for r in modules)
         gpus = len(self.run.hardware.gpus)
         where = f"{gpus} GPU{'s' if gpus != 1 else ''}" if gpus else "no GPU"
-        return (f"heavy schedule (--heavy-workers auto, {where}): {len(modules)} modules in {makespan:.1f}s "
+        n = f"{len(modules)} module{'s' if len(modules) != 1 else ''}"
+        return (f"heavy schedule (--heavy-workers auto, {where}): {n} in {makespan:.1f}s "
                 f"wall; one at a time they took {total:.1f}s ({total / max(makespan, 1e-9):.1f}x)")
 
     def stopping(self) -> bool:
