@@ -7,6 +7,8 @@ the fake NVML, in test_parallel_gpus.py.
 from __future__ import annotations
 
 import dataclasses
+import json
+import sys
 
 import pytest
 
@@ -159,3 +161,34 @@ def test_count_scheduler_keeps_collection_order_and_one_routed_gpu_child(workers
     routed = CountScheduler(3)
     jobs = [Job("g1", routed=True), Job("g2", routed=True), Job("cpu")]
     assert [name for name, _, _ in start_all(routed, jobs)] == ["g1"]  # g2 blocks the queue behind it
+
+
+# --- pytest-heavy doctor --plan: the same decisions, printed from the recorded peaks ------------------
+
+
+def test_doctor_plan_prints_the_packing_from_recorded_peaks(heavy_pytester):
+    heavy_pytester.makeini("[pytest]\nheavy_ram_gib = 4\nheavy_durations_path = durations.json\n")
+    module = "import pytest\npytestmark = [pytest.mark.requires_gpu, pytest.mark.requires_gpu_isolation]\n" \
+             "def test_x(): raise SystemExit('doctor --plan must run nothing')\n"
+    heavy_pytester.makepyfile(test_long=module, test_mid=module, test_short=module, test_new=module)
+    peaks = {"test_long.py": (40, 50_000), "test_mid.py": (20, 30_000), "test_short.py": (10, 30_000)}
+    (heavy_pytester.path / "durations.json.peaks.json").write_text(json.dumps(
+        {m: {"wall_s": w, "rss_mib": 100, "gpu_mib": [g]} for m, (w, g) in peaks.items()}))
+    result = heavy_pytester.run(sys.executable, "-m", "pytest_heavy.cli", "doctor", "--plan",
+                                "--heavy-assume", "gpus=2x80GiB,ram=64GiB")
+    assert result.ret == 0, result.stderr.str()
+    result.stdout.fnmatch_lines([
+        "plan for --heavy-workers auto on: 2x assumed GPU 80GiB (default)*",
+        "module         GPU  start  end    beside  recorded",
+        "test_new.py    0    0.0s   23.3s  0       no: alone",  # unrecorded: first, alone, mean wall time
+        "test_long.py   1    0.0s   40.0s  2       yes",  # longest recorded first
+        "test_mid.py    1    0.0s   20.0s  1       yes",  # 50,000 + 30,000 MiB + 2 x 256 fit in 80 GiB
+        "test_short.py  1    20.0s  30.0s  1       yes",  # not beside test_new, which has GPU 0 to itself
+        "makespan 40.0s against 93.3s one at a time (2.3x), from recorded wall times",
+        "1 module(s) without recorded peaks run alone*",
+    ])
+    doc = json.loads(heavy_pytester.run(sys.executable, "-m", "pytest_heavy.cli", "doctor", "--plan", "--json",
+                                        "--heavy-assume", "gpus=1x80GiB,compute_mode=exclusive_process")
+                     .stdout.str())
+    assert [(m["module"], round(m["start_s"], 1)) for m in doc["modules"]] == [
+        ("test_new.py", 0.0), ("test_long.py", 23.3), ("test_mid.py", 63.3), ("test_short.py", 83.3)]
