@@ -187,8 +187,8 @@ def test_doctor_plan_prints_the_packing_from_recorded_peaks(heavy_pytester):
         "makespan 40.0s against 93.3s one at a time (2.3x), from recorded wall times",
         "1 module(s) without recorded peaks run alone*",
     ])
-    doc = json.loads(heavy_pytester.run(sys.executable, "-m", "pytest_heavy.cli", "doctor", "--plan", "--json",
-                                        "--heavy-assume", "gpus=1x80GiB,compute_mode=exclusive_process")
-                     .stdout.str())
+    exclusive = heavy_pytester.run(sys.executable, "-m", "pytest_heavy.cli", "doctor", "--plan", "--json",
+                                   "--heavy-assume", "gpus=1x80GiB,compute_mode=exclusive_process")
+    doc = json.loads(exclusive.stdout.str())
     assert [(m["module"], round(m["start_s"], 1)) for m in doc["modules"]] == [
         ("test_new.py", 0.0), ("test_long.py", 23.3), ("test_mid.py", 63.3), ("test_short.py", 83.3)]
