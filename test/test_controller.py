@@ -184,3 +184,16 @@ def test_an_oom_alone_is_a_failure(scripted):
                                 "--heavy-assume", "gpus=1x80GiB,compute_mode=exclusive_process")
     result.assert_outcomes(passed=1, failed=1)
     assert requests(scripted).count(["test_a.py::test_oom_always"]) == 1
+
+
+def test_a_module_that_needs_two_gpus_is_pinned_to_two(scripted):
+    record_peaks(scripted, test_pair=(9, 1000), test_one=(1, 1000))
+    scripted.makepyfile(test_pair="import pytest\npytestmark = pytest.mark.requires_gpu_isolation\n"
+                                  "@pytest.mark.requires_gpu(count=2)\ndef test_pair(): pass\n",
+                        test_one=GPU_MODULE + "def test_one(): pass\n")
+    result = scripted.runpytest("--heavy-workers", "auto", "--heavy-report", "heavy.json",
+                                "--heavy-assume", "gpus=2x80GiB,compute_mode=exclusive_process,mps=off")
+    result.assert_outcomes(passed=2)
+    assert placements(scripted) == [("test_pair.py", "GPU-assumed-0,GPU-assumed-1"),
+                                    ("test_one.py", "GPU-assumed-0")]  # after test_pair freed both
+    assert rows(scripted)["test_pair.py"]["gpus"] == [0, 1]

@@ -192,3 +192,46 @@ def test_doctor_plan_prints_the_packing_from_recorded_peaks(heavy_pytester):
     doc = json.loads(exclusive.stdout.str())
     assert [(m["module"], round(m["start_s"], 1)) for m in doc["modules"]] == [
         ("test_new.py", 0.0), ("test_long.py", 23.3), ("test_mid.py", 63.3), ("test_short.py", 83.3)]
+
+
+# --- the option, the ini key and the marker the scheduler reads ---------------------------------------
+
+
+@pytest.mark.parametrize(("args", "ini", "named"), [
+    (["--heavy-workers", "0"], "", "--heavy-workers 0: expected a whole number >= 1 or auto"),
+    (["--heavy-workers", "lots"], "", "--heavy-workers lots: expected*"),
+    ([], "heavy_workers = many", "ini heavy_workers = 'many': expected*"),
+])
+def test_bad_workers_are_a_usage_error_naming_the_option(heavy_pytester, args, ini, named):
+    heavy_pytester.makeini(f"[pytest]\n{ini}\n")
+    heavy_pytester.makepyfile("def test_x(): pass\n")
+    result = heavy_pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{named}*"])
+
+
+def test_ini_heavy_workers_auto_packs_and_the_option_wins(heavy_pytester):
+    heavy_pytester.makeini("[pytest]\nheavy_workers = auto\nheavy_ram_gib = 4\n")
+    body = "import pytest\npytestmark = pytest.mark.requires_heavy_ram\ndef test_x(): pass\n"
+    heavy_pytester.makepyfile(test_a=body, test_b=body)
+    result = heavy_pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["heavy schedule (--heavy-workers auto, no GPU): 2 modules in *"])
+    result = heavy_pytester.runpytest_subprocess("-p", "no:cacheprovider", "--heavy-workers", "1")
+    assert "heavy schedule" not in result.stdout.str()
+
+
+def test_requires_gpu_count_gates_on_the_number_of_gpus(heavy_pytester):
+    heavy_pytester.makepyfile("import pytest\n@pytest.mark.requires_gpu(count=2)\ndef test_pair(): pass\n"
+                              "@pytest.mark.requires_gpu\ndef test_one(): pass\n")
+    result = heavy_pytester.runpytest("-rs", "--heavy-assume", "gpus=1x80GiB")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*needs 2 GPUs (requires_gpu(count=2)): 1 visible*"])
+    heavy_pytester.runpytest("--heavy-assume", "gpus=2x80GiB").assert_outcomes(passed=2)
+
+
+def test_bad_gpu_count_names_the_test(heavy_pytester):
+    heavy_pytester.makepyfile("import pytest\n@pytest.mark.requires_gpu(count='two')\ndef test_x(): pass\n")
+    result = heavy_pytester.runpytest("--heavy-assume", "gpus=2x80GiB")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*test_x: requires_gpu expects a whole number of GPUs*'two'*"])
