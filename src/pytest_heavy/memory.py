@@ -35,7 +35,10 @@ class GpuReader:
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             uuid = pynvml.nvmlDeviceGetUUID(handle)
             by_uuid[uuid.decode() if isinstance(uuid, bytes) else uuid] = handle
-        self.handles = [by_uuid[g.uuid] for g in hw.gpus if g.uuid in by_uuid]
+        # One entry per hw.gpus position, so scheduler positions index it; None where NVML has no such
+        # whole device (a MIG instance selected by CUDA_VISIBLE_DEVICES): not read.
+        self.by_position: list[Any] = [by_uuid.get(g.uuid) for g in hw.gpus]
+        self.handles = [h for h in self.by_position if h is not None]
 
     @classmethod
     def open(cls, hw: Hardware) -> GpuReader | None:
@@ -48,15 +51,18 @@ class GpuReader:
 
     def device_used_mib(self, positions: Sequence[int] | None = None) -> int:
         """Used memory of the visible GPUs, or of those at ``positions`` (indices into ``hw.gpus``)."""
-        handles = self.handles if positions is None else [self.handles[i] for i in positions]
+        handles = self.handles if positions is None else [
+            h for h in (self.by_position[i] for i in positions) if h is not None]
         return sum(int(self._nv.nvmlDeviceGetMemoryInfo(h).used) // MIB for h in handles)
 
     def process_usage_by_device(self) -> list[dict[int, int]]:
         """Per visible GPU (``hw.gpus`` order), {host pid: MiB} of its compute processes."""
         devices: list[dict[int, int]] = []
-        for handle in self.handles:
+        for handle in self.by_position:
             usage: dict[int, int] = {}
             devices.append(usage)
+            if handle is None:
+                continue
             try:
                 running = self._nv.nvmlDeviceGetComputeRunningProcesses(handle)
             except self._nv.NVMLError:
