@@ -54,6 +54,15 @@ class HeavyRecord:
     peak_gpu_per_device_mib: list[float] | None = None  # per GPU, in the child's CUDA_VISIBLE_DEVICES order
     note: str = ""  # e.g. "retried alone after OOM while sharing GPU 1"
 
+    def add_gpu_peaks(self, per_device: list[float] | None) -> None:
+        """Merge one attempt's per-GPU peaks into the record's (the maximum per GPU)."""
+        if per_device is None:
+            return
+        old = self.peak_gpu_per_device_mib or []
+        merged = [max(a, b) for a, b in zip(old, per_device, strict=False)]
+        longer = old if len(old) > len(per_device) else per_device
+        self.peak_gpu_per_device_mib = merged + longer[len(merged):]
+
     def count(self, report: pytest.TestReport) -> None:
         """Tally one report the way the terminal summary counts outcomes."""
         if report.when == "call" or (report.when == "setup" and not report.passed):
@@ -106,6 +115,19 @@ def heavy_table(tr: pytest.TerminalReporter, records: list[HeavyRecord], schedul
             tr.write_line(f"{r.unit}: killed leftover process {victim}")
     if schedule:
         tr.write_line(schedule)
+
+
+def schedule_line(records: list[HeavyRecord], makespan_s: float, gpus: int) -> str:
+    """Under the table with --heavy-workers auto: the makespan against the sum of the modules' own wall
+    times, i.e. what running them side by side saved."""
+    modules = [r for r in records if r.kind == "module"]
+    if not modules:
+        return ""
+    total = sum(r.wall_s for r in modules)
+    where = f"{gpus} GPU{'s' if gpus != 1 else ''}" if gpus else "no GPU"
+    n = f"{len(modules)} module{'s' if len(modules) != 1 else ''}"
+    return (f"heavy schedule (--heavy-workers auto, {where}): {n} in {makespan_s:.1f}s wall; "
+            f"one at a time they took {total:.1f}s ({total / max(makespan_s, 1e-9):.1f}x)")
 
 
 def write_json(path: str, records: list[HeavyRecord], hardware: dict[str, object]) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from .. import gating, markers, procs, supervise, wire
+from .. import procs, report, supervise, wire
 from ..gpu import guard
 from ..split.durations import ModulePeaks
 from ..state import Run
@@ -67,7 +67,7 @@ class Controller:
                 if unit.module is None:
                     # A parent unit with GPU tests may need whole GPUs: no packed child beside it.
                     alone = (self.settings.workers == 1 and not self.settings.packing) or (
-                        self.settings.packing and self.uses_gpu(unit))
+                        self.settings.packing and unit.gpus > 0 and bool(self.run.hardware.gpus))
                     if alone:
                         self.wait_all()
                     for item in unit.items:
@@ -95,17 +95,13 @@ class Controller:
             raise
         finally:
             self.launchers.close()
-        if self.settings.packing:
-            self.run.schedule = self.schedule_summary()
+        if self.settings.packing and self.t_first is not None:
+            self.run.schedule = report.schedule_line(self.run.records, time.monotonic() - self.t_first,
+                                                     len(self.run.hardware.gpus))
         if self.session.shouldfail:
             raise self.session.Failed(self.session.shouldfail)
         if self.session.shouldstop:
             raise self.session.Interrupted(self.session.shouldstop)
-
-    def uses_gpu(self, unit: Unit) -> bool:
-        return bool(self.run.hardware.gpus) and any(
-            gating.gpu_marker(markers.names(item), self.settings) for item in unit.items
-            if item.get_closest_marker("skip") is None)
 
     def fill(self) -> bool:
         """Start every queued unit the scheduler places now; True when at least one started."""
@@ -132,27 +128,11 @@ class Controller:
         ur.holding = placement.may_share
         ur.record.gpus = placement.indices(hw)
         for other in self.running:
-            common = set(other.placement.gpus) & set(placement.gpus)
+            common = {hw.gpus[i].index for i in set(other.placement.gpus) & set(placement.gpus)}
             if common:
-                indices = {hw.gpus[i].index for i in common}
-                for a, b in ((ur, other), (other, ur)):
-                    a.shared_gpus |= indices
-                    if b.name not in a.record.beside:
-                        a.record.beside.append(b.name)
+                ur.met(other, common)
+                other.met(ur, common)
         self.launch(ur)
-
-    def schedule_summary(self) -> str:
-        """Makespan against the sum of the modules' own wall times: what running them side by side saved."""
-        modules = [r for r in self.run.records if r.kind == "module"]
-        if not modules or self.t_first is None:
-            return ""
-        makespan = time.monotonic() - self.t_first
-        total = sum(r.wall_s for r in modules)
-        gpus = len(self.run.hardware.gpus)
-        where = f"{gpus} GPU{'s' if gpus != 1 else ''}" if gpus else "no GPU"
-        n = f"{len(modules)} module{'s' if len(modules) != 1 else ''}"
-        return (f"heavy schedule (--heavy-workers auto, {where}): {n} in {makespan:.1f}s "
-                f"wall; one at a time they took {total:.1f}s ({total / max(makespan, 1e-9):.1f}x)")
 
     def stopping(self) -> bool:
         """True once -x/--maxfail or a stop request ended the session; running children are told."""
@@ -236,8 +216,7 @@ class Controller:
         record.peak_rss_mib = max(record.peak_rss_mib, peaks.rss_mib)
         if peaks.gpu_mib is not None:
             record.peak_gpu_mib = max(record.peak_gpu_mib or 0.0, peaks.gpu_mib)
-            record.peak_gpu_per_device_mib = elementwise_max(record.peak_gpu_per_device_mib,
-                                                             peaks.gpu_per_device(ur.placement.gpus or None))
+            record.add_gpu_peaks(peaks.gpu_per_device(ur.placement.gpus or None))
         status = "timeout" if attempt.sup.timed_out else procs.signal_name(
             returncode if returncode is not None else -signal.SIGKILL)
         ur.statuses.append("stopped" if attempt.stop_sent and not ur.current else status)
@@ -293,10 +272,3 @@ class Controller:
                 ur.attempt.started.process.send_signal(signal.SIGKILL)
                 ur.attempt.sup.reap()
 
-
-def elementwise_max(a: list[float] | None, b: list[float] | None) -> list[float] | None:
-    """Per-GPU peaks across a unit's attempts."""
-    if a is None or b is None:
-        return b if a is None else a
-    return [max(x, y) for x, y in zip([*a, *[0.0] * (len(b) - len(a))], [*b, *[0.0] * (len(a) - len(b))],
-                                      strict=True)]

@@ -29,8 +29,10 @@ class Unit:
     heavy_ram: bool = False  # holds requires_heavy_ram tests: counts against the RAM budget when packing
 
     def add(self, item: pytest.Item, settings: Settings) -> None:
-        """Take ``item`` into the unit, and what it needs into the unit's demand."""
+        """Take ``item`` into the unit, and what it needs (unless it is skipped) into the unit's demand."""
         self.items.append(item)
+        if _skipped(item):
+            return
         marker_names = names(item)
         if gpu_marker(marker_names, settings) or "requires_gpu_isolation" in marker_names:
             mark = item.get_closest_marker("requires_gpu")
@@ -85,5 +87,5 @@ def plan(items: list[pytest.Item], settings: Settings, hw: Hardware) -> list[Uni
             continue
         if not units or units[-1].module is not None:
             units.append(Unit())
-        units[-1].items.append(item)
+        units[-1].add(item, settings)
     return units

@@ -93,8 +93,11 @@ class UnitRun:
         self.held: list[dict[str, Any]] = []  # the current test's events, not replayed yet
         self.oom_held: list[dict[str, Any]] = []  # events of tests dropped after an OOM while sharing
 
-    def oom_nodeids(self) -> list[str]:
-        return [e["nodeid"] for e in self.oom_held if e["event"] == "logstart"]
+    def met(self, other: UnitRun, gpus: set[int]) -> None:
+        """``other`` was placed on ``gpus`` (NVML indices) of ours while we run."""
+        self.shared_gpus |= gpus
+        if other.name not in self.record.beside:
+            self.record.beside.append(other.name)
 
     def started(self, nodeid: str) -> None:
         self.current = nodeid
