@@ -1,4 +1,4 @@
-"""Figure 7, the GPU-aware parallel heavy tier: ``--heavy-workers auto`` against one module at a time.
+"""Figure 8, the GPU-aware parallel heavy tier: ``--heavy-workers auto`` against one module at a time.
 
 Eight heavy modules whose recorded peaks (GPU memory per module, RSS, wall time) sit in the committed
 peaks file; each module's test only sleeps for its recorded wall time, so what is measured is the
