@@ -133,3 +133,60 @@ def test_a_module_that_runs_out_of_gpu_memory_beside_another_is_retried_alone(fa
     result.stdout.fnmatch_lines(["test_b.py *1 passed*(retried alone after OOM while sharing GPU 0)"])
     assert "FAILED" not in result.stdout.str()
     assert rows(pytester)["test_b.py"]["beside"] == ["test_a.py"]
+
+
+FIND_USED = """def test_allocate():
+    pynvml.nvmlInit()
+    uuid = os.environ["CUDA_VISIBLE_DEVICES"]
+    handle = next(h for h in map(pynvml.nvmlDeviceGetHandleByIndex, range(pynvml.nvmlDeviceGetCount()))
+                  if pynvml.nvmlDeviceGetUUID(h) == uuid)
+    with open("b-found", "w") as fh:
+        fh.write(str(pynvml.nvmlDeviceGetMemoryInfo(handle).used >> 20))"""
+
+
+def test_the_next_child_on_a_gpu_waits_until_the_previous_ones_memory_is_released(fake_gpus):
+    pytester = fake_gpus(device(0, 16))
+    # test_a's memory outlives its process by a second (the driver frees asynchronously); test_b, the next
+    # child on that GPU (no peaks recorded: each runs alone), notes what it finds there when it starts.
+    pytester.makepyfile(
+        test_a=MODULE.replace("pynvml.fake_allocate({mib})", "pynvml.fake_allocate({mib}, linger_s=1.0)")
+        .format(name="a", mib=4 * GIB, then="pass"),
+        test_b=MODULE.format(name="b", mib=GIB, then="pass").replace("def test_allocate():", FIND_USED),
+    )
+    result = run(pytester)
+    result.assert_outcomes(passed=2)
+    assert (pytester.path / "b-found").read_text() == "0"
+    assert rows(pytester)["test_a.py"]["released"].startswith("after "), rows(pytester)["test_a.py"]
+
+
+RAM_MODULE = """
+import os, time, pytest
+pytestmark = pytest.mark.requires_heavy_ram
+
+def test_span():
+    start = time.time()
+    open("{me}-started", "w").close()
+    deadline = time.time() + {wait}
+    while not os.path.exists("{other}-started") and time.time() < deadline:
+        time.sleep(0.05)
+    with open("spans", "a") as fh:
+        fh.write(f"{{start}} {{time.time()}}\\n")
+"""
+
+
+@pytest.mark.parametrize(("rss_gib", "together"), [(4, True), (10, False)])
+def test_heavy_ram_modules_run_side_by_side_while_their_recorded_rss_fits(heavy_pytester, rss_gib, together):
+    heavy_pytester.makeini("[pytest]\nheavy_ram_gib = 4\nheavy_durations_path = durations.json\n")
+    record = {"wall_s": 1.0, "rss_mib": rss_gib * GIB, "gpu_mib": None}
+    peaks = {"test_a.py": record, "test_b.py": record}
+    (heavy_pytester.path / "durations.json.peaks.json").write_text(json.dumps(peaks))
+    # Together, each waits (up to 30 s) for the other to start; apart, the first waits 1 s in vain.
+    wait = 30 if together else 1
+    heavy_pytester.makepyfile(test_a=RAM_MODULE.format(me="a", other="b", wait=wait),
+                              test_b=RAM_MODULE.format(me="b", other="a", wait=wait))
+    result = heavy_pytester.runpytest_subprocess("-p", "no:cacheprovider", "--heavy-workers", "auto",
+                                                 "--heavy-assume", "gpus=0,ram=16GiB,cpus=4")
+    result.assert_outcomes(passed=2)
+    (s1, e1), (s2, e2) = sorted(tuple(map(float, line.split()))
+                                for line in (heavy_pytester.path / "spans").read_text().splitlines())
+    assert (s2 < e1) is together  # 2 x 4 GiB fit in 16 GiB; 2 x 10 GiB do not

@@ -32,6 +32,7 @@ import json
 import os
 import string
 import sys
+import time
 from types import SimpleNamespace
 
 NVML_SUCCESS = 0
@@ -133,13 +134,34 @@ def _alive(pid: int) -> bool:
 
 
 def _shared() -> list[dict]:
-    """Allocations of live processes from FAKE_PYNVML_STATE: {"pid", "uuid", "used_mib"}."""
+    """Allocations held now, from FAKE_PYNVML_STATE: {"pid", "uuid", "used_mib"}.
+
+    A process's memory is held while it lives and, when it allocated with ``linger_s``, that long after
+    a reader first saw it gone (the driver frees a dead process's memory asynchronously).
+    """
     path = os.environ.get("FAKE_PYNVML_STATE")
     if not path or not os.path.exists(path):
         return []
     with open(path) as fh:
         entries = [json.loads(line) for line in fh if line.strip()]
-    return [e for e in entries if _alive(e["pid"])]
+    gone = {}
+    for e in entries:
+        if "gone_at" in e:
+            gone[e["pid"]] = min(gone.get(e["pid"], e["gone_at"]), e["gone_at"])
+    held = []
+    for e in entries:
+        if "uuid" not in e:
+            continue
+        if _alive(e["pid"]):
+            held.append(e)
+        elif e.get("linger_s"):
+            if e["pid"] not in gone:
+                gone[e["pid"]] = time.time()
+                with open(path, "a") as fh:
+                    fh.write(json.dumps({"pid": e["pid"], "gone_at": gone[e["pid"]]}) + "\n")
+            if time.time() < gone[e["pid"]] + e["linger_s"]:
+                held.append(e)
+    return held
 
 
 def _device_processes(device: dict) -> list[dict]:
@@ -147,8 +169,9 @@ def _device_processes(device: dict) -> list[dict]:
     return list(device.get("processes", [])) + shared
 
 
-def fake_allocate(used_mib: int) -> None:
-    """This process allocates ``used_mib`` on its first visible GPU (shared through FAKE_PYNVML_STATE)."""
+def fake_allocate(used_mib: int, linger_s: float = 0.0) -> None:
+    """This process allocates ``used_mib`` on its first visible GPU (shared through FAKE_PYNVML_STATE),
+    held until ``linger_s`` seconds after it exits."""
     selector = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0].strip()
     devices = MACHINE["devices"]
     device = devices[int(selector)] if selector.isdigit() else next(
@@ -159,7 +182,8 @@ def fake_allocate(used_mib: int) -> None:
             f"CUDA out of memory. Tried to allocate {used_mib} MiB. GPU 0 has a total capacity of "
             f"{device['total_mib']} MiB of which {device['total_mib'] - used} MiB is free.")
     with open(os.environ["FAKE_PYNVML_STATE"], "a") as fh:
-        fh.write(json.dumps({"pid": os.getpid(), "uuid": device["uuid"], "used_mib": used_mib}) + "\n")
+        entry = {"pid": os.getpid(), "uuid": device["uuid"], "used_mib": used_mib, "linger_s": linger_s}
+        fh.write(json.dumps(entry) + "\n")
 
 
 def _check_init():
