@@ -19,9 +19,10 @@ import heapq
 import json
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -31,6 +32,9 @@ PEAKS_SUFFIX = ".peaks.json"  # the committed peaks file: the durations file's n
 # Set by `pytest-heavy split` (or by hand for Slurm arrays): the subsets of one run all partition with
 # the durations this file held when the first of them collected, not with what earlier subsets recorded.
 SNAPSHOT_ENV = "PYTEST_HEAVY_DURATIONS_SNAPSHOT"
+
+
+T = TypeVar("T")
 
 
 class DurationsError(Exception):
@@ -46,20 +50,28 @@ def as_durations(data: object, source: str) -> dict[str, float]:
     return {k: float(v) for k, v in data.items()}
 
 
-def parse_durations(text: str, source: str) -> dict[str, float]:
+def _json(text: str, source: str) -> object:
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except ValueError as exc:
         raise DurationsError(f"{source}: not JSON ({exc})") from None
-    return as_durations(data, source)
 
 
-def read_durations(path: Path) -> dict[str, float]:
+def parse_durations(text: str, source: str) -> dict[str, float]:
+    return as_durations(_json(text, source), source)
+
+
+def _read(path: Path, parse: Callable[[object, str], T]) -> T | None:
+    """``parse`` of the file's JSON, or None when there is no such file."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return {}
-    return parse_durations(text, str(path))
+        return None
+    return parse(_json(text, str(path)), str(path))
+
+
+def read_durations(path: Path) -> dict[str, float]:
+    return _read(path, as_durations) or {}
 
 
 def dump_durations(durations: dict[str, float]) -> str:
@@ -114,15 +126,7 @@ def as_peaks(data: object, source: str) -> dict[str, ModulePeaks]:
 
 
 def read_peaks(path: Path) -> dict[str, ModulePeaks]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise DurationsError(f"{path}: not JSON ({exc})") from None
-    return as_peaks(data, str(path))
+    return _read(path, as_peaks) or {}
 
 
 def dump_peaks(peaks: dict[str, ModulePeaks]) -> str:
@@ -167,10 +171,10 @@ class Store:
                 fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             yield
 
-    def _cached(self) -> dict[str, float]:
+    def _cached(self, key: str = CACHE_KEY, parse: Callable[[object, str], Any] = as_durations) -> Any:
         assert self.cache is not None
         try:
-            return as_durations(self.cache.get(CACHE_KEY, {}), f"cache {CACHE_KEY}")
+            return parse(self.cache.get(key, {}), f"cache {key}")
         except DurationsError:
             return {}  # a damaged cache entry is re-recorded, as pytest does with its own keys
 
@@ -182,19 +186,12 @@ class Store:
                 durations.update(self._cached())
         return durations
 
-    def _cached_peaks(self) -> dict[str, ModulePeaks]:
-        assert self.cache is not None
-        try:
-            return as_peaks(self.cache.get(PEAKS_CACHE_KEY, {}), f"cache {PEAKS_CACHE_KEY}")
-        except DurationsError:
-            return {}
-
     def read_peaks(self) -> dict[str, ModulePeaks]:
         """Module peaks: committed file first, this machine's cache over it (as ``read``)."""
         with self._lock(exclusive=False):
             peaks = read_peaks(self.peaks_file) if self.peaks_file else {}
             if self.cache is not None:
-                peaks.update(self._cached_peaks())
+                peaks.update(self._cached(PEAKS_CACHE_KEY, as_peaks))
         return peaks
 
     def record(self, measured: dict[str, float], peaks: dict[str, ModulePeaks] | None = None) -> None:
@@ -208,7 +205,7 @@ class Store:
                 if measured:
                     self.cache.set(CACHE_KEY, {**self._cached(), **measured})
                 if peaks:
-                    cached = self._cached_peaks()
+                    cached = self._cached(PEAKS_CACHE_KEY, as_peaks)
                     merged = {k: v.merged_over(cached.get(k)) for k, v in peaks.items()}
                     self.cache.set(PEAKS_CACHE_KEY, {k: v.to_json() for k, v in {**cached, **merged}.items()})
             if self.file is None or not self.write_file:
