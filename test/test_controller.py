@@ -103,14 +103,19 @@ def record_peaks(pytester: pytest.Pytester, **modules: tuple[float, float]) -> N
     (pytester.path / "durations.json.peaks.json").write_text(json.dumps(peaks))
 
 
+def gpu_modules(pytester: pytest.Pytester, names: str) -> None:
+    """test_a.py, test_b.py, ... for names "ab...": one passing test each, GPU-marked and isolated."""
+    for name in names:
+        pytester.makepyfile(**{f"test_{name}": GPU_MODULE + f"def test_{name}(): pass\n"})
+
+
 def rows(pytester: pytest.Pytester) -> dict[str, dict]:
     return {r["unit"]: r for r in json.loads((pytester.path / "heavy.json").read_text())["modules"]}
 
 
 def test_auto_pins_one_child_per_exclusive_gpu_longest_recorded_first(scripted):
     record_peaks(scripted, test_a=(1, 1000), test_b=(30, 1000), test_c=(10, 1000))
-    for name in "abc":
-        scripted.makepyfile(**{f"test_{name}": GPU_MODULE + f"def test_{name}(): pass\n"})
+    gpu_modules(scripted, "abc")
     result = scripted.runpytest("--heavy-workers", "auto", "--heavy-report", "heavy.json",
                                 "--heavy-assume", "gpus=2x80GiB,compute_mode=exclusive_process,mps=off")
     result.assert_outcomes(passed=3)
@@ -125,8 +130,7 @@ def test_auto_pins_one_child_per_exclusive_gpu_longest_recorded_first(scripted):
 
 def test_auto_shares_a_default_mode_gpu_when_the_recorded_peaks_fit(scripted):
     record_peaks(scripted, test_a=(5, 30_000), test_b=(5, 30_000), test_c=(5, 30_000))
-    for name in "abc":
-        scripted.makepyfile(**{f"test_{name}": GPU_MODULE + f"def test_{name}(): pass\n"})
+    gpu_modules(scripted, "abc")
     result = scripted.runpytest("--heavy-workers", "auto", "--heavy-report", "heavy.json",
                                 "--heavy-assume", "gpus=1x80GiB")
     result.assert_outcomes(passed=3)
@@ -138,8 +142,7 @@ def test_auto_shares_a_default_mode_gpu_when_the_recorded_peaks_fit(scripted):
 
 
 def test_modules_without_recorded_peaks_run_alone_on_their_gpu(scripted):
-    for name in "ab":
-        scripted.makepyfile(**{f"test_{name}": GPU_MODULE + f"def test_{name}(): pass\n"})
+    gpu_modules(scripted, "ab")
     result = scripted.runpytest("--heavy-workers", "auto", "--heavy-report", "heavy.json",
                                 "--heavy-assume", "gpus=1x80GiB")
     result.assert_outcomes(passed=2)
@@ -147,8 +150,7 @@ def test_modules_without_recorded_peaks_run_alone_on_their_gpu(scripted):
 
 
 def test_count_workers_pin_nothing(scripted):
-    for name in "ab":
-        scripted.makepyfile(**{f"test_{name}": GPU_MODULE + f"def test_{name}(): pass\n"})
+    gpu_modules(scripted, "ab")
     result = scripted.runpytest("--heavy-workers", "2", "--heavy-assume", "gpus=2x80GiB")
     result.assert_outcomes(passed=2)
     assert placements(scripted) == [("test_a.py", None), ("test_b.py", None)]
