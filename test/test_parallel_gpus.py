@@ -86,13 +86,35 @@ def rows(pytester: pytest.Pytester) -> dict[str, dict]:
     return {r["unit"]: r for r in json.loads((pytester.path / "heavy.json").read_text())["modules"]}
 
 
+# test_b allocates only once test_c holds its memory, and holds its own until a second after test_c's test
+# is over; test_c takes longer than test_a. So test_b's memory appears after test_a started and is still
+# held when test_a ends (test_a and test_b share GPU 0 in the second run).
+LATE_NEIGHBOUR = f"""
+import os, time, pytest, pynvml
+pytestmark = [pytest.mark.requires_gpu, pytest.mark.requires_gpu_isolation]
+
+def wait_for(path):
+    deadline = time.time() + 30
+    while not os.path.exists(path):
+        assert time.time() < deadline, f"{{path}} never appeared"
+        time.sleep(0.05)
+
+def test_allocate():
+    with open("visible-b", "w") as fh:
+        fh.write(os.environ["CUDA_VISIBLE_DEVICES"])
+    wait_for("c-holds")
+    pynvml.fake_allocate({4 * GIB})
+    wait_for("c-done")
+    time.sleep(1)
+"""
+
+
 def test_unknown_peaks_run_alone_then_recorded_peaks_pack(fake_gpus):
     pytester = fake_gpus(device(0, 16), device(1, 16))
-    # test_a ends while test_b still holds its memory on the other GPU: a's release is checked on its own GPU
     pytester.makepyfile(
-        test_a=MODULE.format(name="a", mib=4 * GIB, then="open('a-done', 'w').close()"),
-        test_b=MODULE.format(name="b", mib=4 * GIB, then="wait_for('a-done'); time.sleep(1)"),
-        test_c=MODULE.format(name="c", mib=4 * GIB, then="pass"),
+        test_a=MODULE.format(name="a", mib=4 * GIB, then="pass"),
+        test_b=LATE_NEIGHBOUR,
+        test_c=MODULE.format(name="c", mib=4 * GIB, then="open('c-done', 'w').close(); time.sleep(0.6)"),
     )
     result = run(pytester)
     result.assert_outcomes(passed=3)
@@ -108,11 +130,18 @@ def test_unknown_peaks_run_alone_then_recorded_peaks_pack(fake_gpus):
     assert cached["test_a.py"]["gpu_mib"] == [4 * GIB]
     assert not (pytester.path / "durations.json.peaks.json").exists()  # written only when asked
 
-    (pytester.path / "a-done").unlink()
+    for done in ("c-holds", "c-done"):  # the second run meets again
+        (pytester.path / done).unlink()
     result = run(pytester, "--heavy-store-durations")
     result.assert_outcomes(passed=3)
     second = rows(pytester)
-    assert sorted(len(r["beside"]) for r in second.values()) != [0, 0, 0]  # 3 x 4 GiB on 2 x 16 GiB: packed
+    # Longest recorded first: test_b (GPU 0), test_c (GPU 1), then test_a beside test_b (fewest children,
+    # most room, lowest index): 3 x 4 GiB on 2 x 16 GiB are packed
+    assert {k: (r["gpus"], r["beside"]) for k, r in second.items()} == {
+        "test_b.py": ([0], ["test_a.py"]), "test_c.py": ([1], []), "test_a.py": ([0], ["test_b.py"])}
+    # test_a ends while test_b, which allocated after test_a started, holds memory on their GPU: what a
+    # neighbour holds is not test_a's, which is released all the same
+    assert all(r["released"] == "yes" for r in second.values()), second
     committed = json.loads((pytester.path / "durations.json.peaks.json").read_text())
     assert set(committed) == {"test_a.py", "test_b.py", "test_c.py"}
     assert committed["test_c.py"]["gpu_mib"] == [4 * GIB] and committed["test_c.py"]["rss_mib"] > 0

@@ -57,18 +57,20 @@ class Replay:
         events, ur.held = ur.held, []
         if ur.shared_gpus and any(oom.is_oom_failure(e) for e in events):
             ur.oom_held += events
-            return
-        for event in events:
-            self.handlers[event["event"]](ur, event)
+        else:
+            self.replay(ur, events)
 
     def flush(self, ur: UnitRun) -> None:
+        """The events of a test still held (its child ended during it) are handled as they are."""
         events, ur.held = ur.held, []
-        for event in events:
-            self.handlers[event["event"]](ur, event)
+        self.replay(ur, events)
 
     def replay_dropped(self, ur: UnitRun) -> None:
         """Tests dropped after an OOM that will not be re-run (the session is stopping): their reports."""
         events, ur.oom_held = ur.oom_held, []
+        self.replay(ur, events)
+
+    def replay(self, ur: UnitRun, events: list[dict[str, Any]]) -> None:
         for event in events:
             self.handlers[event["event"]](ur, event)
 
