@@ -26,6 +26,7 @@ import fig_idle
 import fig_isolation
 import fig_memory
 import fig_probe
+import fig_scheduler
 import fig_workers
 from harness import REPO, Figure, Machine, load_average, log, table
 
@@ -35,6 +36,7 @@ FIGURES: dict[str, ModuleType] = {
     "isolation": fig_isolation,
     "memory": fig_memory,
     "workers": fig_workers,
+    "scheduler": fig_scheduler,
     "examples": fig_examples,
     "cimode": fig_cimode,
 }

@@ -15,6 +15,7 @@ import pytest
 
 from .. import procs
 from ..wire import Event, deserialize_warning, tuples
+from . import oom
 from ._reprs import failure_repr
 from .units import UnitRun
 
@@ -39,10 +40,39 @@ class Replay:
     def handle(self, ur: UnitRun, event: dict[str, Any] | None) -> None:
         """One event; None is the end of the stream."""
         if event is None:
+            self.flush(ur)  # a test the child did not finish: its events count as they are
             if ur.attempt:
                 ur.attempt.eof = True
             return
+        if ur.holding and (ur.held or event["event"] == Event.LOGSTART.value):
+            ur.held.append(event)
+            if event["event"] == Event.LOGFINISH.value:
+                self.test_done(ur)
+            return
         self.handlers[event["event"]](ur, event)
+
+    def test_done(self, ur: UnitRun) -> None:
+        """A test that ran while its unit might share a GPU is over: a failure for want of GPU memory,
+        when another child did share it, is dropped (to be re-run alone); anything else is replayed."""
+        events, ur.held = ur.held, []
+        if ur.shared_gpus and any(oom.is_oom_failure(e) for e in events):
+            ur.oom_held += events
+        else:
+            self.replay(ur, events)
+
+    def flush(self, ur: UnitRun) -> None:
+        """The events of a test still held (its child ended during it) are handled as they are."""
+        events, ur.held = ur.held, []
+        self.replay(ur, events)
+
+    def replay_dropped(self, ur: UnitRun) -> None:
+        """Tests dropped after an OOM that will not be re-run (the session is stopping): their reports."""
+        events, ur.oom_held = ur.oom_held, []
+        self.replay(ur, events)
+
+    def replay(self, ur: UnitRun, events: list[dict[str, Any]]) -> None:
+        for event in events:
+            self.handlers[event["event"]](ur, event)
 
     # --- one handler per event ---------------------------------------------------------------------
 

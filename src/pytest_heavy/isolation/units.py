@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import pytest
@@ -11,6 +11,7 @@ import pytest
 from .. import procs, supervise
 from ..report import HeavyRecord
 from .launch.base import Started, UnitRequest
+from .schedule import Job, Placement
 
 if TYPE_CHECKING:
     from .plan import Unit
@@ -82,6 +83,21 @@ class UnitRun:
         self.statuses: list[str] = []  # how each attempt's child ended
         self.record = HeavyRecord(unit=self.name, kind="module", start_method="", tests=len(self.pending))
         self.t0 = time.monotonic()
+        # Scheduling (isolation/schedule): what it needs, where it runs, whom it shared a GPU with.
+        self.job = Job(self.name, gpus=unit.gpus, heavy_ram=unit.heavy_ram, routed=unit.gpu)
+        self.placement = Placement()
+        self.shared_gpus: set[int] = set()  # NVML indices of GPUs where another child ran beside it
+        # While it may share a GPU, each test's events are held until its logfinish (replay.py), so that
+        # a test that ran out of GPU memory can be dropped and re-run alone instead of reported failed.
+        self.holding = False
+        self.held: list[dict[str, Any]] = []  # the current test's events, not replayed yet
+        self.oom_held: list[dict[str, Any]] = []  # events of tests dropped after an OOM while sharing
+
+    def met(self, other: UnitRun, gpus: set[int]) -> None:
+        """``other`` was placed on ``gpus`` (NVML indices) of ours while we run."""
+        self.shared_gpus |= gpus
+        if other.name not in self.record.beside:
+            self.record.beside.append(other.name)
 
     def started(self, nodeid: str) -> None:
         self.current = nodeid
