@@ -7,14 +7,16 @@ report goes through ``pytest_runtest_logreport`` like one produced here.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
 from .. import procs
-from ..wire import Event, deserialize_warning, tuples
+from ..wire import Event, deserialize_warning, events, tuples
 from . import oom
 from ._reprs import failure_repr
 from .units import UnitRun
@@ -26,6 +28,7 @@ class Replay:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.hook = config.hook
+        self.inbox: queue.Queue[tuple[UnitRun, dict[str, Any] | None]] = queue.Queue()
         self.handlers: dict[str, Callable[[UnitRun, dict[str, Any]], None]] = {
             Event.LOGSTART.value: self.logstart,
             Event.REPORT.value: self.report,
@@ -36,6 +39,27 @@ class Replay:
             Event.MISSING.value: self.missing,
             Event.DONE.value: self.done,
         }
+
+    def listen(self, ur: UnitRun, stream: IO[bytes]) -> None:
+        """Read a child's event stream in a thread of its own; its events wait in a queue for ``drain``."""
+        threading.Thread(target=self._read, args=(ur, stream), name=f"heavy-events-{ur.name}",
+                         daemon=True).start()
+
+    def _read(self, ur: UnitRun, stream: IO[bytes]) -> None:
+        with stream:
+            for event in events(stream):
+                self.inbox.put((ur, event))
+        self.inbox.put((ur, None))
+
+    def drain(self, block: bool) -> None:
+        """Replay every queued event in this (the main) thread; with ``block``, wait briefly for one."""
+        try:
+            ur, event = self.inbox.get(timeout=0.05) if block else self.inbox.get_nowait()
+            while True:
+                self.handle(ur, event)
+                ur, event = self.inbox.get_nowait()
+        except queue.Empty:
+            pass
 
     def handle(self, ur: UnitRun, event: dict[str, Any] | None) -> None:
         """One event; None is the end of the stream."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from . import Job, Placement
+from .base import Job, Placement
 
 
 class CountScheduler:

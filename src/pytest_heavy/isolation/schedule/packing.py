@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 
 from ...hardware import Hardware
 from ...split.durations import ModulePeaks
-from . import Job, Placement
+from .base import Job, Placement
 
 SHAREABLE_MODES = ("default",)  # several processes per GPU; with MPS, exclusive modes take MPS clients too
 
