@@ -27,6 +27,7 @@ import fig_isolation
 import fig_memattr
 import fig_memory
 import fig_probe
+import fig_scheduler
 import fig_workers
 from harness import REPO, Figure, Machine, load_average, log, table
 
@@ -36,6 +37,7 @@ FIGURES: dict[str, ModuleType] = {
     "isolation": fig_isolation,
     "memory": fig_memory,
     "workers": fig_workers,
+    "scheduler": fig_scheduler,
     "examples": fig_examples,
     "cimode": fig_cimode,
     "memattr": fig_memattr,

@@ -40,6 +40,7 @@ def split_pytester(heavy_pytester: pytest.Pytester) -> pytest.Pytester:
 
 
 def test_records_setup_call_teardown_in_cache_and_committed_file(split_pytester):
+    """The cache records every run; the committed file changes only with --heavy-store-durations."""
     write_durations(split_pytester, {"test_gone.py::test_old": 3.0})
     split_pytester.makepyfile(test_rec="""
         import time
@@ -64,13 +65,21 @@ def test_records_setup_call_teardown_in_cache_and_committed_file(split_pytester)
         def test_xfail():
             assert 0
     """)
+    committed = split_pytester.path / "ci/durations.json"
+    before = committed.read_text()
     split_pytester.runpytest().assert_outcomes(passed=1, failed=1, skipped=1, xfailed=1)
+    split_pytester.runpytest("--heavy-split=1/1").assert_outcomes(passed=1, failed=1, skipped=1, xfailed=1)
+    assert committed.read_text() == before  # ordinary and split runs only read the committed file
 
     cached = json.loads((split_pytester.path / ".pytest_cache/v/heavy/durations").read_text())
     assert set(cached) == {"test_rec.py::test_timed", "test_rec.py::test_fails", "test_rec.py::test_xfail"}
     assert cached["test_rec.py::test_timed"] >= 0.29  # setup + call + teardown
-    text = (split_pytester.path / "ci/durations.json").read_text()
-    assert json.loads(text) == {**cached, "test_gone.py::test_old": 3.0}  # merged with what was there
+    stored = split_pytester.runpytest("--heavy-store-durations")
+    stored.assert_outcomes(passed=1, failed=1, skipped=1, xfailed=1)
+    text = committed.read_text()
+    stored = json.loads(text)
+    assert set(stored) == {*cached, "test_gone.py::test_old"}  # merged with what was there
+    assert stored["test_gone.py::test_old"] == 3.0 and stored["test_rec.py::test_timed"] >= 0.29
     assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"
 
 

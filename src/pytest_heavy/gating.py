@@ -31,6 +31,15 @@ def vram_gib(mark: pytest.Mark) -> float:
     return gib
 
 
+def gpu_count(mark: pytest.Mark) -> int:
+    """The GPUs asked for by ``requires_gpu(count=2)`` or ``requires_gpu(2)``; 1 without an argument."""
+    value = mark.kwargs.get("count", mark.args[0] if mark.args else 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"requires_gpu expects a whole number of GPUs >= 1, e.g. requires_gpu(count=2); "
+                         f"got {value!r}")
+    return value
+
+
 def gpu_markers(settings: Settings) -> tuple[str, ...]:
     """Every marker that implies a GPU: ours, then the project's (ini ``heavy_gpu_markers``)."""
     return ("requires_gpu", "requires_vram", *settings.gpu_markers)
@@ -59,6 +68,9 @@ def hardware_reason(by_name: dict[str, pytest.Mark], settings: Settings, hw: Har
     if gpu and not settings.ignore_gpu_check:
         if not hw.gpus:
             return f"needs a GPU ({gpu}): {hw.no_gpu_reason()}"
+        count = gpu_count(by_name["requires_gpu"]) if "requires_gpu" in by_name else 1
+        if count > len(hw.gpus):
+            return f"needs {count} GPUs (requires_gpu(count={count})): {len(hw.gpus)} visible"
         if "requires_vram" in by_name:
             need = vram_gib(by_name["requires_vram"])
             best = max(hw.gpus, key=lambda g: g.total_mib)

@@ -11,7 +11,8 @@ MARKERS: dict[str, str] = {
     "qualitative": "checks output quality (slower, model-dependent); skipped when CICD=1; "
                    "the fast tier is -m 'not qualitative'",
     "slow": "long-running; deselected by default, run with -m slow or --heavy-run-slow",
-    "requires_gpu": "needs a CUDA GPU (probed through NVML); skipped with the reason otherwise",
+    "requires_gpu(count=1)": "needs count CUDA GPUs (probed through NVML); skipped with the reason "
+                             "otherwise; --heavy-workers auto pins the module's child to that many GPUs",
     "requires_vram(gb)": "needs a visible GPU with at least gb GiB of total memory",
     "requires_heavy_ram": "needs heavy_ram_gib GiB of host RAM; its module runs in its own process",
     "requires_gpu_isolation": "its module runs in its own child process (GPU memory freed at exit)",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,9 +36,10 @@ class GpuReader:
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             uuid = pynvml.nvmlDeviceGetUUID(handle)
             by_uuid[uuid.decode() if isinstance(uuid, bytes) else uuid] = handle
-        # (NVML index, handle) of each visible GPU: per-test figures are kept per device
-        self.devices = [(g.index, by_uuid[g.uuid]) for g in hw.gpus if g.uuid in by_uuid]
-        self.handles = [handle for _, handle in self.devices]
+        # One entry per hw.gpus position, so scheduler positions index it; None where NVML has no such
+        # whole device (a MIG instance selected by CUDA_VISIBLE_DEVICES): not read.
+        self.by_position: list[Any] = [by_uuid.get(g.uuid) for g in hw.gpus]
+        self.handles = [h for h in self.by_position if h is not None]
 
     @classmethod
     def open(cls, hw: Hardware) -> GpuReader | None:
@@ -48,40 +50,63 @@ class GpuReader:
         except Exception:  # NVML vanished since the probe: account RSS only
             return None
 
-    def device_used_mib(self) -> int:
-        return sum(int(self._nv.nvmlDeviceGetMemoryInfo(h).used) // MIB for h in self.handles)
+    def device_used_mib(self, positions: Sequence[int] | None = None) -> int:
+        """Used memory of the visible GPUs, or of those at ``positions`` (indices into ``hw.gpus``)."""
+        handles = self.handles if positions is None else [
+            h for h in (self.by_position[i] for i in positions) if h is not None]
+        return sum(int(self._nv.nvmlDeviceGetMemoryInfo(h).used) // MIB for h in handles)
 
-    def process_usage_mib(self) -> dict[int, int]:
-        """{host pid: MiB} for every compute process on the visible GPUs."""
-        usage: dict[int, int] = {}
-        for per_pid in self.usage_by_device().values():
-            for pid, mib in per_pid.items():
-                usage[pid] = usage.get(pid, 0) + mib
-        return usage
-
-    def usage_by_device(self) -> dict[int, dict[int, int]]:
-        """{NVML index: {host pid: MiB}} for the visible GPUs (per-test figures are kept per device)."""
-        usage: dict[int, dict[int, int]] = {}
-        for index, handle in self.devices:
-            per_pid = usage.setdefault(index, {})
+    def process_usage_by_device(self) -> list[dict[int, int]]:
+        """Per visible GPU (``hw.gpus`` order), {host pid: MiB} of its compute processes."""
+        devices: list[dict[int, int]] = []
+        for handle in self.by_position:
+            usage: dict[int, int] = {}
+            devices.append(usage)
+            if handle is None:
+                continue
             try:
                 running = self._nv.nvmlDeviceGetComputeRunningProcesses(handle)
             except self._nv.NVMLError:
                 continue
             for p in running:
                 used = p.usedGpuMemory or 0  # None when the driver cannot tell (some containers)
-                per_pid[p.pid] = per_pid.get(p.pid, 0) + int(used) // MIB
+                usage[p.pid] = usage.get(p.pid, 0) + int(used) // MIB
+        return devices
+
+    def process_usage_mib(self) -> dict[int, int]:
+        """{host pid: MiB} for every compute process on the visible GPUs."""
+        usage: dict[int, int] = {}
+        for device in self.process_usage_by_device():
+            for pid, mib in device.items():
+                usage[pid] = usage.get(pid, 0) + mib
         return usage
+
+    def foreign_mib(self, positions: Sequence[int] | None, exclude: set[int]) -> int:
+        """MiB that processes other than ``exclude`` hold on the GPUs at ``positions`` (all: None):
+        what children sharing those GPUs hold, which a release check must not count."""
+        devices = self.process_usage_by_device()
+        chosen = range(len(devices)) if positions is None else positions
+        return sum(mib for i in chosen for pid, mib in devices[i].items() if pid not in exclude)
 
 
 @dataclass
 class Peaks:
     rss_mib: float = 0.0
     gpu_mib: float | None = None
+    gpu_by_device: dict[int, float] = field(default_factory=dict)  # position in hw.gpus -> peak MiB there
     seen: dict[int, psutil.Process] = field(default_factory=dict)  # every descendant observed
     # (time.time(), RSS MiB, GPU MiB or None) per sample: the timeline of --heavy-report-html, seen from
     # outside the process, so a long C call that holds the child's GIL leaves no gap in it
     samples: list[tuple[float, float, float | None]] = field(default_factory=list)
+
+    def gpu_per_device(self, positions: Sequence[int] | None) -> list[float] | None:
+        """The peak on each GPU at ``positions`` (the child's CUDA_VISIBLE_DEVICES order); unpinned,
+        the peaks of the GPUs it used, in device order. None without a real GPU."""
+        if self.gpu_mib is None:
+            return None
+        if positions is not None:
+            return [self.gpu_by_device.get(i, 0.0) for i in positions]
+        return [mib for _, mib in sorted(self.gpu_by_device.items()) if mib > 0]
 
 
 class TreeMonitor:
@@ -109,10 +134,14 @@ class TreeMonitor:
         self.peaks.rss_mib = max(self.peaks.rss_mib, rss / MIB)
         gpu: float | None = None
         if self._gpu is not None and members:
-            usage = self._gpu.process_usage_mib()
             pids = {p.pid for p in members}
-            gpu = float(sum(mib for pid, mib in usage.items() if pid in pids))
-            self.peaks.gpu_mib = max(self.peaks.gpu_mib or 0.0, gpu)
+            total = 0
+            for index, usage in enumerate(self._gpu.process_usage_by_device()):
+                mib = sum(m for pid, m in usage.items() if pid in pids)
+                total += mib
+                self.peaks.gpu_by_device[index] = max(self.peaks.gpu_by_device.get(index, 0.0), float(mib))
+            self.peaks.gpu_mib = max(self.peaks.gpu_mib or 0.0, float(total))
+            gpu = float(total)
         if members:
             self.peaks.samples.append((time.time(), rss / MIB, gpu))
             if len(self.peaks.samples) > MAX_SAMPLES:
@@ -126,6 +155,14 @@ class TreeMonitor:
         self._stop.set()
         self._thread.join(timeout=5)
         return self.peaks
+
+
+@dataclass
+class Shared:
+    """A child that shared its GPUs: its own pids, and what the others held there when it started."""
+
+    own: set[int]
+    foreign_at_start: int
 
 
 @dataclass
@@ -147,14 +184,21 @@ class Release:
 
 
 def wait_released(gpu: GpuReader | None, baseline_mib: int | None, tolerance_mib: int,
-                  timeout: float, poll: float = 0.2, pids: set[int] | None = None) -> Release:
+                  timeout: float, poll: float = 0.2, pids: set[int] | None = None,
+                  positions: Sequence[int] | None = None, shared: Shared | None = None) -> Release:
     """Poll until device memory is within ``tolerance_mib`` of ``baseline_mib`` and none of ``pids``
-    is still a compute process (its CUDA context is gone), or ``timeout`` passes."""
+    is still a compute process (its CUDA context is gone), or ``timeout`` passes.
+
+    ``positions``: only these GPUs (the child's own; all by default). ``shared``: the child shared its
+    GPUs; what the other processes there hold now, less what they held when it started, is not its own.
+    """
     if gpu is None or baseline_mib is None:
         return Release(ok=None)
     start = time.monotonic()
     while True:
-        used = gpu.device_used_mib()
+        used = gpu.device_used_mib(positions)
+        if shared is not None:
+            used -= gpu.foreign_mib(positions, shared.own) - shared.foreign_at_start
         waited = time.monotonic() - start
         listed = set(gpu.process_usage_mib()) & pids if pids else set()
         if used <= baseline_mib + tolerance_mib and not listed:

@@ -14,6 +14,7 @@ from .isolation import plan
 from .memattr import plugin as memattr
 from .settings import ASSUME_ENV, Settings, add_options, load
 from .split import plugin as split
+from .split.durations import DurationsError, ModulePeaks, Store
 from .state import RUN, Run
 
 # Modules exposing ``register(config, run)``; each adds its own hooks for the session.
@@ -90,10 +91,26 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
     from .isolation import launch
     from .isolation.controller import Controller
 
+    try:
+        peaks = recorded_peaks(config, run)
+    except pytest.UsageError:
+        if run.forkserver is not None:
+            run.forkserver.close()
+        raise
     method = launch.resolve(run.settings, run.forkserver)
     launchers = launch.Launchers(session, method, run.forkserver, note=lambda text: note(config, text))
-    Controller(session, run, launchers).run_units(units)
+    Controller(session, run, launchers, peaks).run_units(units)
     return True
+
+
+def recorded_peaks(config: pytest.Config, run: Run) -> dict[str, ModulePeaks]:
+    """What --heavy-workers auto packs by; a store it cannot read is a usage error naming the file."""
+    if not run.settings.packing:
+        return {}
+    try:
+        return Store(config, run.settings.durations_path).read_peaks()
+    except DurationsError as exc:
+        raise pytest.UsageError(f"--heavy-workers auto: {exc}") from None
 
 
 def note(config: pytest.Config, text: str) -> None:
@@ -122,7 +139,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     run = terminalreporter.config.stash[RUN]
     report.gated_summary(terminalreporter, run.gated)
-    report.heavy_table(terminalreporter, run.records)
+    report.heavy_table(terminalreporter, run.records, run.schedule)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

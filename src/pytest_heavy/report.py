@@ -50,6 +50,20 @@ class HeavyRecord:
     killed: list[str] = field(default_factory=list)  # leftover processes killed at the end
     # the child trees' (time, RSS MiB, GPU MiB) samples, for --heavy-report-html; not in the JSON
     samples: list[tuple[float, float, float | None]] = field(default_factory=list, repr=False)
+    # Placed by the packing scheduler (--heavy-workers auto); empty otherwise.
+    gpus: list[int] = field(default_factory=list)  # NVML indices of the GPUs its child was pinned to
+    beside: list[str] = field(default_factory=list)  # other modules that ran on those GPUs meanwhile
+    peak_gpu_per_device_mib: list[float] | None = None  # per GPU, in the child's CUDA_VISIBLE_DEVICES order
+    note: str = ""  # e.g. "retried alone after OOM while sharing GPU 1"
+
+    def add_gpu_peaks(self, per_device: list[float] | None) -> None:
+        """Merge one attempt's per-GPU peaks into the record's (the maximum per GPU)."""
+        if per_device is None:
+            return
+        old = self.peak_gpu_per_device_mib or []
+        merged = [max(a, b) for a, b in zip(old, per_device, strict=False)]
+        longer = old if len(old) > len(per_device) else per_device
+        self.peak_gpu_per_device_mib = merged + longer[len(merged):]
 
     def count(self, report: pytest.TestReport) -> None:
         """Tally one report the way the terminal summary counts outcomes."""
@@ -74,24 +88,48 @@ def _mib(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f} MiB"
 
 
-def heavy_table(tr: pytest.TerminalReporter, records: list[HeavyRecord]) -> None:
-    """The 'heavy modules' section: one row per isolated module or example."""
+def heavy_table(tr: pytest.TerminalReporter, records: list[HeavyRecord], schedule: str = "") -> None:
+    """The 'heavy modules' section: one row per isolated module or example.
+
+    ``schedule`` is the packing scheduler's summary line (makespan against the sum of module times);
+    when it is given, the table also shows the GPU each module ran on and how many ran beside it.
+    """
     if not records:
         return
     tr.write_sep("-", "heavy modules (pytest-heavy)")
-    header = ("module", "tests", "outcomes", "wall", "start", "peak RSS", "peak GPU", "GPU released", "exit")
+    placed = bool(schedule)
+    header = ("module", "tests", "outcomes", "wall", "start", *(("GPU", "beside") if placed else ()),
+              "peak RSS", "peak GPU", "GPU released", "exit")
     rows = [header]
     for r in records:
         outcomes = " ".join(f"{n} {k}" for k, n in sorted(r.outcomes.items())) or "-"
         exit_ = r.exit + (f" ({r.restarts} restart{'s' if r.restarts > 1 else ''})" if r.restarts else "")
-        rows.append((r.unit, str(r.tests), outcomes, f"{r.wall_s:.1f}s", r.start_method, _mib(r.peak_rss_mib),
-                     _mib(r.peak_gpu_mib), r.released, exit_))
+        if r.note:
+            exit_ += f" ({r.note})"
+        where = (",".join(map(str, r.gpus)) or "-", str(len(r.beside))) if placed else ()
+        rows.append((r.unit, str(r.tests), outcomes, f"{r.wall_s:.1f}s", r.start_method, *where,
+                     _mib(r.peak_rss_mib), _mib(r.peak_gpu_mib), r.released, exit_))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         tr.write_line("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     for r in records:
         for victim in r.killed:
             tr.write_line(f"{r.unit}: killed leftover process {victim}")
+    if schedule:
+        tr.write_line(schedule)
+
+
+def schedule_line(records: list[HeavyRecord], makespan_s: float, gpus: int) -> str:
+    """Under the table with --heavy-workers auto: the makespan against the sum of the modules' own wall
+    times, i.e. what running them side by side saved."""
+    modules = [r for r in records if r.kind == "module"]
+    if not modules:
+        return ""
+    total = sum(r.wall_s for r in modules)
+    where = f"{gpus} GPU{'s' if gpus != 1 else ''}" if gpus else "no GPU"
+    n = f"{len(modules)} module{'s' if len(modules) != 1 else ''}"
+    return (f"heavy schedule (--heavy-workers auto, {where}): {n} in {makespan_s:.1f}s wall; "
+            f"one at a time they took {total:.1f}s ({total / max(makespan_s, 1e-9):.1f}x)")
 
 
 def write_json(path: str, records: list[HeavyRecord], hardware: dict[str, object],

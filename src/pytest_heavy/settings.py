@@ -42,6 +42,8 @@ INI: dict[str, tuple[str, str, object]] = {
     "heavy_example_timeout_s": ("seconds an example may run", "string", "600"),
     "heavy_optional_modules": ("modules whose absence skips an example", "args", []),
     "heavy_durations_path": ("committed JSON file of test durations for --heavy-split", "string", ""),
+    "heavy_workers": ("heavy modules run at once: a number, or auto (packed onto GPUs and RAM by recorded "
+                      "peaks)", "string", "1"),
     "heavy_cleanup": ("gc/empty_cache after heavy and GPU tests: auto (CICD=1), always, never",
                       "string", "auto"),
 }
@@ -53,8 +55,9 @@ def add_options(parser: pytest.Parser) -> None:
                     help="run heavy modules in child processes: auto (2+ heavy modules), always, never")
     group.addoption("--heavy-start", choices=START_CHOICES, default=None,
                     help="how children start: auto, spawn, fork, forkserver")
-    group.addoption("--heavy-workers", type=int, default=1, metavar="N",
-                    help="heavy modules run at once (default 1)")
+    group.addoption("--heavy-workers", default=None, metavar="N|auto",
+                    help="heavy modules run at once: N, or auto to pack them onto the GPUs and RAM by "
+                         "their recorded peaks (ini heavy_workers; default 1)")
     group.addoption("--heavy-timeout", type=float, default=None, metavar="S",
                     help="seconds an isolated module may run before its stacks are dumped and it is killed")
     group.addoption("--heavy-report", default=None, metavar="PATH",
@@ -64,6 +67,9 @@ def add_options(parser: pytest.Parser) -> None:
                          "compute_mode=exclusive_process,mps=off (env PYTEST_HEAVY_ASSUME)")
     group.addoption("--heavy-split", default=None, metavar="i/N",
                     help="keep subset i of N (1-based), balanced by recorded durations")
+    group.addoption("--heavy-store-durations", action="store_true", default=False,
+                    help="write this run's durations and module peaks into the heavy_durations_path file "
+                         "(the pytest cache is written on every run)")
     group.addoption("--heavy-split-by", choices=("item", "module"), default="item",
                     help="split unit: single items (default) or whole modules/example directories")
     group.addoption("--heavy-run-slow", action="store_true", default=False, help="include tests marked slow")
@@ -84,7 +90,8 @@ def add_options(parser: pytest.Parser) -> None:
 class Settings:
     isolate: str
     start: str
-    workers: int
+    workers: int  # children at once with the count scheduler; unused when ``packing``
+    packing: bool  # --heavy-workers auto: pack children by recorded peaks (isolation/schedule/packing.py)
     timeout: float  # 0 = none
     report_path: str
     assume: str
@@ -106,6 +113,7 @@ class Settings:
     example_timeout: float
     optional_modules: tuple[str, ...]
     durations_path: str
+    store_durations: bool  # --heavy-store-durations: also write the committed file, not only the cache
     cleanup: bool
     cicd: bool
     child: bool
@@ -140,6 +148,20 @@ def parse_split(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+def parse_workers(config: pytest.Config) -> tuple[int, bool]:
+    """(count, packing) from --heavy-workers or ini heavy_workers: a whole number >= 1, or ``auto``."""
+    given = config.option.heavy_workers
+    source = f"--heavy-workers {given}" if given is not None else None
+    raw = str(given if given is not None else config.getini("heavy_workers")).strip().lower()
+    if source is None:
+        source = f"ini heavy_workers = {raw!r}"
+    if raw == "auto":
+        return 1, True
+    if not raw.isdigit() or int(raw) < 1:
+        raise pytest.UsageError(f"{source}: expected a whole number >= 1 or auto")
+    return int(raw), False
+
+
 def _env_lines(lines: list[str]) -> tuple[tuple[str, str], ...]:
     pairs = []
     for line in lines:
@@ -160,8 +182,7 @@ def load(config: pytest.Config) -> Settings:
     isolate = opt.heavy_isolate or _choice(config, "heavy_isolate", ISOLATE_CHOICES)
     if cicd and opt.heavy_isolate is None and isolate == "auto":
         isolate = "always"
-    if opt.heavy_workers < 1:
-        raise pytest.UsageError(f"--heavy-workers {opt.heavy_workers}: must be at least 1")
+    workers, packing = parse_workers(config)
     timeout = opt.heavy_timeout if opt.heavy_timeout is not None else _number(config, "heavy_timeout_s")
     if timeout < 0:
         raise pytest.UsageError(f"--heavy-timeout {timeout}: must be >= 0")
@@ -170,7 +191,8 @@ def load(config: pytest.Config) -> Settings:
     return Settings(
         isolate=isolate,
         start=opt.heavy_start or _choice(config, "heavy_start", START_CHOICES),
-        workers=opt.heavy_workers,
+        workers=workers,
+        packing=packing,
         timeout=timeout,
         report_path=opt.heavy_report or "",
         assume=opt.heavy_assume or os.environ.get(ASSUME_ENV, ""),
@@ -192,6 +214,7 @@ def load(config: pytest.Config) -> Settings:
         example_timeout=_number(config, "heavy_example_timeout_s"),
         optional_modules=tuple(config.getini("heavy_optional_modules")),
         durations_path=str(config.getini("heavy_durations_path")).strip(),
+        store_durations=bool(opt.heavy_store_durations),
         cleanup=cleanup == "always" or (cleanup == "auto" and cicd),
         cicd=cicd,
         child=wire.in_child(),

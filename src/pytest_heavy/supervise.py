@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import psutil
 
@@ -47,10 +47,12 @@ class Supervisor:
     """One supervised process: its tree monitor, the end sequence, and the GPU memory it held."""
 
     def __init__(self, proc: procs.Process, gpu: memory.GpuReader | None, baseline_gpu: int | None,
-                 label: str) -> None:
+                 label: str, positions: Sequence[int] | None = None, foreign_at_start: int = 0) -> None:
         self.proc = proc
         self.gpu = gpu
         self.baseline_gpu = baseline_gpu  # device memory used before the process started
+        self.positions = positions  # the GPUs it was pinned to (indices into hw.gpus); None: all
+        self.foreign_at_start = foreign_at_start  # what other processes held on them at its start
         self.label = label  # how messages name the process itself: "the example", "the child"
         self.monitor = memory.TreeMonitor(proc.pid, gpu)
         self.timed_out = False
@@ -84,10 +86,13 @@ class Supervisor:
         self.killed += procs.kill_leftovers(self.proc.pid, [*peaks.seen.values(), *also])
         return peaks
 
-    def release(self, settings: Settings, pids: set[int] | None) -> memory.Release:
-        """Wait (bounded) until the GPU memory it held is back within tolerance of the baseline."""
+    def release(self, settings: Settings, pids: set[int] | None, shared: bool = False) -> memory.Release:
+        """Wait (bounded) until the GPU memory it held is back within tolerance of the baseline, on its
+        own GPUs; ``shared``: other children ran there too, and what they hold is not counted."""
+        own = {self.proc.pid, *self.monitor.peaks.seen}
         return memory.wait_released(self.gpu, self.baseline_gpu, settings.vram_tolerance_mib,
-                                    settings.release_timeout, pids=pids)
+                                    settings.release_timeout, pids=pids, positions=self.positions,
+                                    shared=memory.Shared(own, self.foreign_at_start) if shared else None)
 
 
 def dump_stacks(proc: procs.Process, written: Callable[[], int]) -> None:

@@ -15,6 +15,13 @@ variable (JSON) at import, so a subprocess with this folder on PYTHONPATH sees t
                   "compute_mode": 3, "mig_mode": null, "max_mig": 0, "mig": [],
                   "processes": [{"pid": 123, "used_mib": 500}], "errors": {"nvmlDeviceGetMemoryInfo": 4}}]}
 
+Processes of a test session share allocations through the file named by ``FAKE_PYNVML_STATE`` (JSON
+lines): ``fake_allocate(mib)`` is what a CUDA allocation does in the calling process, on the first GPU
+of its ``CUDA_VISIBLE_DEVICES`` (a UUID or an index, as CUDA reads it); it raises ``FakeOutOfMemoryError``
+("CUDA out of memory", as torch words it) when the device has no room. Every process reading the fake
+sees those allocations in the device's used memory and process list while their process lives; a
+process that exited has given its memory back, as the driver does.
+
 ``mig_mode`` null means the device does not support MIG (``NVMLError_NotSupported``); ``mig`` lists the
 instances by slot (null for an empty slot), each with uuid, total_mib and used_mib; ``errors`` maps a
 function name to the NVML error code that function raises for this device (``nvmlDeviceGetHandleByIndex``
@@ -25,6 +32,7 @@ import json
 import os
 import string
 import sys
+import time
 from types import SimpleNamespace
 
 NVML_SUCCESS = 0
@@ -113,6 +121,71 @@ def fake_create_context(pid: int, index: int = 0, used_mib: int = 500) -> None:
     MACHINE["devices"][index].setdefault("processes", []).append({"pid": pid, "used_mib": used_mib})
 
 
+class FakeOutOfMemoryError(RuntimeError):
+    """What torch.OutOfMemoryError says, raised by ``fake_allocate``."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _shared() -> list[dict]:
+    """Allocations held now, from FAKE_PYNVML_STATE: {"pid", "uuid", "used_mib"}.
+
+    A process's memory is held while it lives and, when it allocated with ``linger_s``, that long after
+    a reader first saw it gone (the driver frees a dead process's memory asynchronously).
+    """
+    path = os.environ.get("FAKE_PYNVML_STATE")
+    if not path or not os.path.exists(path):
+        return []
+    with open(path) as fh:
+        entries = [json.loads(line) for line in fh if line.strip()]
+    gone = {}
+    for e in entries:
+        if "gone_at" in e:
+            gone[e["pid"]] = min(gone.get(e["pid"], e["gone_at"]), e["gone_at"])
+    held = []
+    for e in entries:
+        if "uuid" not in e:
+            continue
+        if _alive(e["pid"]):
+            held.append(e)
+        elif e.get("linger_s"):
+            if e["pid"] not in gone:
+                gone[e["pid"]] = time.time()
+                with open(path, "a") as fh:
+                    fh.write(json.dumps({"pid": e["pid"], "gone_at": gone[e["pid"]]}) + "\n")
+            if time.time() < gone[e["pid"]] + e["linger_s"]:
+                held.append(e)
+    return held
+
+
+def _device_processes(device: dict) -> list[dict]:
+    shared = [{"pid": e["pid"], "used_mib": e["used_mib"]} for e in _shared() if e["uuid"] == device["uuid"]]
+    return list(device.get("processes", [])) + shared
+
+
+def fake_allocate(used_mib: int, linger_s: float = 0.0) -> None:
+    """This process allocates ``used_mib`` on its first visible GPU (shared through FAKE_PYNVML_STATE),
+    held until ``linger_s`` seconds after it exits."""
+    selector = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0].strip()
+    devices = MACHINE["devices"]
+    device = devices[int(selector)] if selector.isdigit() else next(
+        d for d in devices if d["uuid"].startswith(selector))
+    used = device.get("used_mib", 0) + sum(e["used_mib"] for e in _shared() if e["uuid"] == device["uuid"])
+    if used + used_mib > device["total_mib"]:
+        raise FakeOutOfMemoryError(
+            f"CUDA out of memory. Tried to allocate {used_mib} MiB. GPU 0 has a total capacity of "
+            f"{device['total_mib']} MiB of which {device['total_mib'] - used} MiB is free.")
+    with open(os.environ["FAKE_PYNVML_STATE"], "a") as fh:
+        entry = {"pid": os.getpid(), "uuid": device["uuid"], "used_mib": used_mib, "linger_s": linger_s}
+        fh.write(json.dumps(entry) + "\n")
+
+
 def _check_init():
     if _init_count <= 0:
         raise NVMLError(NVML_ERROR_UNINITIALIZED)
@@ -176,7 +249,8 @@ def nvmlDeviceGetName(handle):
 def nvmlDeviceGetMemoryInfo(handle, version=None):
     _check_init()
     _raise_if(handle.device, "nvmlDeviceGetMemoryInfo")
-    total, used = handle.device["total_mib"] << 20, handle.device.get("used_mib", 0) << 20
+    shared = sum(e["used_mib"] for e in _shared() if e["uuid"] == handle.device["uuid"])
+    total, used = handle.device["total_mib"] << 20, (handle.device.get("used_mib", 0) + shared) << 20
     return SimpleNamespace(total=total, used=used, free=total - used)
 
 
@@ -213,7 +287,7 @@ def nvmlDeviceGetComputeRunningProcesses(handle):
     _raise_if(handle.device, "nvmlDeviceGetComputeRunningProcesses")
     return [SimpleNamespace(pid=p["pid"], gpuInstanceId=0xFFFFFFFF, computeInstanceId=0xFFFFFFFF,
                             usedGpuMemory=None if p.get("used_mib") is None else p["used_mib"] << 20)
-            for p in handle.device.get("processes", [])]
+            for p in _device_processes(handle.device)]
 
 
 configure(json.loads(os.environ.get("FAKE_PYNVML") or "{}"))

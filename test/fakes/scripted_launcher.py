@@ -8,10 +8,13 @@ against a child whose behaviour is known exactly. By test function name:
 - ``test_fail*``: the call fails;
 - ``test_missing*``: the child did not collect it;
 - ``test_early*``: the child dies before it starts any test;
+- ``test_oom_once*``: the call fails with torch's "CUDA out of memory" the first time it runs, then passes;
+- ``test_oom_always*``: the call fails with "CUDA out of memory" every time;
 - anything else passes.
 
 A child stops after ``request.maxfail`` failures, as a real one does. Every request is appended, as a
-JSON line of node ids, to the file named by ``SCRIPTED_LAUNCHER_LOG``.
+JSON line of node ids, to the file named by ``SCRIPTED_LAUNCHER_LOG``, and its unit with the
+``CUDA_VISIBLE_DEVICES`` it was given, as a JSON line, to that file's name plus ``.placements``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ import time
 import pytest
 
 from pytest_heavy.isolation.launch.base import Started, UnitRequest
+
+OOM_TEXT = ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+            "capacity of 79.19 GiB of which 1.05 GiB is free.")
 
 
 class ScriptedProcess:
@@ -46,10 +52,14 @@ class ScriptedLauncher:
     def __init__(self, config: pytest.Config, name: str) -> None:
         self.config = config
         self.name = name
+        self.ran: set[str] = set()  # node ids some child already ran
 
     def start(self, request: UnitRequest) -> Started:
         with open(os.environ["SCRIPTED_LAUNCHER_LOG"], "a") as log:
             log.write(json.dumps(request.nodeids) + "\n")
+        with open(os.environ["SCRIPTED_LAUNCHER_LOG"] + ".placements", "a") as log:
+            cuda = request.env.get("CUDA_VISIBLE_DEVICES")
+            log.write(json.dumps({"unit": request.unit, "cuda": cuda}) + "\n")
         lines: list[dict] = []
         returncode = self._play(request, lines)
         control_r, control_w = os.pipe()
@@ -75,8 +85,12 @@ class ScriptedLauncher:
             lines.append(self._report(item, "setup", "passed"))
             if item.name.startswith("test_crash"):
                 return -signal.SIGSEGV
-            failed = item.name.startswith("test_fail")
-            lines.append(self._report(item, "call", "failed" if failed else "passed"))
+            oom = item.name.startswith("test_oom_always") or (
+                item.name.startswith("test_oom_once") and nodeid not in self.ran)
+            self.ran.add(nodeid)
+            failed = item.name.startswith("test_fail") or oom
+            longrepr = OOM_TEXT if oom else "scripted failure"
+            lines.append(self._report(item, "call", "failed" if failed else "passed", longrepr))
             lines.append(self._report(item, "teardown", "passed"))
             lines.append({"event": "logfinish", "nodeid": nodeid, "location": item.location})
             failures += failed
@@ -84,11 +98,11 @@ class ScriptedLauncher:
                 return int(pytest.ExitCode.INTERRUPTED)
         return int(pytest.ExitCode.TESTS_FAILED if failures else pytest.ExitCode.OK)
 
-    def _report(self, item: pytest.Item, when: str, outcome: str) -> dict:
+    def _report(self, item: pytest.Item, when: str, outcome: str, longrepr: str = "scripted failure") -> dict:
         now = time.time()
         report = pytest.TestReport(
             nodeid=item.nodeid, location=item.location, keywords={k: 1 for k in item.keywords},
-            outcome=outcome, when=when, longrepr="scripted failure" if outcome == "failed" else None,  # type: ignore[arg-type]
+            outcome=outcome, when=when, longrepr=longrepr if outcome == "failed" else None,  # type: ignore[arg-type]
             sections=[], duration=0.0, start=now, stop=now, user_properties=[],
         )
         data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)

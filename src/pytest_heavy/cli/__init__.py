@@ -16,7 +16,7 @@ import pytest
 
 from .. import gating, hardware, markers, tiers
 from ..settings import load
-from . import mps, split
+from . import mps, plan, split
 
 
 def _settings(pytest_args: list[str]) -> Any:
@@ -55,6 +55,8 @@ def doctor_document(pytest_args: list[str]) -> dict[str, Any]:
 
 
 def doctor(args: argparse.Namespace) -> int:
+    if args.plan:
+        return doctor_plan(args)
     try:
         doc = doctor_document(args.pytest_args)
     except (pytest.UsageError, hardware.AssumeError) as exc:
@@ -87,11 +89,29 @@ def doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def doctor_plan(args: argparse.Namespace) -> int:
+    try:
+        doc, error = plan.plan_document(args.pytest_args)
+    except (pytest.UsageError, hardware.AssumeError) as exc:
+        error, doc = str(exc), None
+    if doc is None:
+        print(f"pytest-heavy doctor --plan: {error}", file=sys.stderr)
+        return 4
+    if args.json:
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        plan.print_plan(doc)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pytest-heavy", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("doctor", help="what this machine can run, and why")
     p.add_argument("--json", action="store_true", help="print a stable JSON document")
+    p.add_argument("--plan", action="store_true",
+                   help="collect the project and print how --heavy-workers auto would pack its heavy modules "
+                        "from the recorded peaks (runs nothing)")
     p.add_argument("pytest_args", nargs=argparse.REMAINDER,
                    help="pytest options to read (e.g. --heavy-assume gpus=1x80GiB)")
     p.set_defaults(func=doctor)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from ..gating import gpu_marker
+from ..gating import gpu_count, gpu_marker
 from ..hardware import Hardware
 from ..markers import names
 from ..settings import Settings
@@ -25,6 +25,19 @@ class Unit:
     items: list[pytest.Item] = field(default_factory=list)
     module: str | None = None  # the module's node id part ("test/test_x.py") when isolated
     gpu: bool = False  # holds GPU-marked tests routed because of EXCLUSIVE_PROCESS
+    gpus: int = 0  # GPUs its tests use: requires_gpu(count=N), 1 for another GPU or isolation marker
+    heavy_ram: bool = False  # holds requires_heavy_ram tests: counts against the RAM budget when packing
+
+    def add(self, item: pytest.Item, settings: Settings) -> None:
+        """Take ``item`` into the unit, and what it needs (unless it is skipped) into the unit's demand."""
+        self.items.append(item)
+        if _skipped(item):
+            return
+        marker_names = names(item)
+        if gpu_marker(marker_names, settings) or "requires_gpu_isolation" in marker_names:
+            mark = item.get_closest_marker("requires_gpu")
+            self.gpus = max(self.gpus, gpu_count(mark) if mark else 1)
+        self.heavy_ram = self.heavy_ram or "requires_heavy_ram" in marker_names
 
 
 def module_of(item: pytest.Item) -> str:
@@ -70,9 +83,9 @@ def plan(items: list[pytest.Item], settings: Settings, hw: Hardware) -> list[Uni
             if unit is None:
                 unit = by_module[module] = Unit(module=module, gpu=heavy[module])
                 units.append(unit)
-            unit.items.append(item)
+            unit.add(item, settings)
             continue
         if not units or units[-1].module is not None:
             units.append(Unit())
-        units[-1].items.append(item)
+        units[-1].add(item, settings)
     return units

@@ -7,14 +7,17 @@ report goes through ``pytest_runtest_logreport`` like one produced here.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
 from .. import procs
-from ..wire import Event, deserialize_warning, tuples
+from ..wire import Event, deserialize_warning, events, tuples
+from . import oom
 from ._reprs import failure_repr
 from .units import UnitRun
 
@@ -25,6 +28,7 @@ class Replay:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.hook = config.hook
+        self.inbox: queue.Queue[tuple[UnitRun, dict[str, Any] | None]] = queue.Queue()
         self.handlers: dict[str, Callable[[UnitRun, dict[str, Any]], None]] = {
             Event.LOGSTART.value: self.logstart,
             Event.REPORT.value: self.report,
@@ -36,13 +40,63 @@ class Replay:
             Event.DONE.value: self.done,
         }
 
+    def listen(self, ur: UnitRun, stream: IO[bytes]) -> None:
+        """Read a child's event stream in a thread of its own; its events wait in a queue for ``drain``."""
+        threading.Thread(target=self._read, args=(ur, stream), name=f"heavy-events-{ur.name}",
+                         daemon=True).start()
+
+    def _read(self, ur: UnitRun, stream: IO[bytes]) -> None:
+        with stream:
+            for event in events(stream):
+                self.inbox.put((ur, event))
+        self.inbox.put((ur, None))
+
+    def drain(self, block: bool) -> None:
+        """Replay every queued event in this (the main) thread; with ``block``, wait briefly for one."""
+        try:
+            ur, event = self.inbox.get(timeout=0.05) if block else self.inbox.get_nowait()
+            while True:
+                self.handle(ur, event)
+                ur, event = self.inbox.get_nowait()
+        except queue.Empty:
+            pass
+
     def handle(self, ur: UnitRun, event: dict[str, Any] | None) -> None:
         """One event; None is the end of the stream."""
         if event is None:
+            self.flush(ur)  # a test the child did not finish: its events count as they are
             if ur.attempt:
                 ur.attempt.eof = True
             return
+        if ur.holding and (ur.held or event["event"] == Event.LOGSTART.value):
+            ur.held.append(event)
+            if event["event"] == Event.LOGFINISH.value:
+                self.test_done(ur)
+            return
         self.handlers[event["event"]](ur, event)
+
+    def test_done(self, ur: UnitRun) -> None:
+        """A test that ran while its unit might share a GPU is over: a failure for want of GPU memory,
+        when another child did share it, is dropped (to be re-run alone); anything else is replayed."""
+        events, ur.held = ur.held, []
+        if ur.shared_gpus and any(oom.is_oom_failure(e) for e in events):
+            ur.oom_held += events
+        else:
+            self.replay(ur, events)
+
+    def flush(self, ur: UnitRun) -> None:
+        """The events of a test still held (its child ended during it) are handled as they are."""
+        events, ur.held = ur.held, []
+        self.replay(ur, events)
+
+    def replay_dropped(self, ur: UnitRun) -> None:
+        """Tests dropped after an OOM that will not be re-run (the session is stopping): their reports."""
+        events, ur.oom_held = ur.oom_held, []
+        self.replay(ur, events)
+
+    def replay(self, ur: UnitRun, events: list[dict[str, Any]]) -> None:
+        for event in events:
+            self.handlers[event["event"]](ur, event)
 
     # --- one handler per event ---------------------------------------------------------------------
 

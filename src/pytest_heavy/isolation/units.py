@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import signal
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import pytest
 
 from .. import procs, supervise
 from ..report import HeavyRecord
-from .launch.base import Started, UnitRequest
+from .launch.base import Started, UnitRequest, release_parent_fds
+from .schedule import Job, Placement, Scheduler
 
 if TYPE_CHECKING:
+    from ..hardware import Hardware
+    from ..memory import Peaks
+    from ..settings import Settings
     from .plan import Unit
 
 
@@ -36,6 +43,25 @@ class Attempt:
     def pid(self) -> int:
         return self.started.process.pid
 
+    def close(self) -> Peaks:
+        """The child is over: SIGKILL what is left of its tree, collect its output, release our fds."""
+        peaks = self.sup.reap(self.leftovers)
+        for drain in (self.out, self.err):
+            if drain:
+                drain.join(timeout=5)
+        os.close(self.started.control)
+        release_parent_fds(*self.started.parent_fds)  # the streams are closed at EOF by their readers
+        return peaks
+
+    def request_stop(self) -> None:
+        """Ask the child to stop after its current test (-x, --maxfail, Ctrl-C in the parent)."""
+        if not self.stop_sent:
+            self.stop_sent = True
+            try:
+                os.write(self.started.control, b"stop\n")
+            except OSError:
+                pass
+
     def stderr_size(self) -> int:
         return self.err.size if self.err else 0
 
@@ -56,6 +82,19 @@ class Attempt:
                 self.sup.end()
             self.exited_at = time.monotonic()
         return self.eof and self.exited_at is not None
+
+    def status(self) -> str:
+        """How the child ended, for the heavy table: 'exit 0', 'SIGSEGV', 'timeout'."""
+        if self.sup.timed_out:
+            return "timeout"
+        returncode = self.started.process.poll()
+        return procs.signal_name(returncode if returncode is not None else -signal.SIGKILL)
+
+    def crash_message(self, unit: str, current: str | None, timeout: float) -> str:
+        if self.sup.timed_out:
+            return (f"{unit} timed out after {timeout:g}s (--heavy-timeout) during {current}; "
+                    f"the child's Python stacks and stderr:\n{self.tail(100)}")
+        return f"child process for {unit} died with {self.status()} during {current}\n{self.tail()}"
 
     def tail(self, lines: int = 40) -> str:
         """The end of the child's stderr; from faulthandler's header on when it crashed (a forked
@@ -82,6 +121,58 @@ class UnitRun:
         self.statuses: list[str] = []  # how each attempt's child ended
         self.record = HeavyRecord(unit=self.name, kind="module", start_method="", tests=len(self.pending))
         self.t0 = time.monotonic()
+        # Scheduling (isolation/schedule): what it needs, where it runs, whom it shared a GPU with.
+        self.job = Job(self.name, gpus=unit.gpus, heavy_ram=unit.heavy_ram, routed=unit.gpu)
+        self.placement = Placement()
+        self.shared_gpus: set[int] = set()  # NVML indices of GPUs where another child ran beside it
+        # While it may share a GPU, each test's events are held until its logfinish (replay.py), so that
+        # a test that ran out of GPU memory can be dropped and re-run alone instead of reported failed.
+        self.holding = False
+        self.held: list[dict[str, Any]] = []  # the current test's events, not replayed yet
+        self.oom_held: list[dict[str, Any]] = []  # events of tests dropped after an OOM while sharing
+
+    def place(self, placement: Placement, hw: Hardware, running: list[UnitRun]) -> None:
+        """Take ``placement``'s GPUs and note every running unit that shares one of them."""
+        self.placement = placement
+        self.holding = placement.may_share
+        self.record.gpus = placement.indices(hw)
+        for other in running:
+            common = {hw.gpus[i].index for i in set(other.placement.gpus) & set(placement.gpus)}
+            if common:
+                self.met(other, common)
+                other.met(self, common)
+
+    def account(self, attempt: Attempt, peaks: Peaks) -> None:
+        """Add a finished attempt's peaks and leftovers to the unit's heavy-table row."""
+        record = self.record
+        record.killed = [*record.killed, *attempt.sup.killed]
+        record.peak_rss_mib = max(record.peak_rss_mib, peaks.rss_mib)
+        record.samples += peaks.samples
+        if peaks.gpu_mib is not None:
+            record.peak_gpu_mib = max(record.peak_gpu_mib or 0.0, peaks.gpu_mib)
+            record.add_gpu_peaks(peaks.gpu_per_device(self.placement.gpus or None))
+
+    def account_release(self, attempt: Attempt, settings: Settings, pids: set[int] | None) -> None:
+        """Wait (bounded) for the GPU memory the attempt held and note how it came back."""
+        sup = attempt.sup
+        self.record.released = sup.release(settings, pids, shared=bool(self.shared_gpus)).text()
+        self.record.gpu_before_mib = sup.baseline_gpu
+        self.record.gpu_after_mib = sup.gpu.device_used_mib(self.placement.gpus or None) if sup.gpu else None
+
+    def alone_after_oom(self) -> UnitRun:
+        """Its tests ran out of GPU memory beside another child: the next child runs alone."""
+        gpus = ",".join(map(str, sorted(self.shared_gpus)))
+        self.record.note = f"retried alone after OOM while sharing GPU {gpus}"
+        self.oom_held = []
+        self.job = dataclasses.replace(self.job, alone=True)
+        self.shared_gpus = set()
+        return self
+
+    def met(self, other: UnitRun, gpus: set[int]) -> None:
+        """``other`` was placed on ``gpus`` (NVML indices) of ours while we run."""
+        self.shared_gpus |= gpus
+        if other.name not in self.record.beside:
+            self.record.beside.append(other.name)
 
     def started(self, nodeid: str) -> None:
         self.current = nodeid
@@ -100,3 +191,30 @@ class UnitRun:
         self.record.exit = ", ".join(self.statuses)
         self.record.wall_s = time.monotonic() - self.t0
         return self.record
+
+
+class Ready:
+    """Heavy units ready to start, and the scheduler that says which starts now and where."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        self.units: list[UnitRun] = []  # in the order the loop released them; OOM re-runs go first
+        self.t_first: float | None = None  # when the first child started
+
+    def pop(self) -> tuple[UnitRun, Placement] | None:
+        """The unit the scheduler places now, taken off the queue, or None."""
+        picked = self.scheduler.pick([ur.job for ur in self.units]) if self.units else None
+        if picked is None:
+            return None
+        job, placement = picked
+        ur = next(ur for ur in self.units if ur.job is job)
+        self.units.remove(ur)
+        self.scheduler.started(job, placement)
+        now = time.monotonic()
+        self.t_first = self.t_first or now
+        if ur.attempt is None:
+            ur.t0 = now  # its wall time starts with its first child, not in the queue
+        return ur, placement
+
+    def finished(self, ur: UnitRun) -> None:
+        self.scheduler.finished(ur.job)

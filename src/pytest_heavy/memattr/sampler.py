@@ -26,7 +26,8 @@ class Reading:
     """The tree's memory at one moment (or the peak of a window)."""
 
     rss_mib: float = 0.0
-    gpu_mib: dict[int, float] | None = None  # NVML index -> MiB of this tree's processes; None: no GPU
+    # position among the visible GPUs (CUDA's numbering) -> MiB of this tree's processes; None: no GPU
+    gpu_mib: dict[int, float] | None = None
 
     def gpu_total(self) -> float | None:
         return None if self.gpu_mib is None else sum(self.gpu_mib.values())
@@ -109,8 +110,8 @@ def read_tree(pid: int, gpu: GpuReader | None) -> Reading:
     rss, pids = tree_rss(pid)
     per_device = None
     if gpu is not None:
-        per_device = {index: float(sum(mib for p, mib in usage.items() if p in pids))
-                      for index, usage in gpu.usage_by_device().items()}
+        per_device = {position: float(sum(mib for p, mib in usage.items() if p in pids))
+                      for position, usage in enumerate(gpu.process_usage_by_device())}
     return Reading(rss / MIB, per_device)
 
 

@@ -13,8 +13,18 @@ from pathlib import Path
 
 import pytest
 
+from ..report import HeavyRecord
 from ..state import Run
-from .durations import SNAPSHOT_ENV, DurationsError, Store, partition, rounded, snapshot, unit_weights
+from .durations import (
+    SNAPSHOT_ENV,
+    DurationsError,
+    ModulePeaks,
+    Store,
+    partition,
+    rounded,
+    snapshot,
+    unit_weights,
+)
 
 EMPTY_MESSAGE = "this subset is empty"
 
@@ -29,13 +39,25 @@ def unit_of(item: pytest.Item, by: str, example_dirs: Iterable[Path]) -> str:
     return path
 
 
+def module_peaks(records: list[HeavyRecord]) -> dict[str, ModulePeaks]:
+    """The peaks of every isolated module that ran a test (a module whose tests were all skipped here
+    says nothing of what it needs where it runs)."""
+    peaks = {}
+    for r in records:
+        if r.kind != "module" or not any(k != "skipped" for k in r.outcomes):
+            continue
+        per_gpu = r.peak_gpu_per_device_mib
+        gpu = None if per_gpu is None else tuple(float(round(v)) for v in per_gpu)
+        peaks[r.unit] = ModulePeaks(rounded(r.wall_s), float(round(r.peak_rss_mib)), gpu)
+    return peaks
+
 
 class SplitPlugin:
     def __init__(self, config: pytest.Config, run: Run) -> None:
         self.config = config
         self.run = run
         self.split = run.settings.split
-        self.store = Store(config, run.settings.durations_path)
+        self.store = Store(config, run.settings.durations_path, run.settings.store_durations)
         self.phases: dict[str, dict[str, float]] = {}  # node id -> {setup/call/teardown: seconds}
         self.skipped: set[str] = set()
         self.selected = 0  # items before the split
@@ -90,7 +112,7 @@ class SplitPlugin:
         self.store.record({
             nodeid: rounded(sum(phases.values()))
             for nodeid, phases in self.phases.items() if nodeid not in self.skipped
-        })
+        }, module_peaks(self.run.records))
         if self.emptied and session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
             session.exitstatus = pytest.ExitCode.OK  # an empty share is not a broken run
 
