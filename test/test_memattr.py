@@ -374,3 +374,25 @@ def test_context(): pynvml.fake_create_context(os.getpid(), 0, used_mib=1024)
                                  "found holding it (many small objects, or memory outside Python objects)"])
     rows = {r["module"]: r for r in json.loads((fake_gpu.path / "heavy.json").read_text())["leaks"]}
     assert rows["test_ctx.py"]["kept_gpu_mib"] == 1024.0 and rows["test_clean.py"]["kept_gpu_mib"] == 0.0
+
+
+def test_parent_figures_leave_out_the_forkserver_but_count_what_the_test_starts(heavy_pytester):
+    """In the pytest process, sessions pytest-heavy started before the test (the forkserver, which here
+    preloads 192 MiB) are not the test's; an example's process, started by the test, is."""
+    heavy_pytester.makeini("[pytest]\nheavy_ram_gib = 4\nheavy_preload = big_import\n"
+                           "heavy_examples_dirs = examples\n")
+    heavy_pytester.syspathinsert()
+    heavy_pytester.makepyfile(big_import='BLOB = b"\\x01" * (192 << 20)\n')
+    heavy_pytester.makepyfile(test_a_light="def test_light(): pass\n", test_b_heavy=KNOWN_SIZES,
+                              test_c_heavy=KNOWN_SIZES)
+    (heavy_pytester.path / "examples").mkdir()
+    (heavy_pytester.path / "examples" / "hold.py").write_text(
+        "# pytest:\nimport time\nblock = b'\\x01' * (160 << 20)\ntime.sleep(1.0)\n")
+    result = heavy_pytester.runpytest_subprocess("--heavy-report=heavy.json", *NO_SHUFFLE)
+    result.assert_outcomes(passed=8)
+    result.stdout.fnmatch_lines(["test_b_heavy.py *forkserver*"])
+    tests = {t["nodeid"]: t for t in json.loads((heavy_pytester.path / "heavy.json").read_text())["tests"]}
+    light = tests["test_a_light.py::test_light"]
+    assert light["process"] == "parent" and light["rss_mib"]["peak"] < 150  # the server's 192 MiB left out
+    example = tests["examples/hold.py::example"]
+    assert example["rss_mib"]["peak"] - light["rss_mib"]["peak"] >= 150  # the example's own 160 MiB

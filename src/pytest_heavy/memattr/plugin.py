@@ -104,7 +104,7 @@ class Measure:
         if self._monitor is None:
             from .sampler import TestMonitor
 
-            self._monitor = TestMonitor(self.run.gpu(), INTERVAL_S)
+            self._monitor = TestMonitor(self.run.gpu(), INTERVAL_S, in_parent=not wire.in_child())
         return self._monitor
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)

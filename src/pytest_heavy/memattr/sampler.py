@@ -58,9 +58,10 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _tree_rss_proc(pid: int) -> tuple[int, set[int]]:
-    """(RSS bytes, pids) of the tree through /proc alone: about 50x cheaper than psutil's
-    ``children(recursive=True)``, which reads every process on the machine to build a parent map."""
+def _tree_rss_proc(pid: int, skip: frozenset[int] = frozenset()) -> tuple[int, set[int]]:
+    """(RSS bytes, pids) of the tree, less the subtrees rooted at ``skip``, through /proc alone: about
+    50x cheaper than psutil's ``children(recursive=True)``, which reads every process on the machine
+    to build a parent map."""
     pids, queue, rss = set(), [pid], 0
     while queue:
         current = queue.pop()
@@ -77,13 +78,25 @@ def _tree_rss_proc(pid: int) -> tuple[int, set[int]]:
         except (OSError, ValueError, IndexError):
             continue
         pids.add(current)
-        queue += [k for k in kids if k not in pids]
+        queue += [k for k in kids if k not in pids and k not in skip]
     return rss, pids
 
 
-def _tree_rss_psutil(pid: int) -> tuple[int, set[int]]:
+def _tree_rss_psutil(pid: int, skip: frozenset[int] = frozenset()) -> tuple[int, set[int]]:
     rss, pids = 0, set()
-    for proc in procs.tree(pid):
+    members = procs.tree(pid)
+    parent = {}
+    for proc in members:
+        try:
+            parent[proc.pid] = proc.ppid()
+        except psutil.Error:
+            continue
+    for proc in members:
+        ancestor = proc.pid
+        while ancestor in parent and ancestor != pid and ancestor not in skip:
+            ancestor = parent[ancestor]
+        if ancestor in skip:
+            continue
         try:
             rss += proc.memory_info().rss
             pids.add(proc.pid)
@@ -95,19 +108,33 @@ def _tree_rss_psutil(pid: int) -> tuple[int, set[int]]:
 _FAST = True  # /proc children files available; turned off at the first sign they are not
 
 
-def tree_rss(pid: int) -> tuple[int, set[int]]:
+def tree_rss(pid: int, skip: frozenset[int] = frozenset()) -> tuple[int, set[int]]:
     global _FAST
     if _FAST:
         try:
-            return _tree_rss_proc(pid)
+            return _tree_rss_proc(pid, skip)
         except OSError:
             _FAST = False
-    return _tree_rss_psutil(pid)
+    return _tree_rss_psutil(pid, skip)
 
 
-def read_tree(pid: int, gpu: GpuReader | None) -> Reading:
-    """RSS of ``pid`` and its descendants, and their GPU memory per device."""
-    rss, pids = tree_rss(pid)
+def other_sessions(pid: int) -> frozenset[int]:
+    """Descendants of ``pid`` that lead a session of their own, as every process pytest-heavy starts
+    does (module children, the forkserver, examples)."""
+    found = set()
+    for proc in procs.tree(pid)[1:]:
+        try:
+            if os.getsid(proc.pid) == proc.pid:
+                found.add(proc.pid)
+        except OSError:
+            continue
+    return frozenset(found)
+
+
+def read_tree(pid: int, gpu: GpuReader | None, skip: frozenset[int] = frozenset()) -> Reading:
+    """RSS of ``pid`` and its descendants (less the subtrees at ``skip``), and their GPU memory per
+    device."""
+    rss, pids = tree_rss(pid, skip)
     per_device = None
     if gpu is not None:
         per_device = {position: float(sum(mib for p, mib in usage.items() if p in pids))
@@ -148,6 +175,10 @@ class Window:
 class TestMonitor(TreeMonitor):
     """This process's tree, sampled at test boundaries and every ``interval`` seconds in between.
 
+    In the pytest parent (``in_parent``) the subtrees that already lead sessions of their own when a
+    test starts are left out: the forkserver and the module children running beside the test are
+    pytest-heavy's, not the test's (what the test itself starts is counted, sessions included).
+
     Its thread is named ``heavy-monitor-<pid>`` like the parent's monitors, so a pytest process that
     measures its own tests may still fork children (``fork_unsafe_reason`` counts only foreign
     threads). A fork does not inherit the thread: ``Measure`` starts a new monitor there.
@@ -155,14 +186,16 @@ class TestMonitor(TreeMonitor):
 
     __test__ = False  # not a pytest test class, whatever its name says
 
-    def __init__(self, gpu: GpuReader | None, interval: float) -> None:
+    def __init__(self, gpu: GpuReader | None, interval: float, in_parent: bool) -> None:
         self._lock = threading.Lock()
         self._window = Window()
         self._hwm = reset_own_peak()
+        self._in_parent = in_parent
+        self._skip: frozenset[int] = frozenset()
         super().__init__(os.getpid(), gpu, interval)
 
     def _sample(self) -> Reading:  # type: ignore[override]
-        reading = read_tree(self.pid, self._gpu)
+        reading = read_tree(self.pid, self._gpu, self._skip)
         with self._lock:
             self._window.peak = self._window.peak.peak_with(reading)
             self._window.samples.append((time.time(), reading.rss_mib, reading.gpu_total()))
@@ -176,6 +209,8 @@ class TestMonitor(TreeMonitor):
         """Start a test: forget the previous window, reset the high-water mark, read now."""
         with self._lock:
             self._window = Window()
+        if self._in_parent:
+            self._skip = other_sessions(self.pid)
         if self._hwm:
             reset_own_peak()
         return self.mark()
