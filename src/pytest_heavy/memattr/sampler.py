@@ -122,10 +122,10 @@ def other_sessions(pid: int) -> frozenset[int]:
     """Descendants of ``pid`` that lead a session of their own, as every process pytest-heavy starts
     does (module children, the forkserver, examples)."""
     found = set()
-    for proc in procs.tree(pid)[1:]:
+    for member in tree_rss(pid)[1] - {pid}:
         try:
-            if os.getsid(proc.pid) == proc.pid:
-                found.add(proc.pid)
+            if os.getsid(member) == member:
+                found.add(member)
         except OSError:
             continue
     return frozenset(found)
