@@ -28,7 +28,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv and install pytest-heavy with its dev tools (WITH_TORCH=1 adds torch)
 
 demo: $(STAMP) ## run pytest-heavy on the bundled sample project (docs/demo), CPU only
-	cd docs/demo && ../../$(BIN)/python -m pytest -rs $(PYTEST_ARGS)
+	mkdir -p .heavy
+	cd docs/demo && ../../$(BIN)/python -m pytest -rs --heavy-report-html=../../.heavy/demo-report.html $(PYTEST_ARGS)
 
 demo-compare: $(STAMP) ## the demo suite isolated and in one process, peaks side by side
 	$(PY) docs/demo/compare.py $(PYTEST_ARGS)

@@ -24,6 +24,7 @@ import fig_cimode
 import fig_examples
 import fig_idle
 import fig_isolation
+import fig_memattr
 import fig_memory
 import fig_probe
 import fig_scheduler
@@ -39,6 +40,7 @@ FIGURES: dict[str, ModuleType] = {
     "scheduler": fig_scheduler,
     "examples": fig_examples,
     "cimode": fig_cimode,
+    "memattr": fig_memattr,
 }
 DOCS = REPO / "docs" / "benchmarks"
 SUMMARY_START, SUMMARY_END = "<!-- summary:start -->", "<!-- summary:end -->"

@@ -64,8 +64,8 @@ def heavy_suite(root: Path, modules: int, tests: int = 4, torch: bool = False,
     return names
 
 
-def cpu_bound_suite(root: Path, modules: int, cpu_s: float) -> list[str]:
-    """Heavy modules whose single test burns ``cpu_s`` seconds of its own CPU time.
+def cpu_bound_suite(root: Path, modules: int, cpu_s: float, tests: int = 1) -> list[str]:
+    """Heavy modules of ``tests`` tests (default 1), each burning ``cpu_s`` seconds of its own CPU time.
 
     Burning a fixed amount of process CPU time (not of wall time) keeps the work per module the same
     however busy the machine is, so 1 and 2 workers do identical work.
@@ -78,7 +78,8 @@ def cpu_bound_suite(root: Path, modules: int, cpu_s: float) -> list[str]:
         pytestmark = pytest.mark.{HEAVY_MARKER}
 
 
-        def test_burn():
+        @pytest.mark.parametrize("i", range({tests}))
+        def test_burn(i):
             end = time.process_time() + {cpu_s}
             n = 0
             while time.process_time() < end:

@@ -5,9 +5,17 @@ Installing the package activates the plugin (entry point ``heavy``); configurati
 what this repository's own tests need.
 """
 
+import json
+import os
+from pathlib import Path
+
 import pytest
 
 pytest_plugins = ["pytester"]
+
+FAKES = Path(__file__).resolve().parent / "fakes"
+FAKE_H100 = {"uuid": "GPU-aaaaaaaa-1111-2222-3333-444444444444", "name": "NVIDIA H100 80GB HBM3",
+             "total_mib": 81559, "used_mib": 4, "compute_mode": 0}
 
 
 @pytest.fixture
@@ -18,3 +26,17 @@ def heavy_pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.delenv("CICD", raising=False)
     monkeypatch.delenv("COVERAGE_FILE", raising=False)  # a tox env's: generated sessions keep their own
     return pytester
+
+
+@pytest.fixture
+def fake_gpu(heavy_pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """Sessions that see one H100 through the fake NVML (test/fakes/pynvml.py on their PYTHONPATH, so
+    run them with ``runpytest_subprocess`` and ``-p pynvml``); a test there can "create a context" of a
+    known size with ``pynvml.fake_create_context(os.getpid(), 0, used_mib=...)``."""
+    path = [str(FAKES), os.environ.get("PYTHONPATH")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, path)))
+    monkeypatch.setenv("FAKE_PYNVML", json.dumps({"devices": [FAKE_H100]}))
+    monkeypatch.setenv("PYTEST_HEAVY_ASSUME", "ram=16GiB")  # the GPU comes from the probe
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    heavy_pytester.makeini("[pytest]\nheavy_ram_gib = 4\nheavy_release_timeout_s = 0\n")
+    return heavy_pytester

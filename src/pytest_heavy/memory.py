@@ -20,6 +20,7 @@ from . import procs
 from .hardware import Hardware
 
 MIB = 1 << 20
+MAX_SAMPLES = 36_000  # an hour at 0.1 s; a longer run keeps every other sample from then on
 
 
 class GpuReader:
@@ -94,6 +95,9 @@ class Peaks:
     gpu_mib: float | None = None
     gpu_by_device: dict[int, float] = field(default_factory=dict)  # position in hw.gpus -> peak MiB there
     seen: dict[int, psutil.Process] = field(default_factory=dict)  # every descendant observed
+    # (time.time(), RSS MiB, GPU MiB or None) per sample: the timeline of --heavy-report-html, seen from
+    # outside the process, so a long C call that holds the child's GIL leaves no gap in it
+    samples: list[tuple[float, float, float | None]] = field(default_factory=list)
 
     def gpu_per_device(self, positions: Sequence[int] | None) -> list[float] | None:
         """The peak on each GPU at ``positions`` (the child's CUDA_VISIBLE_DEVICES order); unpinned,
@@ -128,6 +132,7 @@ class TreeMonitor:
             except psutil.Error:
                 continue
         self.peaks.rss_mib = max(self.peaks.rss_mib, rss / MIB)
+        gpu: float | None = None
         if self._gpu is not None and members:
             pids = {p.pid for p in members}
             total = 0
@@ -136,6 +141,11 @@ class TreeMonitor:
                 total += mib
                 self.peaks.gpu_by_device[index] = max(self.peaks.gpu_by_device.get(index, 0.0), float(mib))
             self.peaks.gpu_mib = max(self.peaks.gpu_mib or 0.0, float(total))
+            gpu = float(total)
+        if members:
+            self.peaks.samples.append((time.time(), rss / MIB, gpu))
+            if len(self.peaks.samples) > MAX_SAMPLES:
+                del self.peaks.samples[::2]
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):

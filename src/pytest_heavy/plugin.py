@@ -11,13 +11,14 @@ from . import cleanup, gating, hardware, hooks, markers, report, tiers
 from .examples import plugin as examples
 from .gpu import guard, mps
 from .isolation import plan
+from .memattr import plugin as memattr
 from .settings import ASSUME_ENV, Settings, add_options, load
 from .split import plugin as split
 from .split.durations import DurationsError, ModulePeaks, Store
 from .state import RUN, Run
 
 # Modules exposing ``register(config, run)``; each adds its own hooks for the session.
-CONCERNS: tuple = (split, examples, guard, cleanup)
+CONCERNS: tuple = (split, examples, guard, cleanup, memattr)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -144,5 +145,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     run = session.config.stash[RUN]
     if run.settings.report_path and not run.settings.child:
-        report.write_json(run.settings.report_path, run.records, json.loads(run.hardware.to_json()))
+        report.write_json(run.settings.report_path, run.records, json.loads(run.hardware.to_json()),
+                          run.report_extra)
 

@@ -48,6 +48,8 @@ class HeavyRecord:
     exit: str = "exit 0"  # or SIGSEGV, timeout, stopped, ...
     restarts: int = 0  # fresh children started after a crash
     killed: list[str] = field(default_factory=list)  # leftover processes killed at the end
+    # the child trees' (time, RSS MiB, GPU MiB) samples, for --heavy-report-html; not in the JSON
+    samples: list[tuple[float, float, float | None]] = field(default_factory=list, repr=False)
     # Placed by the packing scheduler (--heavy-workers auto); empty otherwise.
     gpus: list[int] = field(default_factory=list)  # NVML indices of the GPUs its child was pinned to
     beside: list[str] = field(default_factory=list)  # other modules that ran on those GPUs meanwhile
@@ -130,9 +132,12 @@ def schedule_line(records: list[HeavyRecord], makespan_s: float, gpus: int) -> s
             f"one at a time they took {total:.1f}s ({total / max(makespan_s, 1e-9):.1f}x)")
 
 
-def write_json(path: str, records: list[HeavyRecord], hardware: dict[str, object]) -> None:
-    """--heavy-report: the same rows as JSON (schema in README: 'The --heavy-report JSON')."""
-    doc = {"schema": 1, "hardware": hardware, "modules": [asdict(r) for r in records]}
+def write_json(path: str, records: list[HeavyRecord], hardware: dict[str, object],
+               extra: dict[str, object] | None = None) -> None:
+    """--heavy-report: the same rows as JSON (schema in README: 'The --heavy-report JSON'), plus the
+    top-level keys other concerns add (``extra``: memory attribution's ``tests`` and ``leaks``)."""
+    rows = [{k: v for k, v in asdict(r).items() if k != "samples"} for r in records]
+    doc = {**(extra or {}), "schema": 1, "hardware": hardware, "modules": rows}
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(doc, fh, indent=2, sort_keys=True)
         fh.write("\n")

@@ -79,6 +79,9 @@ def add_options(parser: pytest.Parser) -> None:
                     help="run requires_heavy_ram tests whatever the RAM")
     group.addoption("--heavy-skip-resource-checks", action="store_true", default=False,
                     help="both --heavy-ignore-gpu-check and --heavy-ignore-ram-check")
+    from .memattr.plugin import add_options as add_memattr_options
+
+    add_memattr_options(parser)
     for name, (help_, type_, default) in INI.items():
         parser.addini(name, help_, type=type_, default=default)  # type: ignore[arg-type]
 

@@ -21,6 +21,7 @@ class Run:
     hardware: Hardware
     gated: dict[str, list[str]] = field(default_factory=dict)  # reason group -> node ids skipped
     records: list[HeavyRecord] = field(default_factory=list)  # heavy table rows, in finishing order
+    report_extra: dict[str, Any] = field(default_factory=dict)  # more top-level keys of --heavy-report
     schedule: str = ""  # the packing scheduler's summary line under the heavy table
     forkserver: Any = None  # isolation.launch.forkserver.ForkserverLauncher, started before collection
     _gpu: GpuReader | None = None

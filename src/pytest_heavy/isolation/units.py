@@ -147,6 +147,7 @@ class UnitRun:
         record = self.record
         record.killed = [*record.killed, *attempt.sup.killed]
         record.peak_rss_mib = max(record.peak_rss_mib, peaks.rss_mib)
+        record.samples += peaks.samples
         if peaks.gpu_mib is not None:
             record.peak_gpu_mib = max(record.peak_gpu_mib or 0.0, peaks.gpu_mib)
             record.add_gpu_peaks(peaks.gpu_per_device(self.placement.gpus or None))
