@@ -79,9 +79,11 @@ def add_options(parser: pytest.Parser) -> None:
                     help="run requires_heavy_ram tests whatever the RAM")
     group.addoption("--heavy-skip-resource-checks", action="store_true", default=False,
                     help="both --heavy-ignore-gpu-check and --heavy-ignore-ram-check")
-    from .memattr.plugin import add_options as add_memattr_options
-
-    add_memattr_options(parser)
+    group.addoption("--heavy-report-html", default=None, metavar="PATH",
+                    help="write a self-contained HTML report: memory timeline per module and the heavy table")
+    group.addoption("--heavy-find-leaks", action="store_true", default=False,
+                    help="run everything in this process and name, per module, the memory still held "
+                         "after its last teardown and what holds it")
     for name, (help_, type_, default) in INI.items():
         parser.addini(name, help_, type=type_, default=default)  # type: ignore[arg-type]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 import html
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..report import HeavyRecord
@@ -97,7 +97,23 @@ def timeline_svg(module: str, tests: list[dict[str, Any]],
            f'role="img" aria-label="memory timeline of {_e(module)}">']
     out.append(f'<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="#fafafa" '
                'stroke="#ccc"/>')
-    for test in tests:  # test spans: failures shaded red, every span has a tooltip
+    out += _test_spans(tests, t0, x, y, plot_h)
+    out += _axes(top, step_y, span, x, y, plot_h)
+    for index, color, name in ((1, RSS_COLOR, "rss"), (2, GPU_COLOR, "gpu")):
+        if index == 2 and not has_gpu:
+            continue
+        coords = " ".join(f"{x(p[0]):.1f},{y(p[index] or 0.0):.1f}" for p in points)
+        out.append(f'<polyline class="{name}" points="{coords}" fill="none" stroke="{color}" '
+                   'stroke-width="2"/>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _test_spans(tests: list[dict[str, Any]], t0: float, x: Callable[[float], float],
+                y: Callable[[float], float], plot_h: float) -> list[str]:
+    """Each test's span (failures shaded red, a tooltip on each), its peak and, where it fits, its name."""
+    out = []
+    for test in tests:
         a, b = x(test["start"] - t0), x(test["stop"] - t0)
         bad = test["outcome"] in BAD
         fill = FAIL_COLOR if bad else "#000"
@@ -107,37 +123,33 @@ def timeline_svg(module: str, tests: list[dict[str, Any]],
                    f'<title>{_e(tooltip(test))}</title></rect>')
         out.append(f'<line class="boundary" x1="{a:.1f}" x2="{a:.1f}" y1="{TOP}" y2="{TOP + plot_h}" '
                    f'stroke="#999" stroke-dasharray="3,3"/>')
+        peak = test["rss_mib"]["peak"]  # may fall between samples (the kernel's high-water mark)
+        if peak is not None:
+            out.append(f'<line class="peak" x1="{a:.1f}" x2="{max(b, a + 2):.1f}" y1="{y(peak):.1f}" '
+                       f'y2="{y(peak):.1f}" stroke="{RSS_COLOR}" stroke-dasharray="2,2"/>')
+        name = test["nodeid"].split("::", 1)[-1]
+        if b - a > 7 * len(name):
+            out.append(f'<text x="{a + 3:.1f}" y="{TOP + plot_h + 30}">{_e(name)}</text>')
+    return out
+
+
+def _axes(top: float, step_y: float, span: float, x: Callable[[float], float], y: Callable[[float], float],
+          plot_h: float) -> list[str]:
+    """MiB ticks on the left, seconds below."""
+    out = []
     value = 0.0
-    while value <= top + 1e-9:  # y axis
+    while value <= top + 1e-9:
         out.append(f'<line x1="{LEFT - 4}" x2="{LEFT}" y1="{y(value):.1f}" y2="{y(value):.1f}" '
                    'stroke="#666"/>')
         out.append(f'<text x="{LEFT - 6}" y="{y(value) + 4:.1f}" text-anchor="end">{value:,.0f}</text>')
         value += step_y
     step_x = _nice_step(span)
     value = 0.0
-    while value <= span + 1e-9:  # x axis, seconds
+    while value <= span + 1e-9:
         out.append(f'<text x="{x(value):.1f}" y="{TOP + plot_h + 14}" text-anchor="middle">{value:g}s</text>')
         value += step_x
     out.append(f'<text x="{LEFT - 6}" y="{TOP - 4}" text-anchor="end">MiB</text>')
-    for test in tests:  # each test's peak, which may fall between samples (the kernel's high-water mark)
-        a, b = x(test["start"] - t0), x(test["stop"] - t0)
-        peak = test["rss_mib"]["peak"]
-        if peak is not None:
-            out.append(f'<line class="peak" x1="{a:.1f}" x2="{max(b, a + 2):.1f}" y1="{y(peak):.1f}" '
-                       f'y2="{y(peak):.1f}" stroke="{RSS_COLOR}" stroke-dasharray="2,2"/>')
-    for label_test in tests:  # names where there is room for them
-        a, b = x(label_test["start"] - t0), x(label_test["stop"] - t0)
-        name = label_test["nodeid"].split("::", 1)[-1]
-        if b - a > 7 * len(name):
-            out.append(f'<text x="{a + 3:.1f}" y="{TOP + plot_h + 30}">{_e(name)}</text>')
-    for index, color, name in ((1, RSS_COLOR, "rss"), (2, GPU_COLOR, "gpu")):
-        if index == 2 and not has_gpu:
-            continue
-        coords = " ".join(f"{x(p[0]):.1f},{y(p[index] or 0.0):.1f}" for p in points)
-        out.append(f'<polyline class="{name}" points="{coords}" fill="none" stroke="{color}" '
-                   'stroke-width="2"/>')
-    out.append("</svg>")
-    return "\n".join(out)
+    return out
 
 
 def tooltip(test: dict[str, Any]) -> str:

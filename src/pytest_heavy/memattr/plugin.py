@@ -34,15 +34,6 @@ INTERVAL_S = 0.1  # the sampling thread's period in children, as the parent's Tr
 POINTS = ("setup_start", "call_end", "teardown_end")
 
 
-def add_options(parser: pytest.Parser) -> None:
-    group = parser.getgroup("heavy")
-    group.addoption("--heavy-report-html", default=None, metavar="PATH",
-                    help="write a self-contained HTML report: memory timeline per module and the heavy table")
-    group.addoption("--heavy-find-leaks", action="store_true", default=False,
-                    help="run everything in this process and name, per module, the memory still held "
-                         "after its last teardown and what holds it")
-
-
 def register(config: pytest.Config, run: Run) -> None:
     config.addinivalue_line("markers", f"{limits.MARKER}(rss, vram): {limits.HELP}")
     find_leaks = bool(config.option.heavy_find_leaks) and not run.settings.child
