@@ -8,7 +8,6 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any
 
-import psutil
 import pytest
 
 from .. import procs, supervise
@@ -32,10 +31,12 @@ class Attempt:
         self.sup = sup
         self.t0 = time.monotonic()
         self.eof = False  # the event stream ended
+        self.done = False  # the child said all it had to say ('done', its last event)
+        self.finished = False  # over: events that still arrive for it are dropped
+        self.drain_kill_at: float | None = None  # when what held its stream open after its exit was killed
         self.exited_at: float | None = None
         self.stop_sent = False
         self.progress = False  # at least one test started in this attempt
-        self.leftovers: list[psutil.Process] = []  # descendants the child still had when it finished
         self.out = procs.Drain(started.stdout) if started.stdout else None
         self.err = procs.Drain(started.stderr) if started.stderr else None
 
@@ -45,7 +46,8 @@ class Attempt:
 
     def close(self) -> Peaks:
         """The child is over: SIGKILL what is left of its tree, collect its output, release our fds."""
-        peaks = self.sup.reap(self.leftovers)
+        self.finished = True
+        peaks = self.sup.reap()
         for drain in (self.out, self.err):
             if drain:
                 drain.join(timeout=5)
@@ -66,22 +68,33 @@ class Attempt:
         return self.err.size if self.err else 0
 
     def settle(self, timeout: float) -> bool:
-        """Move this child towards its end: note its exit, enforce ``timeout`` (0: none), end a
-        grandchild that holds the event stream open, bound the wait for an exit after the stream
-        ended. True once both the stream and the process are over."""
+        """Move this child towards its end: note its exit, enforce ``timeout`` (0: none), bound the
+        wait for its exit once it said all it had to say, and bound the wait for the end of its
+        stream once it exited. True once the child is over: exited, and its stream ended or its
+        last word ('done') read."""
         now = time.monotonic()
         if self.exited_at is None and self.started.process.poll() is not None:
             self.exited_at = now
-        if timeout and not self.sup.timed_out and now - self.t0 > timeout and not self.eof:
+        said_all = self.eof or self.done
+        if timeout and not self.sup.timed_out and now - self.t0 > timeout and not said_all:
             self.sup.time_out(self.stderr_size)
-        if self.exited_at is not None and now - self.exited_at > supervise.STREAM_GRACE_S and not self.eof:
-            # a grandchild still holds the event pipe open: its session is killed, which ends the stream
-            procs.kill_leftovers(self.pid, self.sup.seen())
-        if self.eof and self.exited_at is None:
+        if self.exited_at is not None and not said_all and now - self.exited_at > supervise.STREAM_GRACE_S:
+            self.drain(now)
+        if said_all and self.exited_at is None:
             if procs.wait(self.started.process, supervise.EXIT_GRACE_S) is None:
                 self.sup.end()
             self.exited_at = time.monotonic()
-        return self.eof and self.exited_at is not None
+        return (self.eof or self.done) and self.exited_at is not None
+
+    def drain(self, now: float) -> None:
+        """The child died without its last word and something it started (a daemon that inherited
+        the pipe) keeps the stream open: kill what it left, which ends the stream, then read what is
+        left of it for a bounded time; after that the stream is abandoned and the run goes on."""
+        if self.drain_kill_at is None:
+            self.drain_kill_at = now
+            self.sup.killed += procs.kill_leftovers(self.pid, self.sup.seen())
+        elif now - self.drain_kill_at > supervise.STREAM_GRACE_S:
+            self.eof = True
 
     def status(self) -> str:
         """How the child ended, for the heavy table: 'exit 0', 'SIGSEGV', 'timeout'."""
