@@ -114,6 +114,10 @@ class Drain:
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
+    def reading(self) -> bool:
+        """Whether the pipe is still open: some process still holds its write end."""
+        return self._thread.is_alive()
+
     def text(self) -> str:
         data = b"".join(self._kept).decode(errors="replace")
         return data + ("\n[... output truncated ...]\n" if self.truncated else "")
@@ -152,6 +156,27 @@ def _alive(proc: psutil.Process) -> bool:
         return proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def pipe_inode(fd: int) -> int:
+    return os.fstat(fd).st_ino
+
+
+def pipe_holders(inodes: Iterable[int]) -> list[psutil.Process]:
+    """Other processes with a descriptor on one of these pipes: whoever keeps a child's stream open
+    after the child exited (a daemon that inherited it), wherever it went. Linux's /proc only."""
+    links = {f"pipe:[{inode}]" for inode in inodes}
+    found = []
+    for proc in psutil.process_iter():
+        if proc.pid == os.getpid():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{proc.pid}/fd")
+            if any(os.readlink(f"/proc/{proc.pid}/fd/{fd}") in links for fd in fds):
+                found.append(proc)
+        except (OSError, psutil.Error):
+            continue
+    return found
 
 
 def session_members(sid: int) -> list[psutil.Process]:

@@ -8,6 +8,7 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any
 
+import psutil
 import pytest
 
 from .. import procs, supervise
@@ -37,6 +38,8 @@ class Attempt:
         self.exited_at: float | None = None
         self.stop_sent = False
         self.progress = False  # at least one test started in this attempt
+        streams = [s for s in (started.events, started.stdout, started.stderr) if s is not None]
+        self.inodes = [procs.pipe_inode(s.fileno()) for s in streams]  # to find who holds them open
         self.out = procs.Drain(started.stdout) if started.stdout else None
         self.err = procs.Drain(started.stderr) if started.stderr else None
 
@@ -47,7 +50,7 @@ class Attempt:
     def close(self) -> Peaks:
         """The child is over: SIGKILL what is left of its tree, collect its output, release our fds."""
         self.finished = True
-        peaks = self.sup.reap()
+        peaks = self.sup.reap(self.holders())
         for drain in (self.out, self.err):
             if drain:
                 drain.join(timeout=5)
@@ -92,7 +95,7 @@ class Attempt:
         left of it for a bounded time; after that the stream is abandoned and the run goes on."""
         if self.drain_kill_at is None:
             self.drain_kill_at = now
-            self.sup.killed += procs.kill_leftovers(self.pid, self.sup.seen())
+            self.sup.killed += procs.kill_leftovers(self.pid, [*self.sup.seen(), *self.holders()])
         elif now - self.drain_kill_at > supervise.STREAM_GRACE_S:
             self.eof = True
 
@@ -108,6 +111,14 @@ class Attempt:
             return (f"{unit} timed out after {timeout:g}s (--heavy-timeout) during {current}; "
                     f"the child's Python stacks and stderr:\n{self.tail(100)}")
         return f"child process for {unit} died with {self.status()} during {current}\n{self.tail()}"
+
+    def holders(self) -> list[psutil.Process]:
+        """Processes that still hold this child's pipes open, once it is gone: a leftover wherever it
+        went, also one that neither its session nor the tree samples saw. Scanned only when a pipe is
+        still open, which is rare."""
+        if self.eof and not any(d.reading() for d in (self.out, self.err) if d):
+            return []
+        return procs.pipe_holders(self.inodes)
 
     def tail(self, lines: int = 40) -> str:
         """The end of the child's stderr; from faulthandler's header on when it crashed (a forked
