@@ -13,7 +13,8 @@ line too. Each cell checks what a user relies on:
 - the exit code;
 - afterwards no process whose environment or command line carries the marker is alive.
 
-Cells without workers run in the default tier; ``--heavy-workers 2`` cells are marked ``slow``.
+Cells without workers run in the default tier; ``--heavy-workers 2`` cells (and those of ``ALL_SLOW``)
+are marked ``slow``: ``pytest -m slow test/test_faults.py`` runs them.
 Cells of rows 2 and 4 of issue 12 (output attribution, forkserver stderr) are fixed on the fidelity
 branch and marked xfail(strict) here until it is merged.
 """
@@ -189,6 +190,9 @@ def pytest_runtest_logstart(nodeid):
 # next test in a forked child (row 2), and a forkserver child's stderr outside tests is lost (row 4);
 # and with two workers, forked children (fork, forkserver) share a capture file (row 2).
 FIDELITY_CELLS = {("crash", "fork"), ("hook_stderr_exit", "forkserver")}
+# Faults whose cells are all slow: crashes are covered in the default tier by test_isolation, and
+# interleaved output is about two workers. Keeps this module's default-tier cost near 60 s on 2 cores.
+ALL_SLOW = {"crash", "interleaved"}
 
 
 def make_project(root: Path, fault: Fault) -> None:
@@ -310,7 +314,7 @@ def cell_params() -> list:
     for name in FAULTS:
         for method in METHODS:
             for workers in (1, 2):
-                marks = [pytest.mark.slow] if workers == 2 else []
+                marks = [pytest.mark.slow] if workers == 2 or name in ALL_SLOW else []
                 if (name, method) in FIDELITY_CELLS or (workers == 2 and method != "spawn"):
                     marks.append(ATTRIBUTION)
                 params.append(pytest.param(name, method, workers, marks=marks,
@@ -377,3 +381,46 @@ def test_sigkilled_parent_leaves_no_process(tmp_path, method):
         parent.wait()
     left = survivors(mark)
     assert not left, f"processes outlived their SIGKILLed parent: {left}"
+
+
+# --- row 6: smaller faults -------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("setting", "named"), [
+    ("heavy_timeout_s = nan", "ini heavy_timeout_s = 'nan': expected a finite number"),
+    ("heavy_ram_gib = nan", "ini heavy_ram_gib = 'nan': expected a finite number"),
+    ("heavy_release_timeout_s = inf", "ini heavy_release_timeout_s = 'inf': expected a finite number"),
+    ("heavy_example_timeout_s = -inf", "ini heavy_example_timeout_s = '-inf': expected a finite number"),
+    ("--heavy-timeout=nan", "--heavy-timeout nan: expected a finite number >= 0 (0: no limit)"),
+])
+def test_non_finite_numbers_are_usage_errors_naming_the_key(heavy_pytester, setting, named):
+    heavy_pytester.makepyfile("def test_x(): pass\n")
+    if setting.startswith("--"):
+        result = heavy_pytester.runpytest(setting)
+    else:
+        heavy_pytester.makeini(f"[pytest]\n{setting}\n")
+        result = heavy_pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{named}*"])
+
+
+def test_example_header_timeout_must_be_finite():
+    from pytest_heavy.examples.header import HeaderError, parse_header
+
+    with pytest.raises(HeaderError, match=r"timeout=1e\d+: expected a positive number of seconds"):
+        parse_header(1, "timeout=1e999")
+
+
+def test_a_preload_typo_is_one_line_once_and_the_server_goes_on(heavy_pytester):
+    heavy_pytester.makeini("[pytest]\nheavy_ram_gib = 4\nheavy_preload = json no_such_module_xyz\n")
+    body = ("import sys, pytest\npytestmark = pytest.mark.requires_heavy_ram\n"
+            "def test_preloaded(): assert 'json' in sys.modules\n")
+    heavy_pytester.makepyfile(test_p1=body, test_p2=body, test_p3=body)
+    result = heavy_pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=3)
+    out = result.stdout.str()
+    named = [line for line in result.outlines if "no_such_module_xyz" in line]
+    assert named == ["pytest-heavy: ini heavy_preload: the forkserver could not import "
+                     "'no_such_module_xyz' (ModuleNotFoundError: No module named 'no_such_module_xyz'); "
+                     "it goes on without it"], out
+    assert "Traceback" not in out
+    result.stdout.fnmatch_lines([f"test_p{i}.py *forkserver*" for i in (1, 2, 3)])
