@@ -158,8 +158,16 @@ def _alive(proc: psutil.Process) -> bool:
         return False
 
 
-def pipe_inode(fd: int) -> int:
-    return os.fstat(fd).st_ino
+def pipe_inodes(*streams: IO[bytes] | None) -> list[int]:
+    """The inodes of these pipes, to find their holders later (a stream without a descriptor, such as
+    a test's scripted one, has none)."""
+    inodes = []
+    for stream in filter(None, streams):
+        try:
+            inodes.append(os.fstat(stream.fileno()).st_ino)
+        except OSError:
+            continue
+    return inodes
 
 
 def pipe_holders(inodes: Iterable[int]) -> list[psutil.Process]:

@@ -38,8 +38,7 @@ class Attempt:
         self.exited_at: float | None = None
         self.stop_sent = False
         self.progress = False  # at least one test started in this attempt
-        streams = [s for s in (started.events, started.stdout, started.stderr) if s is not None]
-        self.inodes = [procs.pipe_inode(s.fileno()) for s in streams]  # to find who holds them open
+        self.inodes = procs.pipe_inodes(started.events, started.stdout, started.stderr)  # who holds them?
         self.out = procs.Drain(started.stdout) if started.stdout else None
         self.err = procs.Drain(started.stderr) if started.stderr else None
 
