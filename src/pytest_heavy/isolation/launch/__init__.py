@@ -45,6 +45,7 @@ class Launchers:
         self.method = method
         self.note = note
         self._fallback_noted = False
+        self._forkserver = forkserver
         from .fork import ForkLauncher
         from .spawn import SpawnLauncher
 
@@ -82,8 +83,8 @@ class Launchers:
             else:
                 self.note(f"{method} refused ({exc}); {request.unit} starts with spawn")
             return "spawn", self.found["spawn"].start(request)
-        if isinstance(launcher, ForkserverLauncher):
-            for failure in launcher.take_preload_failures():
+        if launcher is self._forkserver and self._forkserver is not None:
+            for failure in self._forkserver.take_preload_failures():
                 self.note(f"ini heavy_preload: the forkserver could not import {failure}; "
                           "it goes on without it")
         return method, started
