@@ -137,10 +137,10 @@ def run_session(config: pytest.Config, request: dict[str, Any], sender: Sender, 
         run_items(session, session.items)
         if session.shouldfail:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    except (session.Failed, session.Interrupted):  # before INTERRUPTS: Interrupted is a KeyboardInterrupt
+        session.exitstatus = pytest.ExitCode.INTERRUPTED
     except INTERRUPTS as exc:
         session.exitstatus = interrupted(sender, exc)
-    except (session.Failed, session.Interrupted):
-        session.exitstatus = pytest.ExitCode.INTERRUPTED
     except BaseException:
         traceback.print_exc()
         session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
@@ -169,6 +169,8 @@ def run_forked(session: pytest.Session, items: list[pytest.Item], sender: Sender
     try:
         try:
             run_items(session, items)
+        except (session.Failed, session.Interrupted):  # pytest's own stops are not a test's interrupt
+            raise
         except INTERRUPTS as exc:
             exitstatus = interrupted(sender, exc)
         session._setupstate.teardown_exact(None)
