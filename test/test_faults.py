@@ -424,3 +424,36 @@ def test_a_preload_typo_is_one_line_once_and_the_server_goes_on(heavy_pytester):
                      "it goes on without it"], out
     assert "Traceback" not in out
     result.stdout.fnmatch_lines([f"test_p{i}.py *forkserver*" for i in (1, 2, 3)])
+
+
+EXAMPLE_DAEMON = '''# pytest:
+import os, sys
+sleeper = [sys.executable, "-c", "import time; time.sleep(1000)", os.environ["FAULT_MARK"]]
+r, w = os.pipe()  # close-on-exec: EOF once the daemon has exec'd
+pid = os.fork()
+if pid == 0:
+    os.setsid()
+    if os.fork() == 0:
+        os.execv(sleeper[0], sleeper)
+    os.close(w)
+    os.read(r, 1)
+    os._exit(0)
+os.close(w)
+os.waitpid(pid, 0)
+print("the example is done, its daemon runs")
+'''
+
+
+def test_an_examples_daemon_holding_its_output_is_killed_and_named(tmp_path):
+    """An example runs as a process of its own, not as an isolated child: its daemon is found by
+    the output pipes it inherited, and the run does not wait for them to close."""
+    (tmp_path / "pytest.ini").write_text(INI)
+    (tmp_path / "docs" / "examples").mkdir(parents=True)
+    (tmp_path / "docs" / "examples" / "daemon.py").write_text(EXAMPLE_DAEMON)
+    mark = f"heavyfault{uuid.uuid4().hex}"
+    code, out = run_pytest(tmp_path, mark)
+    left = survivors(mark)
+    assert not left, f"the example's daemon outlived the run: {left}\n{out}"
+    assert code == 0, out
+    named = f"docs/examples/daemon.py::example: killed leftover process pid * {mark}*"
+    assert any(fnmatch.fnmatch(line, named) for line in out.splitlines()), out
