@@ -222,7 +222,7 @@ def enable_stack_dumps() -> None:
 
 def main() -> int:
     """Entry point of a spawned child: ``python -m pytest_heavy.isolation.child``."""
-    procs.guard_child_tree(os.getppid())
+    procs.guard_child_tree(os.getppid())  # a parent gone before this line: the control pipe's EOF tells
     enable_stack_dumps()
     with open(os.environ.pop(PAYLOAD_ENV), "rb") as fh:
         payload = pickle.load(fh)

@@ -113,8 +113,8 @@ class Attempt:
 
     def holders(self) -> list[psutil.Process]:
         """Processes that still hold this child's pipes open, once it is gone: a leftover wherever it
-        went, also one that neither its session nor the tree samples saw. Scanned only when a pipe is
-        still open, which is rare."""
+        went, also one that neither its session nor the tree samples saw. Scanned (a few ms through
+        /proc) only while a pipe is still open, as it may be for a moment after the child's 'done'."""
         if self.eof and not any(d.reading() for d in (self.out, self.err) if d):
             return []
         return procs.pipe_holders(self.inodes)
