@@ -20,7 +20,7 @@ from ..state import Run
 from . import schedule
 from .launch import Launchers
 from .plan import Unit
-from .replay import Replay, reraise
+from .replay import Replay
 from .units import Attempt, Ready, UnitRun
 
 
@@ -66,8 +66,7 @@ class Controller:
         if self.settings.packing and self.ready.t_first is not None:
             self.run.schedule = report.schedule_line(self.run.records, time.monotonic() - self.ready.t_first,
                                                      len(self.run.hardware.gpus))
-        if self.replay.interrupted:
-            reraise(self.replay.interrupted)
+        self.replay.reraise_interrupt()  # a child's pytest.exit() or KeyboardInterrupt ends this session too
         if self.session.shouldfail:
             raise self.session.Failed(self.session.shouldfail)
         if self.session.shouldstop:
@@ -105,8 +104,7 @@ class Controller:
         return started
 
     def stopping(self) -> bool:
-        """True once -x/--maxfail, a stop request or a child's interrupt ended the session; running
-        children are told to stop after their current test."""
+        """True once -x/--maxfail, a stop request or an interrupt ended the session; children are told."""
         if not (self.session.shouldfail or self.session.shouldstop or self.replay.interrupted):
             return False
         for ur in self.running:
@@ -160,18 +158,12 @@ class Controller:
     def finish_attempt(self, ur: UnitRun, attempt: Attempt) -> None:
         peaks = attempt.close()
         ur.account(attempt, peaks)
-        status = attempt.status()
-        interrupted = self.replay.interrupted
-        if interrupted and interrupted["unit"] == ur.name:
-            status = f"interrupted ({interrupted['kind']})"
-        elif attempt.stop_sent and not ur.current:
-            status = "stopped"
+        status = attempt.status(ur.current)
         ur.statuses.append(status)
         retry_alone = bool(ur.oom_held) and not self.stopping()
         if ur.oom_held and not retry_alone:
             self.replay.replay_dropped(ur)
-        broken = ur.current is not None or (
-            ur.pending and not attempt.stop_sent and not retry_alone and not interrupted)
+        broken = ur.current is not None or (ur.pending and not attempt.stopped and not retry_alone)
         if broken:
             self.replay.fail_current(ur, attempt.crash_message(ur.name, ur.current, self.settings.timeout))
         pids = guard.context_pids(self.config, {attempt.pid, *peaks.seen}) if ur.unit.gpu else None
@@ -182,7 +174,7 @@ class Controller:
         if broken and ur.pending and attempt.progress and not self.stopping():
             ur.record.restarts += 1
             return self.launch(ur)  # a fresh child for the tests that had not run: a crash costs one test
-        if not (attempt.stop_sent or interrupted):
+        if not attempt.stopped:
             self.replay.fail_pending(ur, lambda nodeid: f"{nodeid} was not run: the child process for "
                                                         f"{ur.name} ended ({status}) before reaching it\n"
                                                         f"{attempt.tail()}")

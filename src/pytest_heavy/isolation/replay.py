@@ -145,7 +145,13 @@ class Replay:
         """A test called pytest.exit() or raised KeyboardInterrupt: as in-process, it ends without an
         outcome, and the controller ends the session once the running children stopped."""
         ur.current = None
-        self.interrupted = self.interrupted or {**event, "unit": ur.name}
+        if ur.attempt:
+            ur.attempt.interrupted = event["kind"]
+        self.interrupted = self.interrupted or event
+
+    def reraise_interrupt(self) -> None:
+        if self.interrupted:
+            reraise(self.interrupted)
 
     def done(self, ur: UnitRun, event: dict[str, Any]) -> None:
         """The child's session is over: nothing follows, whether or not something it started still

@@ -37,6 +37,7 @@ class Attempt:
         self.drain_kill_at: float | None = None  # when what held its stream open after its exit was killed
         self.exited_at: float | None = None
         self.stop_sent = False
+        self.interrupted: str | None = None  # 'Exit' or 'KeyboardInterrupt': a test ended the session
         self.progress = False  # at least one test started in this attempt
         self.inodes = procs.pipe_inodes(started.events, started.stdout, started.stderr)  # who holds them?
         self.out = procs.Drain(started.stdout) if started.stdout else None
@@ -98,8 +99,18 @@ class Attempt:
         elif now - self.drain_kill_at > supervise.STREAM_GRACE_S:
             self.eof = True
 
-    def status(self) -> str:
-        """How the child ended, for the heavy table: 'exit 0', 'SIGSEGV', 'timeout'."""
+    @property
+    def stopped(self) -> bool:
+        """The child ended its run on purpose: told to stop, or one of its tests ended the session."""
+        return self.stop_sent or self.interrupted is not None
+
+    def status(self, current: str | None) -> str:
+        """How the child ended, for the heavy table: 'exit 0', 'SIGSEGV', 'timeout', 'stopped' (told
+        to, and between tests: ``current`` is None), 'interrupted (Exit)'."""
+        if self.interrupted:
+            return f"interrupted ({self.interrupted})"
+        if self.stop_sent and current is None:
+            return "stopped"
         if self.sup.timed_out:
             return "timeout"
         returncode = self.started.process.poll()
@@ -109,7 +120,7 @@ class Attempt:
         if self.sup.timed_out:
             return (f"{unit} timed out after {timeout:g}s (--heavy-timeout) during {current}; "
                     f"the child's Python stacks and stderr:\n{self.tail(100)}")
-        return f"child process for {unit} died with {self.status()} during {current}\n{self.tail()}"
+        return f"child process for {unit} died with {self.status(current)} during {current}\n{self.tail()}"
 
     def holders(self) -> list[psutil.Process]:
         """Processes that still hold this child's pipes open, once it is gone: a leftover wherever it
