@@ -172,15 +172,20 @@ def pipe_inodes(*streams: IO[bytes] | None) -> list[int]:
 
 def pipe_holders(inodes: Iterable[int]) -> list[psutil.Process]:
     """Other processes with a descriptor on one of these pipes: whoever keeps a child's stream open
-    after the child exited (a daemon that inherited it), wherever it went. Linux's /proc only."""
+    after the child exited (a daemon that inherited it), wherever it went. Linux's /proc only.
+
+    Our own children are never among them: a sibling child just forked (``--heavy-start fork`` with
+    workers) holds copies of our pipe ends until it closes them, and is nobody's leftover.
+    """
     links = {f"pipe:[{inode}]" for inode in inodes}
+    me = os.getpid()
     found = []
     for proc in psutil.process_iter():
-        if proc.pid == os.getpid():
+        if proc.pid == me:
             continue
         try:
             fds = os.listdir(f"/proc/{proc.pid}/fd")
-            if any(os.readlink(f"/proc/{proc.pid}/fd/{fd}") in links for fd in fds):
+            if any(os.readlink(f"/proc/{proc.pid}/fd/{fd}") in links for fd in fds) and proc.ppid() != me:
                 found.append(proc)
         except (OSError, psutil.Error):
             continue
