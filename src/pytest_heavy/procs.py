@@ -2,19 +2,23 @@
 
 Shared by isolated modules and examples. Each child starts in its own process session, so when it
 ends, anything it left behind (vLLM engine workers, dataloader workers, a forgotten server) can be
-found by session id, or by the descendants seen while it ran, and killed by name.
+found by session id, or by the descendants seen while it ran, and killed by name. An isolated
+module's child is also a subreaper (``guard_child_tree``), so daemons that left its session stay
+its descendants, and it kills them itself when its parent dies.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import select
 import signal
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 import psutil
 
@@ -110,6 +114,10 @@ class Drain:
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
+    def reading(self) -> bool:
+        """Whether the pipe is still open: some process still holds its write end."""
+        return self._thread.is_alive()
+
     def text(self) -> str:
         data = b"".join(self._kept).decode(errors="replace")
         return data + ("\n[... output truncated ...]\n" if self.truncated else "")
@@ -135,36 +143,53 @@ def describe(proc: psutil.Process) -> str:
 
 
 def tree(pid: int) -> list[psutil.Process]:
-    """The process and its live descendants (empty when it is gone)."""
+    """The process and its live descendants (empty when it is gone); zombies are dead already."""
     try:
         root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
+        return [root, *(p for p in root.children(recursive=True) if _alive(p))]
     except psutil.Error:
         return []
 
 
-def descendants() -> list[dict[str, float]]:
-    """This process's live descendants as {pid, create_time}: what a child leaves behind."""
-    found = []
-    for proc in tree(os.getpid())[1:]:
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def pipe_inodes(*streams: IO[bytes] | None) -> list[int]:
+    """The inodes of these pipes, to find their holders later (a stream without a descriptor, such as
+    a test's scripted one, has none)."""
+    inodes = []
+    for stream in filter(None, streams):
         try:
-            found.append({"pid": proc.pid, "create_time": proc.create_time()})
-        except psutil.Error:
+            inodes.append(os.fstat(stream.fileno()).st_ino)
+        except OSError:
+            continue
+    return inodes
+
+
+def pipe_holders(inodes: Iterable[int]) -> list[psutil.Process]:
+    """Other processes with a descriptor on one of these pipes: whoever keeps a child's stream open
+    after the child exited (a daemon that inherited it), wherever it went. Linux's /proc only.
+
+    Our own children are never among them: a sibling child just forked (``--heavy-start fork`` with
+    workers) holds copies of our pipe ends until it closes them, and is nobody's leftover.
+    """
+    links = {f"pipe:[{inode}]" for inode in inodes}
+    me = os.getpid()
+    found = []
+    for proc in psutil.process_iter():
+        if proc.pid == me:
+            continue
+        try:
+            fds = os.listdir(f"/proc/{proc.pid}/fd")
+            if any(os.readlink(f"/proc/{proc.pid}/fd/{fd}") in links for fd in fds) and proc.ppid() != me:
+                found.append(proc)
+        except (OSError, psutil.Error):
             continue
     return found
-
-
-def still_running(processes: list[dict[str, float]]) -> list[psutil.Process]:
-    """The processes of a ``descendants()`` list that are still the same live processes."""
-    alive = []
-    for entry in processes:
-        try:
-            proc = psutil.Process(int(entry["pid"]))
-            if abs(proc.create_time() - entry["create_time"]) < 0.01:
-                alive.append(proc)
-        except psutil.Error:
-            continue
-    return alive
 
 
 def session_members(sid: int) -> list[psutil.Process]:
@@ -172,7 +197,7 @@ def session_members(sid: int) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter():
         try:
-            if os.getsid(proc.pid) == sid:
+            if os.getsid(proc.pid) == sid and _alive(proc):
                 found.append(proc)
         except (OSError, psutil.Error):
             continue
@@ -187,7 +212,7 @@ def kill_leftovers(sid: int, seen: Iterable[psutil.Process] = (), exclude: int |
     """
     victims: dict[int, psutil.Process] = {p.pid: p for p in session_members(sid)}
     for proc in seen:
-        if proc.pid not in victims and proc.is_running():
+        if proc.pid not in victims and proc.is_running() and _alive(proc):
             victims[proc.pid] = proc
     victims.pop(os.getpid(), None)
     if exclude is not None:
@@ -201,6 +226,67 @@ def kill_leftovers(sid: int, seen: Iterable[psutil.Process] = (), exclude: int |
         except psutil.Error:
             continue
     psutil.wait_procs(list(victims.values()), timeout=5)
+    return killed
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _prctl(option: int, arg: int) -> bool:
+    """``prctl(2)`` through libc; False where there is none (not Linux) or it failed."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def guard_child_tree(parent_pid: int) -> None:
+    """Called first thing in a child, so that nothing its tests start can outlive the run.
+
+    As a subreaper the child inherits every orphaned descendant, including daemons that double-forked
+    into a session of their own, so ``kill_descendants`` still finds them when it finishes. If its
+    parent dies, even by SIGKILL, the kernel sends the child SIGTERM, and it kills its whole tree
+    before it dies of that signal as it would have (a handler already there, coverage's, still runs).
+    """
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: Any) -> None:
+        kill_descendants()
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_term)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        on_term(signal.SIGTERM, None)
+
+
+def kill_descendants() -> list[str]:
+    """SIGKILL every live descendant of this process (as a subreaper: every one it ever had).
+
+    A few rounds: a process killed in one round may have forked after the tree was listed.
+    """
+    killed: list[str] = []
+    for _ in range(3):
+        victims = tree(os.getpid())[1:]
+        if not victims:
+            break
+        for proc in victims:
+            try:
+                label = describe(proc)
+                proc.kill()
+                killed.append(label)
+            except psutil.Error:
+                continue
+        psutil.wait_procs(victims, timeout=2)
     return killed
 
 

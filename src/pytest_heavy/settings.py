@@ -6,6 +6,7 @@ fails the run at start-up instead of silently changing what runs.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -131,6 +132,8 @@ def _number(config: pytest.Config, key: str, cast: type = float, minimum: float 
         value = cast(raw)
     except ValueError:
         raise pytest.UsageError(f"ini {key} = {raw!r}: expected a number") from None
+    if not math.isfinite(value):  # nan compares false with everything: it would pass any bound below
+        raise pytest.UsageError(f"ini {key} = {raw!r}: expected a finite number")
     if value < minimum:
         raise pytest.UsageError(f"ini {key} = {raw!r}: must be >= {minimum}")
     return value
@@ -186,8 +189,8 @@ def load(config: pytest.Config) -> Settings:
         isolate = "always"
     workers, packing = parse_workers(config)
     timeout = opt.heavy_timeout if opt.heavy_timeout is not None else _number(config, "heavy_timeout_s")
-    if timeout < 0:
-        raise pytest.UsageError(f"--heavy-timeout {timeout}: must be >= 0")
+    if not (math.isfinite(timeout) and timeout >= 0):
+        raise pytest.UsageError(f"--heavy-timeout {timeout}: expected a finite number >= 0 (0: no limit)")
     cleanup = _choice(config, "heavy_cleanup", CLEANUP_CHOICES)
     cwd = _choice(config, "heavy_examples_cwd", ("rootdir", "file"))
     return Settings(

@@ -55,8 +55,9 @@ class Event(str, enum.Enum):
     REPORT = "report"  # {data}: pytest_report_to_serializable of a TestReport
     LOGFINISH = "logfinish"  # {nodeid, location}
     WARNING = "warning"  # {when, nodeid, location, message}: see serialize_warning
-    LEFTOVERS = "leftovers"  # {processes}: the child's live descendants as it finishes
-    DONE = "done"  # {exitstatus}: the child's session is over
+    INTERRUPT = "interrupt"  # {kind, reason, returncode, where}: pytest.exit() or KeyboardInterrupt in a test
+    LEFTOVERS = "leftovers"  # {killed}: what the child killed of its descendants as it finished
+    DONE = "done"  # {exitstatus}: the child's session is over; nothing follows
 
 
 class Sender:
@@ -67,7 +68,7 @@ class Sender:
         self._lock = threading.Lock()
 
     def send(self, event: Event, **data: Any) -> None:
-        line = json.dumps({"event": event.value, **data}, default=str).encode() + b"\n"
+        line = json.dumps(_tag_tuples({"event": event.value, **data}), default=str).encode() + b"\n"
         with self._lock:
             try:
                 self._file.write(line)
@@ -79,18 +80,29 @@ def events(stream: IO[bytes]) -> Iterator[dict[str, Any]]:
     """Parse events until EOF; a torn last line (child killed mid-write) is dropped."""
     for line in stream:
         try:
-            yield json.loads(line)
+            yield json.loads(line, object_hook=_untag_tuple)
         except json.JSONDecodeError:
             continue
 
 
-def tuples(data: dict[str, Any]) -> dict[str, Any]:
-    """Undo what JSON does to tuples in a serialized report: a skip's longrepr and the location
-    are (path, lineno, text) tuples, and pytest's junit and terminal code check for tuples."""
-    for key in ("longrepr", "location"):
-        if isinstance(data.get(key), list):
-            data[key] = tuple(data[key])
-    return data
+TUPLE_KEY = "__pytest_heavy_tuple__"
+
+
+def _tag_tuples(obj: Any) -> Any:
+    """JSON has no tuples, and pytest's reports hold some that must stay tuples: a skip's longrepr and
+    the location (junit and the terminal check for them), and ``record_property("t", (1, 2))``, which
+    junit writes as ``(1, 2)`` in-process. Each is sent marked and rebuilt by ``_untag_tuple``."""
+    if isinstance(obj, tuple):
+        return {TUPLE_KEY: [_tag_tuples(x) for x in obj]}
+    if isinstance(obj, list):
+        return [_tag_tuples(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _tag_tuples(v) for k, v in obj.items()}
+    return obj
+
+
+def _untag_tuple(obj: dict[str, Any]) -> Any:
+    return tuple(obj[TUPLE_KEY]) if len(obj) == 1 and TUPLE_KEY in obj else obj
 
 
 def serialize_warning(wm: warnings.WarningMessage) -> dict[str, Any]:

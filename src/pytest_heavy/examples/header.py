@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import io
+import math
 import re
 import tokenize
 from dataclasses import dataclass
@@ -129,7 +130,7 @@ def _option(node: ast.keyword) -> tuple[str, float | str]:
     """``timeout=SECONDS`` or ``skip='reason'`` / ``skip_always='reason'``, validated."""
     if node.arg == "timeout":
         value = _literal(node.value, "timeout")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
             raise HeaderError(f"timeout={ast.unparse(node.value)}: expected a positive number of seconds")
         return "timeout", float(value)
     if node.arg in SKIP_OPTIONS:

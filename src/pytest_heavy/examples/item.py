@@ -117,14 +117,17 @@ class ExampleItem(pytest.Item):
                                     stderr=subprocess.PIPE, start_new_session=True)
             sup = supervise.Supervisor(proc, gpu, record.gpu_before_mib, "the example")
             assert proc.stdout is not None and proc.stderr is not None
+            pipes = procs.pipe_inodes(proc.stdout, proc.stderr)
             out = procs.Drain(proc.stdout, keep=not live, echo=_binary(sys.stdout) if live else None)
             err = procs.Drain(proc.stderr, keep=not live, echo=_binary(sys.stderr) if live else None)
             try:
                 if procs.wait(proc, timeout or None) is None:
                     sup.time_out(lambda: _size(stack_file))
             finally:
-                # Also reached on Ctrl-C: nothing of the example's session outlives the run.
-                peaks = sup.reap()
+                # Also reached on Ctrl-C: nothing of the example's session outlives the run, nor a
+                # daemon that left it and still holds the example's output pipes.
+                holders = [p for p in procs.pipe_holders(pipes) if p.pid != proc.pid]
+                peaks = sup.reap(holders)
                 proc.wait()
                 out.join(5)  # a grandchild holding the pipes is dead now: the drains reach EOF
                 err.join(5)

@@ -32,6 +32,8 @@ from ..wire import (
     serialize_warning,
 )
 
+INTERRUPTS = (KeyboardInterrupt, pytest.exit.Exception)  # a test ends the whole session, as in-process
+
 
 class Forwarder:
     """Hooks registered in the child: send reports, warnings and collection problems to the parent."""
@@ -87,13 +89,15 @@ def register_forwarder(forwarder: Forwarder) -> Forwarder:
 
 def watch_control(fd: int, session: pytest.Session) -> None:
     """Read the parent's control pipe: 'stop' ends the run after the current test; EOF means the
-    parent is gone, and a child nobody listens to has no reason to go on."""
+    parent is gone (even SIGKILLed), and a child nobody listens to has no reason to go on: it kills
+    what its tests started, which nobody else would, and exits."""
 
     def run() -> None:
         with os.fdopen(fd, "rb", buffering=0) as pipe:
             while data := pipe.read(64):
                 if b"stop" in data:
                     session.shouldstop = "stopped by pytest-heavy: the parent session is stopping"
+        procs.kill_descendants()
         os._exit(EXIT_PARENT_GONE)
 
     threading.Thread(target=run, name="heavy-control", daemon=True).start()
@@ -133,15 +137,16 @@ def run_session(config: pytest.Config, request: dict[str, Any], sender: Sender, 
         run_items(session, session.items)
         if session.shouldfail:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    except (session.Failed, session.Interrupted):
+    except (session.Failed, session.Interrupted):  # before INTERRUPTS: Interrupted is a KeyboardInterrupt
         session.exitstatus = pytest.ExitCode.INTERRUPTED
+    except INTERRUPTS as exc:
+        session.exitstatus = interrupted(sender, exc)
     except BaseException:
         traceback.print_exc()
         session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
     if session.testsfailed and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     config.hook.pytest_sessionfinish(session=session, exitstatus=session.exitstatus)
-    finish(sender, session.exitstatus)
     return int(session.exitstatus)
 
 
@@ -160,11 +165,16 @@ def run_forked(session: pytest.Session, items: list[pytest.Item], sender: Sender
     forwarder = register_forwarder(Forwarder(sender, config, None))
     session._setupstate = SetupState()
     watch_control(control_fd, session)
-    exitstatus = pytest.ExitCode.OK
+    exitstatus: int = pytest.ExitCode.OK
     try:
-        run_items(session, items)
+        try:
+            run_items(session, items)
+        except (session.Failed, session.Interrupted):  # pytest's own stops are not a test's interrupt
+            raise
+        except INTERRUPTS as exc:
+            exitstatus = interrupted(sender, exc)
         session._setupstate.teardown_exact(None)
-        if forwarder.failed:
+        if forwarder.failed and exitstatus == pytest.ExitCode.OK:
             exitstatus = pytest.ExitCode.TESTS_FAILED
     except BaseException:
         traceback.print_exc()
@@ -172,12 +182,28 @@ def run_forked(session: pytest.Session, items: list[pytest.Item], sender: Sender
     return finish(sender, exitstatus)
 
 
+def interrupted(sender: Sender, exc: BaseException) -> int:
+    """A test called ``pytest.exit()`` or raised KeyboardInterrupt: the parent ends its session the
+    same way (``!!! Exit: reason !!!``, exit code 2 or the one given) and starts nothing more."""
+    returncode = getattr(exc, "returncode", None)
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f"{tb[-1].filename}:{tb[-1].lineno}" if tb else ""
+    sender.send(Event.INTERRUPT, kind=type(exc).__name__, reason=str(getattr(exc, "msg", exc)),
+                returncode=returncode, where=where)
+    return int(returncode if returncode is not None else pytest.ExitCode.INTERRUPTED)
+
+
 _dump_file: Any = None
 
 
 def finish(sender: Sender, exitstatus: int) -> int:
-    """Tell the parent which processes we leave behind (it kills them once we exit), then 'done'."""
-    sender.send(Event.LEFTOVERS, processes=procs.descendants())
+    """Kill what the tests left running and name it to the parent, then say 'done'.
+
+    This child is the subreaper of everything its tests started, so it sees every leftover, also a
+    daemon that double-forked into a session of its own a moment ago; a few rounds catch what a
+    dying leftover forked meanwhile. The parent still kills what it saw of a child that crashed.
+    """
+    sender.send(Event.LEFTOVERS, killed=procs.kill_descendants())
     sender.send(Event.DONE, exitstatus=int(exitstatus))
     return int(exitstatus)
 
@@ -196,6 +222,7 @@ def enable_stack_dumps() -> None:
 
 def main() -> int:
     """Entry point of a spawned child: ``python -m pytest_heavy.isolation.child``."""
+    procs.guard_child_tree(os.getppid())  # a parent gone before this line: the control pipe's EOF tells
     enable_stack_dumps()
     with open(os.environ.pop(PAYLOAD_ENV), "rb") as fh:
         payload = pickle.load(fh)
@@ -203,9 +230,10 @@ def main() -> int:
     sender = Sender(events_fd)
     config = configure(payload["options"], payload["args"])
     try:
-        return run_session(config, payload["request"], sender, control_fd)
+        exitstatus = run_session(config, payload["request"], sender, control_fd)
     finally:
-        config._ensure_unconfigure()
+        config._ensure_unconfigure()  # plugins stop what they started at configure before we kill it
+    return finish(sender, exitstatus)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ class Controller:
         if self.settings.packing and self.ready.t_first is not None:
             self.run.schedule = report.schedule_line(self.run.records, time.monotonic() - self.ready.t_first,
                                                      len(self.run.hardware.gpus))
+        self.replay.reraise_interrupt()  # a child's pytest.exit() or KeyboardInterrupt ends this session too
         if self.session.shouldfail:
             raise self.session.Failed(self.session.shouldfail)
         if self.session.shouldstop:
@@ -103,8 +104,8 @@ class Controller:
         return started
 
     def stopping(self) -> bool:
-        """True once -x/--maxfail or a stop request ended the session; running children are told."""
-        if not (self.session.shouldfail or self.session.shouldstop):
+        """True once -x/--maxfail, a stop request or an interrupt ended the session; children are told."""
+        if not (self.session.shouldfail or self.session.shouldstop or self.replay.interrupted):
             return False
         for ur in self.running:
             if ur.attempt:
@@ -142,7 +143,7 @@ class Controller:
         sup = supervise.Supervisor(started.process, self.gpu, baseline, "the child", positions, foreign)
         ur.attempt = Attempt(started, method, sup)
         ur.record.start_method = method
-        self.replay.listen(ur, started.events)
+        self.replay.listen(ur, ur.attempt)
         self.running.append(ur)
         self.hook.pytest_heavy_unit_start(config=self.config, unit=ur.name, method=method,
                                           nodeids=request.nodeids)
@@ -157,12 +158,12 @@ class Controller:
     def finish_attempt(self, ur: UnitRun, attempt: Attempt) -> None:
         peaks = attempt.close()
         ur.account(attempt, peaks)
-        status = attempt.status()
-        ur.statuses.append("stopped" if attempt.stop_sent and not ur.current else status)
+        status = attempt.status(ur.current)
+        ur.statuses.append(status)
         retry_alone = bool(ur.oom_held) and not self.stopping()
         if ur.oom_held and not retry_alone:
             self.replay.replay_dropped(ur)
-        broken = ur.current is not None or (ur.pending and not attempt.stop_sent and not retry_alone)
+        broken = ur.current is not None or (ur.pending and not attempt.stopped and not retry_alone)
         if broken:
             self.replay.fail_current(ur, attempt.crash_message(ur.name, ur.current, self.settings.timeout))
         pids = guard.context_pids(self.config, {attempt.pid, *peaks.seen}) if ur.unit.gpu else None
@@ -173,7 +174,7 @@ class Controller:
         if broken and ur.pending and attempt.progress and not self.stopping():
             ur.record.restarts += 1
             return self.launch(ur)  # a fresh child for the tests that had not run: a crash costs one test
-        if not attempt.stop_sent:
+        if not attempt.stopped:
             self.replay.fail_pending(ur, lambda nodeid: f"{nodeid} was not run: the child process for "
                                                         f"{ur.name} ended ({status}) before reaching it\n"
                                                         f"{attempt.tail()}")

@@ -11,24 +11,25 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
-from .. import procs
-from ..wire import Event, deserialize_warning, events, tuples
+from ..wire import Event, deserialize_warning, events
 from . import oom
 from ._reprs import failure_repr
-from .units import UnitRun
+from .units import Attempt, UnitRun
 
 PHASES = ("setup", "call", "teardown")
+# Events of the child's session, not of one test: never held back with a test's events.
+SESSION_EVENTS = {Event.INTERRUPT.value, Event.LEFTOVERS.value, Event.DONE.value}
 
 
 class Replay:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.hook = config.hook
-        self.inbox: queue.Queue[tuple[UnitRun, dict[str, Any] | None]] = queue.Queue()
+        self.inbox: queue.Queue[tuple[UnitRun, Attempt, dict[str, Any] | None]] = queue.Queue()
         self.handlers: dict[str, Callable[[UnitRun, dict[str, Any]], None]] = {
             Event.LOGSTART.value: self.logstart,
             Event.REPORT.value: self.report,
@@ -37,27 +38,30 @@ class Replay:
             Event.LEFTOVERS.value: self.leftovers,
             Event.COLLECT_ERROR.value: self.collect_error,
             Event.MISSING.value: self.missing,
+            Event.INTERRUPT.value: self.interrupt,
             Event.DONE.value: self.done,
         }
+        self.interrupted: dict[str, Any] | None = None  # the first child's pytest.exit() or Ctrl-C
 
-    def listen(self, ur: UnitRun, stream: IO[bytes]) -> None:
+    def listen(self, ur: UnitRun, attempt: Attempt) -> None:
         """Read a child's event stream in a thread of its own; its events wait in a queue for ``drain``."""
-        threading.Thread(target=self._read, args=(ur, stream), name=f"heavy-events-{ur.name}",
+        threading.Thread(target=self._read, args=(ur, attempt), name=f"heavy-events-{ur.name}",
                          daemon=True).start()
 
-    def _read(self, ur: UnitRun, stream: IO[bytes]) -> None:
-        with stream:
-            for event in events(stream):
-                self.inbox.put((ur, event))
-        self.inbox.put((ur, None))
+    def _read(self, ur: UnitRun, attempt: Attempt) -> None:
+        with attempt.started.events:
+            for event in events(attempt.started.events):
+                self.inbox.put((ur, attempt, event))
+        self.inbox.put((ur, attempt, None))
 
     def drain(self, block: bool) -> None:
         """Replay every queued event in this (the main) thread; with ``block``, wait briefly for one."""
         try:
-            ur, event = self.inbox.get(timeout=0.05) if block else self.inbox.get_nowait()
+            ur, attempt, event = self.inbox.get(timeout=0.05) if block else self.inbox.get_nowait()
             while True:
-                self.handle(ur, event)
-                ur, event = self.inbox.get_nowait()
+                if not attempt.finished:  # an abandoned stream's late events belong to nothing now
+                    self.handle(ur, event)
+                ur, attempt, event = self.inbox.get_nowait()
         except queue.Empty:
             pass
 
@@ -68,7 +72,9 @@ class Replay:
             if ur.attempt:
                 ur.attempt.eof = True
             return
-        if ur.holding and (ur.held or event["event"] == Event.LOGSTART.value):
+        if event["event"] in SESSION_EVENTS:
+            self.flush(ur)  # a test the session ended during (pytest.exit()): its events count as they are
+        elif ur.holding and (ur.held or event["event"] == Event.LOGSTART.value):
             ur.held.append(event)
             if event["event"] == Event.LOGFINISH.value:
                 self.test_done(ur)
@@ -105,8 +111,8 @@ class Replay:
         self.hook.pytest_runtest_logstart(nodeid=event["nodeid"], location=tuple(event["location"]))
 
     def report(self, ur: UnitRun, event: dict[str, Any]) -> None:
-        data = tuples(event["data"])
-        self.log_report(ur, self.hook.pytest_report_from_serializable(config=self.config, data=data))
+        report = self.hook.pytest_report_from_serializable(config=self.config, data=event["data"])
+        self.log_report(ur, report)
 
     def logfinish(self, ur: UnitRun, event: dict[str, Any]) -> None:
         ur.current = None
@@ -120,7 +126,7 @@ class Replay:
 
     def leftovers(self, ur: UnitRun, event: dict[str, Any]) -> None:
         if ur.attempt:
-            ur.attempt.leftovers = procs.still_running(event["processes"])
+            ur.attempt.sup.killed += event["killed"]
 
     def collect_error(self, ur: UnitRun, event: dict[str, Any]) -> None:
         ur.collect_error = event["longrepr"]
@@ -135,8 +141,23 @@ class Replay:
                 ur.pending.remove(nodeid)
                 self.fail_unstarted(ur, nodeid, f"{nodeid} {why}")
 
+    def interrupt(self, ur: UnitRun, event: dict[str, Any]) -> None:
+        """A test called pytest.exit() or raised KeyboardInterrupt: as in-process, it ends without an
+        outcome, and the controller ends the session once the running children stopped."""
+        ur.current = None
+        if ur.attempt:
+            ur.attempt.interrupted = event["kind"]
+        self.interrupted = self.interrupted or event
+
+    def reraise_interrupt(self) -> None:
+        if self.interrupted:
+            reraise(self.interrupted)
+
     def done(self, ur: UnitRun, event: dict[str, Any]) -> None:
-        """The child's session is over; its exit status arrives with the process's own return code."""
+        """The child's session is over: nothing follows, whether or not something it started still
+        holds the stream open. Its exit status arrives with the process's own return code."""
+        if ur.attempt:
+            ur.attempt.done = True
 
     # --- reports --------------------------------------------------------------------------------------
 
@@ -191,3 +212,15 @@ class Replay:
             self.synthesize(ur, nodeid, when, None if failed else message)
             failed = True
         self.hook.pytest_runtest_logfinish(nodeid=nodeid, location=ur.items[nodeid].location)
+
+
+def reraise(event: dict[str, Any]) -> None:
+    """End the parent's session as the test in the child ended its own: pytest then prints
+    ``!!! Exit: reason !!!`` (or ``!!! KeyboardInterrupt !!!`` and where) and exits with 2, or with
+    the code given to ``pytest.exit``."""
+    if event["kind"] == "KeyboardInterrupt":
+        path, _, line = event["where"].rpartition(":")
+        if path and line.isdigit():  # raised "at" the test's own line, so that pytest names it and not us
+            exec(compile("\n" * (int(line) - 1) + "raise KeyboardInterrupt", path, "exec"))
+        raise KeyboardInterrupt
+    raise pytest.exit.Exception(event["reason"], event["returncode"])

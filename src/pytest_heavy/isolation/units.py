@@ -32,10 +32,14 @@ class Attempt:
         self.sup = sup
         self.t0 = time.monotonic()
         self.eof = False  # the event stream ended
+        self.done = False  # the child said all it had to say ('done', its last event)
+        self.finished = False  # over: events that still arrive for it are dropped
+        self.drain_kill_at: float | None = None  # when what held its stream open after its exit was killed
         self.exited_at: float | None = None
         self.stop_sent = False
+        self.interrupted: str | None = None  # 'Exit' or 'KeyboardInterrupt': a test ended the session
         self.progress = False  # at least one test started in this attempt
-        self.leftovers: list[psutil.Process] = []  # descendants the child still had when it finished
+        self.inodes = procs.pipe_inodes(started.events, started.stdout, started.stderr)  # who holds them?
         self.out = procs.Drain(started.stdout) if started.stdout else None
         self.err = procs.Drain(started.stderr) if started.stderr else None
 
@@ -45,7 +49,8 @@ class Attempt:
 
     def close(self) -> Peaks:
         """The child is over: SIGKILL what is left of its tree, collect its output, release our fds."""
-        peaks = self.sup.reap(self.leftovers)
+        self.finished = True
+        peaks = self.sup.reap(self.holders())
         for drain in (self.out, self.err):
             if drain:
                 drain.join(timeout=5)
@@ -66,25 +71,46 @@ class Attempt:
         return self.err.size if self.err else 0
 
     def settle(self, timeout: float) -> bool:
-        """Move this child towards its end: note its exit, enforce ``timeout`` (0: none), end a
-        grandchild that holds the event stream open, bound the wait for an exit after the stream
-        ended. True once both the stream and the process are over."""
+        """Move this child towards its end: note its exit, enforce ``timeout`` (0: none), bound the
+        wait for its exit once it said all it had to say, and bound the wait for the end of its
+        stream once it exited. True once the child is over: exited, and its stream ended or its
+        last word ('done') read."""
         now = time.monotonic()
         if self.exited_at is None and self.started.process.poll() is not None:
             self.exited_at = now
-        if timeout and not self.sup.timed_out and now - self.t0 > timeout and not self.eof:
+        said_all = self.eof or self.done
+        if timeout and not self.sup.timed_out and now - self.t0 > timeout and not said_all:
             self.sup.time_out(self.stderr_size)
-        if self.exited_at is not None and now - self.exited_at > supervise.STREAM_GRACE_S and not self.eof:
-            # a grandchild still holds the event pipe open: its session is killed, which ends the stream
-            procs.kill_leftovers(self.pid, self.sup.seen())
-        if self.eof and self.exited_at is None:
+        if self.exited_at is not None and not said_all and now - self.exited_at > supervise.STREAM_GRACE_S:
+            self.drain(now)
+        if said_all and self.exited_at is None:
             if procs.wait(self.started.process, supervise.EXIT_GRACE_S) is None:
                 self.sup.end()
             self.exited_at = time.monotonic()
-        return self.eof and self.exited_at is not None
+        return (self.eof or self.done) and self.exited_at is not None
 
-    def status(self) -> str:
-        """How the child ended, for the heavy table: 'exit 0', 'SIGSEGV', 'timeout'."""
+    def drain(self, now: float) -> None:
+        """The child died without its last word and something it started (a daemon that inherited
+        the pipe) keeps the stream open: kill what it left, which ends the stream, then read what is
+        left of it for a bounded time; after that the stream is abandoned and the run goes on."""
+        if self.drain_kill_at is None:
+            self.drain_kill_at = now
+            self.sup.killed += procs.kill_leftovers(self.pid, [*self.sup.seen(), *self.holders()])
+        elif now - self.drain_kill_at > supervise.STREAM_GRACE_S:
+            self.eof = True
+
+    @property
+    def stopped(self) -> bool:
+        """The child ended its run on purpose: told to stop, or one of its tests ended the session."""
+        return self.stop_sent or self.interrupted is not None
+
+    def status(self, current: str | None) -> str:
+        """How the child ended, for the heavy table: 'exit 0', 'SIGSEGV', 'timeout', 'stopped' (told
+        to, and between tests: ``current`` is None), 'interrupted (Exit)'."""
+        if self.interrupted:
+            return f"interrupted ({self.interrupted})"
+        if self.stop_sent and current is None:
+            return "stopped"
         if self.sup.timed_out:
             return "timeout"
         returncode = self.started.process.poll()
@@ -94,7 +120,15 @@ class Attempt:
         if self.sup.timed_out:
             return (f"{unit} timed out after {timeout:g}s (--heavy-timeout) during {current}; "
                     f"the child's Python stacks and stderr:\n{self.tail(100)}")
-        return f"child process for {unit} died with {self.status()} during {current}\n{self.tail()}"
+        return f"child process for {unit} died with {self.status(current)} during {current}\n{self.tail()}"
+
+    def holders(self) -> list[psutil.Process]:
+        """Processes that still hold this child's pipes open, once it is gone: a leftover wherever it
+        went, also one that neither its session nor the tree samples saw. Scanned (a few ms through
+        /proc) only while a pipe is still open, as it may be for a moment after the child's 'done'."""
+        if self.eof and not any(d.reading() for d in (self.out, self.err) if d):
+            return []
+        return procs.pipe_holders(self.inodes)
 
     def tail(self, lines: int = 40) -> str:
         """The end of the child's stderr; from faulthandler's header on when it crashed (a forked

@@ -45,6 +45,7 @@ class Launchers:
         self.method = method
         self.note = note
         self._fallback_noted = False
+        self._forkserver = forkserver
         from .fork import ForkLauncher
         from .spawn import SpawnLauncher
 
@@ -72,11 +73,21 @@ class Launchers:
                 if not self._fallback_noted:
                     self._fallback_noted = True
                     self.note(f"fork is unsafe here ({unsafe}); children start with spawn")
+        launcher = self.found[method]
         try:
-            return method, self.found[method].start(request)
+            started = launcher.start(request)
         except RefusedError as exc:  # the forkserver could not fork safely: spawn instead
-            self.note(f"{method} refused ({exc}); {request.unit} starts with spawn")
+            if exc.final:
+                self.method = "spawn"
+                self.note(f"{method} failed ({exc}); children start with spawn")
+            else:
+                self.note(f"{method} refused ({exc}); {request.unit} starts with spawn")
             return "spawn", self.found["spawn"].start(request)
+        if launcher is self._forkserver and self._forkserver is not None:
+            for failure in self._forkserver.take_preload_failures():
+                self.note(f"ini heavy_preload: the forkserver could not import {failure}; "
+                          "it goes on without it")
+        return method, started
 
     def close(self) -> None:
         for launcher in self.found.values():

@@ -31,7 +31,12 @@ class UnitRequest:
 
 
 class RefusedError(RuntimeError):
-    """A launcher could not start a child safely; the controller falls back to spawn."""
+    """A launcher could not start a child safely; the controller falls back to spawn, for good when
+    ``final`` (the launcher cannot start any child: said once, not once per module)."""
+
+    def __init__(self, message: str, final: bool = False) -> None:
+        super().__init__(message)
+        self.final = final
 
 
 @dataclass

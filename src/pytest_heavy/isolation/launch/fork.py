@@ -13,7 +13,7 @@ import traceback
 
 import pytest
 
-from ... import wire
+from ... import procs, wire
 from .. import child
 from .base import PARENT_FDS, Pipes, Started, UnitRequest
 
@@ -46,19 +46,21 @@ class ForkLauncher:
         pipes = Pipes(self._capture)
         sys.stdout.flush()
         sys.stderr.flush()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the child never returns from here
             code = wire.EXIT_INTERNAL
             try:
-                code = self._child(pipes, request)
+                code = self._child(pipes, request, parent)
             except BaseException:
                 traceback.print_exc()
             finally:
                 os._exit(code)
         return pipes.started(ForkProcess(pid))
 
-    def _child(self, pipes: Pipes, request: UnitRequest) -> int:
+    def _child(self, pipes: Pipes, request: UnitRequest, parent: int) -> int:
         os.setsid()
+        procs.guard_child_tree(parent)
         for fd in PARENT_FDS - set(pipes.child_fds()):  # a number may be stale and reused by our own ends
             try:
                 os.close(fd)

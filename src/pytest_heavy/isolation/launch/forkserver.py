@@ -89,6 +89,7 @@ class ForkserverLauncher:
         self._error: str | None = None
         self._replies: queue.Queue[dict[str, Any]] = queue.Queue()
         self._exits: dict[int, int] = {}
+        self._preload_failed: list[str] = []  # set once the server is ready; handed out once
         self._gone = False
         self._count = 0
         threading.Thread(target=self._read, name="heavy-forkserver", daemon=True).start()
@@ -103,6 +104,7 @@ class ForkserverLauncher:
                 break
             msg = json.loads(data)
             if "ready" in msg:
+                self._preload_failed = msg.get("failed", [])
                 self._ready.set()
             elif "error" in msg:
                 self._error = msg["error"]
@@ -127,7 +129,7 @@ class ForkserverLauncher:
         if not self._ready.wait(READY_TIMEOUT_S):
             raise RefusedError(f"the forkserver was not ready after {READY_TIMEOUT_S:g}s")
         if self._error:
-            raise RefusedError(f"{self._error}\n{self._stderr.tail(20)}")
+            raise RefusedError(f"{self._error}\n{self._stderr.tail(20)}", final=True)
         self._count += 1
         path = os.path.join(self._tmp.name, f"request-{self._count}.json")
         with open(path, "w") as fh:
@@ -145,6 +147,11 @@ class ForkserverLauncher:
             release_parent_fds(*pipes.parent_fds())
             raise RefusedError(reply["refused"])
         return pipes.started(ServerChild(reply["pid"], self))
+
+    def take_preload_failures(self) -> list[str]:
+        """The heavy_preload modules the server could not import, the first time they are asked for."""
+        failed, self._preload_failed = self._preload_failed, []
+        return failed
 
     def close(self) -> None:
         preloading = not self._ready.is_set()  # first: closing the socket wakes the reader, which sets it
@@ -170,9 +177,13 @@ def _send(sock: socket.socket, **msg: Any) -> None:
     sock.send(json.dumps(msg).encode())
 
 
-def _child(config: pytest.Config, sock: socket.socket, request: dict[str, Any], fds: list[int]) -> int:
+def _child(config: pytest.Config, sock: socket.socket, request: dict[str, Any], fds: list[int],
+           server: int) -> int:
     sock.close()
+    signal.set_wakeup_fd(-1)  # the server's signal plumbing is not the child's
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.setsid()
+    procs.guard_child_tree(server)
     events_fd, control_fd, *out_err = fds
     if request["capture"]:
         os.dup2(out_err[0], 1)
@@ -182,7 +193,8 @@ def _child(config: pytest.Config, sock: socket.socket, request: dict[str, Any], 
     os.environ.clear()
     os.environ.update(request["env"])
     child.enable_stack_dumps()
-    return child.run_session(config, request, wire.Sender(events_fd), control_fd)
+    sender = wire.Sender(events_fd)
+    return child.finish(sender, child.run_session(config, request, sender, control_fd))
 
 
 def _reap(sock: socket.socket) -> None:
@@ -206,12 +218,23 @@ def settled_threads(samples: int = 5, interval: float = 0.02) -> int:
     return seen
 
 
+def preload(names: list[str]) -> list[str]:
+    """Import each module; one that fails (a typo in heavy_preload) is named, once, by the parent,
+    and the server goes on without it: preloading only saves time, the children import what they use."""
+    failed = []
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            failed.append(f"{name!r} ({type(exc).__name__}: {exc})")
+    return failed
+
+
 def serve(sock: socket.socket, payload: dict[str, Any]) -> None:
     child.enable_stack_dumps()
     try:
         config = child.configure(payload["options"], payload["args"])
-        for name in payload["preload"]:
-            importlib.import_module(name)
+        failed = preload(payload["preload"])
         imported_threads = settled_threads()
     except BaseException as exc:
         traceback.print_exc()
@@ -221,7 +244,7 @@ def serve(sock: socket.socket, payload: dict[str, Any]) -> None:
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    _send(sock, ready=True, preloaded=payload["preload"])
+    _send(sock, ready=True, preloaded=payload["preload"], failed=failed)
     watched: list[socket.socket | int] = [sock, wake_r]
     while True:
         readable, _, _ = select.select(watched, [], [])
@@ -241,11 +264,12 @@ def serve(sock: socket.socket, payload: dict[str, Any]) -> None:
                 os.close(fd)
             _send(sock, refused=f"the forkserver cannot fork safely: {unsafe}")
             continue
+        server = os.getpid()
         pid = os.fork()
         if pid == 0:
             code = wire.EXIT_INTERNAL
             try:
-                code = _child(config, sock, request, fds)
+                code = _child(config, sock, request, fds, server)
             except BaseException:
                 traceback.print_exc()
             finally:
