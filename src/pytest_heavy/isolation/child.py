@@ -5,7 +5,10 @@ interpreter (spawn), a fork of the forkserver (configured once, so a module cost
 collection), and a fork of the pytest parent (nothing to collect: the parent's items are reused).
 
 The child never writes terminal output, junit or coverage reports: the parent does, from the
-reports it receives. The child never re-applies ``-k``/``-m``/``--lf``: the parent resolved them.
+reports it receives. It keeps its terminal reporter all the same, writing to a null sink: pytest's
+assertion explanations, ``--setup-show`` and plugins such as pytest-timeout ask for the terminal
+writer, and a child without one loses every assertion message. The child never re-applies
+``-k``/``-m``/``--lf``: the parent resolved them.
 """
 
 from __future__ import annotations
@@ -120,7 +123,25 @@ def configure(options: dict[str, Any], args: list[str]) -> pytest.Config:
     """
     config = pytest.Config.fromdictargs(options, args)
     config._do_configure()  # what pytest's wrap_session does first; done once, shared by forked children
+    silence_terminal(config)
     return config
+
+
+def silence_terminal(config: pytest.Config) -> None:
+    """Keep the terminal reporter (every plugin may ask for it) but send what it writes nowhere.
+
+    The writer keeps the markup and width the child was configured with (the parent's colour
+    choice travels in the options), so explanations built with it read as they would in-process.
+    """
+    from _pytest.config import create_terminal_writer
+
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    old = reporter._tw
+    sink = create_terminal_writer(config, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115
+    sink.hasmarkup, sink.code_highlight, sink.fullwidth = old.hasmarkup, old.code_highlight, old.fullwidth
+    reporter._tw = sink
 
 
 def run_session(config: pytest.Config, request: dict[str, Any], sender: Sender, control_fd: int) -> int:
@@ -154,14 +175,12 @@ def run_forked(session: pytest.Session, items: list[pytest.Item], sender: Sender
     """In a fork of the parent: run its already-collected items with a fresh setup stack.
 
     Fixtures the parent already set up are inherited (copy-on-write) and left alone; whatever this
-    child sets up, it tears down. The terminal reporter is unregistered: the parent prints.
+    child sets up, it tears down. The terminal reporter stays, silenced: the parent prints.
     """
     from _pytest.runner import SetupState
 
     config = session.config
-    terminal = config.pluginmanager.get_plugin("terminalreporter")
-    if terminal is not None:
-        config.pluginmanager.unregister(terminal)
+    silence_terminal(config)
     forwarder = register_forwarder(Forwarder(sender, config, None))
     session._setupstate = SetupState()
     watch_control(control_fd, session)

@@ -114,25 +114,45 @@ def child_options(config: pytest.Config) -> dict[str, Any]:
         options[key] = value
     options.pop("file_or_dir", None)  # positional args: the child gets its own
     options.update(CHILD_OVERRIDES)
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:  # the child's writes go nowhere, but explanations follow the parent's colours
+        options["color"] = "yes" if reporter._tw.hasmarkup else "no"
     return options
 
 
 def child_args(config: pytest.Config) -> list[str]:
-    """Arguments that pin the child to the parent's rootdir and ini file; no terminal in children."""
-    args = ["-p", "no:terminal", "--rootdir", str(config.rootpath)]
+    """Arguments that pin the child to the parent's rootdir and ini file."""
+    args = ["--rootdir", str(config.rootpath)]
     if config.inipath is not None:
         args += ["-c", str(config.inipath)]
     return args
 
 
-def foreign_threads() -> int:
-    """Threads in this process that are neither the main thread nor ours (OpenMP pools, for example)."""
+# Threads already running when the session started, before any test module was imported: those
+# of plugins' configure hooks (pytest-rerunfailures' status server, for one), idle in socket calls.
+# Forking leaves them behind harmlessly; only threads started later (an OpenMP pool) make fork unsafe.
+THREAD_BASELINE: set[int] = set()
+
+
+def _thread_ids() -> set[int]:
     try:
-        total = len(os.listdir("/proc/self/task"))
+        return {int(tid) for tid in os.listdir("/proc/self/task")}
     except OSError:
-        total = threading.active_count()
-    ours = sum(1 for t in threading.enumerate() if t.name.startswith("heavy-"))
-    return max(total - 1 - ours, 0)
+        return {t.native_id or 0 for t in threading.enumerate()}
+
+
+def record_thread_baseline() -> None:
+    """Called before collection: the threads plugins started while pytest was being configured."""
+    THREAD_BASELINE.clear()
+    THREAD_BASELINE.update(_thread_ids() - {threading.main_thread().native_id or 0})
+
+
+def foreign_threads() -> int:
+    """Threads in this process that are neither the main thread, nor ours, nor in the baseline
+    (OpenMP pools, for example)."""
+    ours = {t.native_id for t in threading.enumerate() if t.name.startswith("heavy-")}
+    others = _thread_ids() - ours - THREAD_BASELINE - {threading.main_thread().native_id}
+    return len(others)
 
 
 def fork_unsafe_reason(allowed_threads: int = 0) -> str | None:
