@@ -58,6 +58,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         return
     from .isolation import launch  # imported only by sessions that may isolate: the idle cost stays low
 
+    launch.record_thread_baseline()  # before any test module is imported: plugins' threads are known
     if launch.wants_forkserver(run.settings):
         from . import supervise
         from .isolation.launch.forkserver import ForkserverLauncher

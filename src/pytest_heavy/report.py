@@ -55,6 +55,7 @@ class HeavyRecord:
     beside: list[str] = field(default_factory=list)  # other modules that ran on those GPUs meanwhile
     peak_gpu_per_device_mib: list[float] | None = None  # per GPU, in the child's CUDA_VISIBLE_DEVICES order
     note: str = ""  # e.g. "retried alone after OOM while sharing GPU 1"
+    start_note: str = ""  # why the child did not start with the chosen method (fork unsafe, refused)
 
     def add_gpu_peaks(self, per_device: list[float] | None) -> None:
         """Merge one attempt's per-GPU peaks into the record's (the maximum per GPU)."""
@@ -113,6 +114,8 @@ def heavy_table(tr: pytest.TerminalReporter, records: list[HeavyRecord], schedul
     for row in rows:
         tr.write_line("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     for r in records:
+        if r.start_note:
+            tr.write_line(f"{r.unit}: started with {r.start_method}: {r.start_note}")
         for victim in r.killed:
             tr.write_line(f"{r.unit}: killed leftover process {victim}")
     if schedule:
