@@ -212,6 +212,33 @@ def interrupted(sender: Sender, exc: BaseException) -> int:
     return int(returncode if returncode is not None else pytest.ExitCode.INTERRUPTED)
 
 
+def own_output(config: pytest.Config, fds: list[int]) -> None:
+    """Make this child's output its own: ``fds`` are its stdout and stderr pipes (fork and forkserver
+    only), then the two capture files the parent can read.
+
+    A forked child inherits pytest's global fd capture from its parent (or the forkserver): its
+    temporary files and the saved terminal fds it restores between tests. Shared, they would mix
+    siblings' output into each other's reports and leave a dead child's output to the next one.
+    The capture files the parent handed over replace them (same fd numbers, so pytest's objects
+    are untouched), and a test that dies mid-run still has its output read by the parent.
+    """
+    *pipes, cap_out, cap_err = fds
+    capman = config.pluginmanager.get_plugin("capturemanager")
+    capturing = getattr(capman, "_global_capturing", None)
+    for name, fd, pipe, captured in (("out", 1, pipes[:1], cap_out), ("err", 2, pipes[1:], cap_err)):
+        capture = getattr(capturing, name, None)
+        saved = getattr(capture, "targetfd_save", None)
+        tmpfile = getattr(capture, "tmpfile", None)
+        if pipe:
+            if isinstance(saved, int):  # where capture sends output between tests
+                os.dup2(pipe[0], saved)
+            os.dup2(pipe[0], fd)
+            os.close(pipe[0])
+        if isinstance(saved, int) and tmpfile is not None:  # fd capture: a file on disk, shared if inherited
+            os.dup2(captured, tmpfile.fileno())
+        os.close(captured)
+
+
 _dump_file: Any = None
 
 
@@ -245,9 +272,11 @@ def main() -> int:
     enable_stack_dumps()
     with open(os.environ.pop(PAYLOAD_ENV), "rb") as fh:
         payload = pickle.load(fh)
-    events_fd, control_fd = (int(x) for x in os.environ.pop(FDS_ENV).split(","))
+    events_fd, control_fd, *captured = (int(x) for x in os.environ.pop(FDS_ENV).split(","))
     sender = Sender(events_fd)
     config = configure(payload["options"], payload["args"])
+    if captured:
+        own_output(config, captured)
     try:
         exitstatus = run_session(config, payload["request"], sender, control_fd)
     finally:

@@ -40,6 +40,7 @@ class Attempt:
         self.interrupted: str | None = None  # 'Exit' or 'KeyboardInterrupt': a test ended the session
         self.progress = False  # at least one test started in this attempt
         self.inodes = procs.pipe_inodes(started.events, started.stdout, started.stderr)  # who holds them?
+        self.captured: dict[str, str] = {}  # set by close(): the dead child's last test's output
         self.out = procs.Drain(started.stdout) if started.stdout else None
         self.err = procs.Drain(started.stderr) if started.stderr else None
 
@@ -56,6 +57,7 @@ class Attempt:
                 drain.join(timeout=5)
         os.close(self.started.control)
         release_parent_fds(*self.started.parent_fds)  # the streams are closed at EOF by their readers
+        self.captured = self._read_captured()
         return peaks
 
     def request_stop(self) -> None:
@@ -137,6 +139,15 @@ class Attempt:
             return "(stderr went to the terminal: -s)"
         text = self.err.tail(lines, start_at="Fatal Python error")
         return f"last lines of its stderr:\n{text}" if text else "(its stderr was empty)"
+
+    def _read_captured(self) -> dict[str, str]:
+        """What the child's last test had written to its capture files since its last phase (all
+        that is left there once the child is gone: a test that died kept it); the files are closed."""
+        texts = {}
+        for name, fd in zip(("stdout", "stderr"), self.started.capture or (), strict=False):
+            texts[name] = os.pread(fd, min(os.fstat(fd).st_size, 1 << 20), 0).decode("utf-8", "replace")
+            os.close(fd)
+        return texts
 
 
 class UnitRun:

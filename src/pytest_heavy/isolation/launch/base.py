@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ class Started:
     stdout: IO[bytes] | None  # None when the child writes to our terminal (-s)
     stderr: IO[bytes] | None
     parent_fds: tuple[int, ...] = ()  # the numbers of our ends, released once the attempt is over
+    capture: tuple[int, int] | None = None  # our fds of the child's capture files (stdout, stderr)
 
 
 class Launcher(Protocol):
@@ -57,29 +59,44 @@ class Launcher(Protocol):
     def close(self) -> None: ...
 
 
+def capture_file() -> int:
+    """An anonymous file (created and unlinked at once): the child captures a test's output in it
+    and the parent, holding the same open file, reads what a test that died left there."""
+    fd, path = tempfile.mkstemp(prefix="pytest-heavy-capture-")
+    os.unlink(path)
+    return fd
+
+
 class Pipes:
-    """The four pipes of one child. ``child_fds`` go to the child; the parent keeps the other ends."""
+    """The pipes and capture files of one child. ``child_fds`` go to the child (in the order
+    events, control, then with capture stdout, stderr, captured stdout, captured stderr); the parent
+    keeps the other ends."""
 
     def __init__(self, capture_output: bool) -> None:
         self.events_r, self.events_w = os.pipe()
         self.control_r, self.control_w = os.pipe()
         self.out_r = self.out_w = self.err_r = self.err_w = -1
+        self.cap_out = self.cap_err = self.cap_out_r = self.cap_err_r = -1
         if capture_output:
             self.out_r, self.out_w = os.pipe()
             self.err_r, self.err_w = os.pipe()
+            self.cap_out, self.cap_err = capture_file(), capture_file()
+            self.cap_out_r, self.cap_err_r = os.dup(self.cap_out), os.dup(self.cap_err)
         for fd in self.parent_fds():
             os.set_inheritable(fd, False)
             PARENT_FDS.add(fd)
 
     def child_fds(self) -> list[int]:
-        return [fd for fd in (self.events_w, self.control_r, self.out_w, self.err_w) if fd >= 0]
+        return [fd for fd in (self.events_w, self.control_r, self.out_w, self.err_w, self.cap_out,
+                              self.cap_err) if fd >= 0]
 
     def close_child_ends(self) -> None:
         for fd in self.child_fds():
             os.close(fd)
 
     def parent_fds(self) -> tuple[int, ...]:
-        return tuple(fd for fd in (self.events_r, self.control_w, self.out_r, self.err_r) if fd >= 0)
+        return tuple(fd for fd in (self.events_r, self.control_w, self.out_r, self.err_r, self.cap_out_r,
+                                   self.cap_err_r) if fd >= 0)
 
     def started(self, process: procs.Process) -> Started:
         self.close_child_ends()
@@ -90,6 +107,7 @@ class Pipes:
             control=self.control_w,
             stdout=os.fdopen(self.out_r, "rb") if self.out_r >= 0 else None,
             stderr=os.fdopen(self.err_r, "rb") if self.err_r >= 0 else None,
+            capture=(self.cap_out_r, self.cap_err_r) if self.cap_out_r >= 0 else None,
         )
 
 

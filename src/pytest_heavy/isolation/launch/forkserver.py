@@ -184,12 +184,9 @@ def _child(config: pytest.Config, sock: socket.socket, request: dict[str, Any], 
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.setsid()
     procs.guard_child_tree(server)
-    events_fd, control_fd, *out_err = fds
+    events_fd, control_fd, *output = fds
     if request["capture"]:
-        os.dup2(out_err[0], 1)
-        os.dup2(out_err[1], 2)
-        for fd in out_err:
-            os.close(fd)
+        child.own_output(config, output)
     os.environ.clear()
     os.environ.update(request["env"])
     child.enable_stack_dumps()
