@@ -122,6 +122,17 @@ def heavy_table(tr: pytest.TerminalReporter, records: list[HeavyRecord], schedul
         tr.write_line(schedule)
 
 
+def xdist_line(tr: pytest.TerminalReporter, modules: set[str], heavy_workers: bool) -> None:
+    """With -n: the heavy modules xdist's workers ran, unisolated (a worker's run loop is xdist's)."""
+    if not modules:
+        return
+    n = len(modules)
+    workers = "; --heavy-workers has no effect with -n" if heavy_workers else ""
+    tr.write_line(f"pytest-heavy: {n} heavy module{'s' if n > 1 else ''} ran inside pytest-xdist workers without "
+                  f"isolation (each worker is one process for all it runs; run without -n to isolate){workers}",
+                  yellow=True)
+
+
 def schedule_line(records: list[HeavyRecord], makespan_s: float, gpus: int) -> str:
     """Under the table with --heavy-workers auto: the makespan against the sum of the modules' own wall
     times, i.e. what running them side by side saved."""
