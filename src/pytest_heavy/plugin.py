@@ -158,7 +158,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     run = terminalreporter.config.stash[RUN]
     report.gated_summary(terminalreporter, run.gated)
     report.heavy_table(terminalreporter, run.records, run.schedule)
-    report.xdist_line(terminalreporter, run.in_xdist_workers, run.settings.workers > 1 or run.settings.packing)
+    heavy_workers = run.settings.workers > 1 or run.settings.packing
+    report.xdist_line(terminalreporter, run.in_xdist_workers, heavy_workers)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -126,11 +126,10 @@ def xdist_line(tr: pytest.TerminalReporter, modules: set[str], heavy_workers: bo
     """With -n: the heavy modules xdist's workers ran, unisolated (a worker's run loop is xdist's)."""
     if not modules:
         return
-    n = len(modules)
+    what = f"{len(modules)} heavy module{'s' if len(modules) > 1 else ''}"
     workers = "; --heavy-workers has no effect with -n" if heavy_workers else ""
-    tr.write_line(f"pytest-heavy: {n} heavy module{'s' if n > 1 else ''} ran inside pytest-xdist workers without "
-                  f"isolation (each worker is one process for all it runs; run without -n to isolate){workers}",
-                  yellow=True)
+    tr.write_line(f"pytest-heavy: {what} ran inside pytest-xdist workers without isolation (each worker "
+                  f"is one process for all it runs; run without -n to isolate){workers}", yellow=True)
 
 
 def schedule_line(records: list[HeavyRecord], makespan_s: float, gpus: int) -> str:

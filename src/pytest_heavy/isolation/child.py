@@ -14,6 +14,7 @@ writer, and a child without one loses every assertion message. The child never r
 from __future__ import annotations
 
 import faulthandler
+import fcntl
 import os
 import pickle
 import sys
@@ -66,6 +67,9 @@ class Forwarder:
             self.sender.send(Event.COLLECT_ERROR, nodeid=report.nodeid, longrepr=str(report.longrepr))
 
     def pytest_runtest_logstart(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
+        if _terminal_file is not None:  # it keeps what the running test's plugins print, for a crash
+            _terminal_file.flush()
+            os.ftruncate(_terminal_file.fileno(), 0)
         self.sender.send(Event.LOGSTART, nodeid=nodeid, location=location)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -127,19 +131,29 @@ def configure(options: dict[str, Any], args: list[str]) -> pytest.Config:
     return config
 
 
-def silence_terminal(config: pytest.Config) -> None:
-    """Keep the terminal reporter (every plugin may ask for it) but send what it writes nowhere.
+def silence_terminal(config: pytest.Config, fd: int | None = None) -> None:
+    """Keep the terminal reporter (every plugin may ask for it) but send what it writes away from
+    the terminal: to the file ``fd``, emptied as each test starts, which the parent reads when the
+    child dies mid-test (pytest-timeout's thread method prints its stacks there, then exits), or
+    nowhere.
 
     The writer keeps the markup and width the child was configured with (the parent's colour
     choice travels in the options), so explanations built with it read as they would in-process.
     """
     from _pytest.config import create_terminal_writer
 
+    global _terminal_file
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is None:
         return
+    if fd is None:
+        file = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115
+    else:
+        # appending: writes follow the truncation at each test start
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
+        file = _terminal_file = os.fdopen(fd, "a", buffering=1, encoding="utf-8")
     old = reporter._tw
-    sink = create_terminal_writer(config, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115
+    sink = create_terminal_writer(config, file)
     sink.hasmarkup, sink.code_highlight, sink.fullwidth = old.hasmarkup, old.code_highlight, old.fullwidth
     reporter._tw = sink
 
@@ -175,12 +189,12 @@ def run_forked(session: pytest.Session, items: list[pytest.Item], sender: Sender
     """In a fork of the parent: run its already-collected items with a fresh setup stack.
 
     Fixtures the parent already set up are inherited (copy-on-write) and left alone; whatever this
-    child sets up, it tears down. The terminal reporter stays, silenced: the parent prints.
+    child sets up, it tears down. The terminal reporter stays, silenced (by the launcher): the
+    parent prints.
     """
     from _pytest.runner import SetupState
 
     config = session.config
-    silence_terminal(config)
     forwarder = register_forwarder(Forwarder(sender, config, None))
     session._setupstate = SetupState()
     watch_control(control_fd, session)
@@ -214,7 +228,7 @@ def interrupted(sender: Sender, exc: BaseException) -> int:
 
 def own_output(config: pytest.Config, fds: list[int]) -> None:
     """Make this child's output its own: ``fds`` are its stdout and stderr pipes (fork and forkserver
-    only), then the two capture files the parent can read.
+    only), then the three capture files the parent can read (stdout, stderr, terminal).
 
     A forked child inherits pytest's global fd capture from its parent (or the forkserver): its
     temporary files and the saved terminal fds it restores between tests. Shared, they would mix
@@ -222,7 +236,8 @@ def own_output(config: pytest.Config, fds: list[int]) -> None:
     The capture files the parent handed over replace them (same fd numbers, so pytest's objects
     are untouched), and a test that dies mid-run still has its output read by the parent.
     """
-    *pipes, cap_out, cap_err = fds
+    *pipes, cap_out, cap_err, terminal = fds
+    silence_terminal(config, terminal)
     capman = config.pluginmanager.get_plugin("capturemanager")
     capturing = getattr(capman, "_global_capturing", None)
     for name, fd, pipe, captured in (("out", 1, pipes[:1], cap_out), ("err", 2, pipes[1:], cap_err)):
@@ -240,6 +255,7 @@ def own_output(config: pytest.Config, fds: list[int]) -> None:
 
 
 _dump_file: Any = None
+_terminal_file: Any = None  # where the silenced terminal reporter writes, when the parent reads it
 
 
 def finish(sender: Sender, exitstatus: int) -> int:

@@ -48,7 +48,7 @@ class Started:
     stdout: IO[bytes] | None  # None when the child writes to our terminal (-s)
     stderr: IO[bytes] | None
     parent_fds: tuple[int, ...] = ()  # the numbers of our ends, released once the attempt is over
-    capture: tuple[int, int] | None = None  # our fds of the child's capture files (stdout, stderr)
+    capture: tuple[int, ...] | None = None  # our fds of the child's capture files (stdout, stderr, terminal)
 
 
 class Launcher(Protocol):
@@ -69,34 +69,35 @@ def capture_file() -> int:
 
 class Pipes:
     """The pipes and capture files of one child. ``child_fds`` go to the child (in the order
-    events, control, then with capture stdout, stderr, captured stdout, captured stderr); the parent
-    keeps the other ends."""
+    events, control, then with capture stdout, stderr, captured stdout, captured stderr, terminal);
+    the parent keeps the other ends."""
 
     def __init__(self, capture_output: bool) -> None:
         self.events_r, self.events_w = os.pipe()
         self.control_r, self.control_w = os.pipe()
         self.out_r = self.out_w = self.err_r = self.err_w = -1
-        self.cap_out = self.cap_err = self.cap_out_r = self.cap_err_r = -1
+        self.captured: list[int] = []  # the child's capture files: stdout, stderr, terminal
+        self.captured_r: list[int] = []  # our copies
         if capture_output:
             self.out_r, self.out_w = os.pipe()
             self.err_r, self.err_w = os.pipe()
-            self.cap_out, self.cap_err = capture_file(), capture_file()
-            self.cap_out_r, self.cap_err_r = os.dup(self.cap_out), os.dup(self.cap_err)
+            self.captured = [capture_file() for _ in range(3)]
+            self.captured_r = [os.dup(fd) for fd in self.captured]
         for fd in self.parent_fds():
             os.set_inheritable(fd, False)
             PARENT_FDS.add(fd)
 
     def child_fds(self) -> list[int]:
-        return [fd for fd in (self.events_w, self.control_r, self.out_w, self.err_w, self.cap_out,
-                              self.cap_err) if fd >= 0]
+        ends = [fd for fd in (self.events_w, self.control_r, self.out_w, self.err_w) if fd >= 0]
+        return ends + self.captured
 
     def close_child_ends(self) -> None:
         for fd in self.child_fds():
             os.close(fd)
 
     def parent_fds(self) -> tuple[int, ...]:
-        return tuple(fd for fd in (self.events_r, self.control_w, self.out_r, self.err_r, self.cap_out_r,
-                                   self.cap_err_r) if fd >= 0)
+        return (*(fd for fd in (self.events_r, self.control_w, self.out_r, self.err_r) if fd >= 0),
+                *self.captured_r)
 
     def started(self, process: procs.Process) -> Started:
         self.close_child_ends()
@@ -107,7 +108,7 @@ class Pipes:
             control=self.control_w,
             stdout=os.fdopen(self.out_r, "rb") if self.out_r >= 0 else None,
             stderr=os.fdopen(self.err_r, "rb") if self.err_r >= 0 else None,
-            capture=(self.cap_out_r, self.cap_err_r) if self.cap_out_r >= 0 else None,
+            capture=tuple(self.captured_r) or None,
         )
 
 
@@ -131,6 +132,7 @@ def child_options(config: pytest.Config) -> dict[str, Any]:
             continue
         options[key] = value
     options.pop("file_or_dir", None)  # positional args: the child gets its own
+    options["plugins"] = []  # in child_args instead, where pytest reads them before entry points
     options.update(CHILD_OVERRIDES)
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:  # the child's writes go nowhere, but explanations follow the parent's colours
@@ -138,9 +140,22 @@ def child_options(config: pytest.Config) -> dict[str, Any]:
     return options
 
 
+def plugin_args(config: pytest.Config) -> list[str]:
+    """The parent's ``-p`` arguments (command line, PYTEST_ADDOPTS, addopts), each plugin's last
+    word only: ``-p no:x -p x`` is ``-p x``. Given to the child's command line, they are read
+    before plugins load from entry points, as in the parent; replayed in order after loading,
+    ``no:x`` would unregister a plugin that ``x`` then registers twice (argparse conflicts)."""
+    last: dict[str, str] = {}
+    for arg in config.option.plugins or []:
+        name = arg.removeprefix("no:")
+        last.pop(name, None)
+        last[name] = arg
+    return [part for arg in last.values() for part in ("-p", arg)]
+
+
 def child_args(config: pytest.Config) -> list[str]:
-    """Arguments that pin the child to the parent's rootdir and ini file."""
-    args = ["--rootdir", str(config.rootpath)]
+    """Arguments that pin the child to the parent's rootdir, ini file and plugins."""
+    args = [*plugin_args(config), "--rootdir", str(config.rootpath)]
     if config.inipath is not None:
         args += ["-c", str(config.inipath)]
     return args

@@ -68,6 +68,8 @@ class ForkLauncher:
                 pass
         if self._capture:
             child.own_output(self._session.config, pipes.child_fds()[2:])
+        else:
+            child.silence_terminal(self._session.config)
         os.environ.clear()
         os.environ.update(request.env)
         child.enable_stack_dumps()
