@@ -54,7 +54,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     run = session.config.stash[RUN]
-    if not isolation_possible(session.config, run) or xdist_worker(session.config):
+    xdist = xdist_worker(session.config) or session.config.pluginmanager.has_plugin("dsession")
+    if not isolation_possible(session.config, run) or xdist:  # with -n no child starts: no server either
         return
     from .isolation import launch  # imported only by sessions that may isolate: the idle cost stays low
 
