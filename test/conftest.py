@@ -20,8 +20,14 @@ FAKE_H100 = {"uuid": "GPU-aaaaaaaa-1111-2222-3333-444444444444", "name": "NVIDIA
 
 @pytest.fixture
 def heavy_pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """A pytester whose sessions see no GPU and a 16 GiB machine, whatever machine runs the suite."""
+    """A pytester whose sessions see no GPU and a 16 GiB machine, whatever machine runs the suite.
+
+    Generated sessions keep their collection order: pytest-randomly (in the dev tools) would
+    reshuffle them, and tests compare outcomes, order and output of two runs. A test that wants
+    randomly enables it on its own command line (``-p randomly``).
+    """
     pytester.makeini("[pytest]\nheavy_ram_gib = 4\n")
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:randomly")
     monkeypatch.setenv("PYTEST_HEAVY_ASSUME", "gpus=0,ram=16GiB")
     monkeypatch.delenv("CICD", raising=False)
     monkeypatch.delenv("COVERAGE_FILE", raising=False)  # a tox env's: generated sessions keep their own

@@ -15,8 +15,6 @@ line too. Each cell checks what a user relies on:
 
 Cells without workers run in the default tier; ``--heavy-workers 2`` cells (and those of ``ALL_SLOW``)
 are marked ``slow``: ``pytest -m slow test/test_faults.py`` runs them.
-Cells of rows 2 and 4 of issue 12 (output attribution, forkserver stderr) are fixed on the fidelity
-branch and marked xfail(strict) here until it is merged.
 """
 
 from __future__ import annotations
@@ -39,7 +37,6 @@ import pytest
 METHODS = ["spawn", "fork", "forkserver"]
 RUN_BOUND_S = 120  # a run that takes longer than this never ends, as far as these tests are concerned
 GONE_BOUND_S = 15  # how long processes of a run may take to disappear after it ended
-ATTRIBUTION = pytest.mark.xfail(reason="output attribution: fixed on the fidelity branch", strict=True)
 
 INI = """[pytest]
 heavy_ram_gib = 1
@@ -186,10 +183,6 @@ def pytest_runtest_logstart(nodeid):
 ''', failure="HOOK-{mark}"),
 }
 
-# Cells that fail until the fidelity branch is merged: a crashed test's output shows up under the
-# next test in a forked child (row 2), and a forkserver child's stderr outside tests is lost (row 4);
-# and with two workers, forked children (fork, forkserver) share a capture file (row 2).
-FIDELITY_CELLS = {("crash", "fork"), ("hook_stderr_exit", "forkserver")}
 # Faults whose cells are all slow: crashes are covered in the default tier by test_isolation, and
 # interleaved output is about two workers. Keeps this module's default-tier cost near 60 s on 2 cores.
 ALL_SLOW = {"crash", "interleaved"}
@@ -315,8 +308,6 @@ def cell_params() -> list:
         for method in METHODS:
             for workers in (1, 2):
                 marks = [pytest.mark.slow] if workers == 2 or name in ALL_SLOW else []
-                if (name, method) in FIDELITY_CELLS or (workers == 2 and method != "spawn"):
-                    marks.append(ATTRIBUTION)
                 params.append(pytest.param(name, method, workers, marks=marks,
                                            id=f"{name}-{method}-w{workers}"))
     return params

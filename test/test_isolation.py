@@ -113,6 +113,114 @@ def test_isolated_run_matches_in_process_run(iso, method):
     assert props["answer"] == "42" and float(props["heavy_module_peak_rss_mib"]) > 0
 
 
+OPTIONS_SUITE = r'''
+import logging, warnings
+import pytest
+
+pytestmark = pytest.mark.requires_heavy_ram
+
+@pytest.fixture
+def resource():
+    yield {"answer": 42}
+
+def test_explained(resource):
+    local_value = [1, 2, 3]
+    assert resource["answer"] == 43
+
+def test_compare_lists():
+    assert [1, 2, 3] == [1, 2, 4]
+
+def test_logs_and_warns():
+    logging.getLogger("lib").info("info from the library")
+    warnings.warn(RuntimeWarning("strict runs make this an error"))
+
+def test_passes(resource):
+    assert resource
+'''
+
+
+@pytest.mark.parametrize("options", [["--setup-show"], ["-l", "--tb=short"], ["--tb=native", "-vv"],
+                                     ["--tb=line"], ["-W", "error::RuntimeWarning", "--log-level=INFO"]],
+                         ids=["setup-show", "locals-short", "native-vv", "line", "W-error-log"])
+@pytest.mark.parametrize("method", METHODS)
+def test_isolated_run_matches_in_process_run_with_options(iso, method, options):
+    """Children are whole pytest processes: options that need the terminal writer or change how
+    failures are explained give the same reports isolated as in one process."""
+    iso.makepyfile(test_one=OPTIONS_SUITE, test_two=OPTIONS_SUITE)
+    base = iso.runpytest_subprocess("-rA", "--heavy-isolate", "never", "--junitxml=base.xml", *options)
+    isolated = iso.runpytest_subprocess("-rA", "--heavy-isolate", "always", "--heavy-start", method,
+                                        "--junitxml=iso.xml", *options)
+    assert isolated.ret == base.ret == 1
+    assert junit(iso.path / "iso.xml") == junit(iso.path / "base.xml")
+    assert summary_line(isolated) == summary_line(base)
+    explained = ("E ", "FAILED ", "resource = ", "local_value = ")
+    failures = [line for line in base.outlines if line.startswith((*explained, "test_one.py:"))]
+    assert failures and [line for line in isolated.outlines if line in failures] == failures
+
+
+OUTPUT_MODULE = """
+import sys, time, pytest
+pytestmark = pytest.mark.requires_heavy_ram
+
+@pytest.mark.parametrize("i", range(4))
+def test_out(i):
+    for k in range(3):
+        print(f"out-{__name__}-{i}")
+        sys.stderr.write(f"err-{__name__}-{i}\\n")
+        time.sleep(0.01)
+    assert 0
+"""
+
+CRASHING_MODULE = """
+import os, pytest
+pytestmark = pytest.mark.requires_heavy_ram
+
+def test_before():
+    print("before-ok")
+
+def test_crash():
+    print("last words of test_crash", flush=True)
+    os._exit(9)
+
+def test_after():
+    print("after-ok")
+    assert 0
+"""
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("method", METHODS)
+def test_each_test_keeps_its_own_output(iso, method, workers):
+    """Children side by side never see each other's captured output; a test whose child dies
+    keeps what it printed; stderr a conftest hook writes between tests reaches the crash message."""
+    iso.makeini("[pytest]\nheavy_ram_gib = 4\njunit_family = xunit1\njunit_logging = all\n")
+    iso.makeconftest("import sys\ndef pytest_runtest_logfinish(nodeid):\n"
+                     "    if nodeid.endswith('test_before'):\n"
+                     "        sys.stderr.write('conftest hook wrote this\\n')\n")
+    iso.makepyfile(test_a=OUTPUT_MODULE, test_b=OUTPUT_MODULE, test_crash=CRASHING_MODULE)
+    result = iso.runpytest_subprocess("--heavy-isolate", "always", "--heavy-start", method, "--heavy-workers",
+                                      workers, "--junitxml=out.xml")
+    result.assert_outcomes(failed=10, passed=1)
+    texts = {}
+    for tc in ET.parse(iso.path / "out.xml").getroot().iter("testcase"):
+        texts[f"{tc.get('classname')}::{tc.get('name')}"] = "".join(c.text or "" for c in tc)
+    assert len(texts) == 11
+    for key, text in texts.items():
+        module, name = key.split("::")
+        if name.startswith("test_out"):
+            i = name[len("test_out["):-1]
+            assert text.count(f"out-{module}-{i}") == 3 and text.count(f"err-{module}-{i}") == 3, key
+            assert text.count("out-test_") == 3 and text.count("err-test_") == 3, key  # nobody else's
+    assert "last words of test_crash" in texts["test_crash::test_crash"]
+    after = texts["test_crash::test_after"]
+    assert "last words" not in after and "after-ok" in after
+    result.stdout.fnmatch_lines([
+        "child process for test_crash.py died with exit 9 during test_crash.py::test_crash",
+        "last lines of its stderr:", "conftest hook wrote this", "*Captured stdout call*",
+        "last words of test_crash",
+    ])
+
+
 def test_module_fixtures_once_per_child_and_each_module_its_own_process(iso):
     body = """
 import os, pytest
@@ -339,11 +447,12 @@ def test_pdb_turns_isolation_off_with_a_warning(iso):
     assert "heavy modules" not in result.stdout.str()
 
 
-def test_dash_s_streams_child_output_live(iso):
+@pytest.mark.parametrize("method", METHODS)
+def test_dash_s_streams_child_output_live(iso, method):
     body = ("import pytest\npytestmark = pytest.mark.requires_heavy_ram\n"
             "def test_x(): print('LIVE-FROM-CHILD')\n")
     iso.makepyfile(test_a=body, test_b=body)
-    result = iso.runpytest_subprocess("-s", "--heavy-start", "spawn")
+    result = iso.runpytest_subprocess("-s", "--heavy-start", method)
     assert result.stdout.str().count("LIVE-FROM-CHILD") == 2
 
 

@@ -54,10 +54,12 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     run = session.config.stash[RUN]
-    if not isolation_possible(session.config, run):
+    xdist = xdist_worker(session.config) or session.config.pluginmanager.has_plugin("dsession")
+    if not isolation_possible(session.config, run) or xdist:  # with -n no child starts: no server either
         return
     from .isolation import launch  # imported only by sessions that may isolate: the idle cost stays low
 
+    launch.record_thread_baseline()  # before any test module is imported: plugins' threads are known
     if launch.wants_forkserver(run.settings):
         from . import supervise
         from .isolation.launch.forkserver import ForkserverLauncher
@@ -72,6 +74,12 @@ def isolation_possible(config: pytest.Config, run: Run) -> bool:
                 or plan.isolation_blocker(config))
 
 
+def xdist_worker(config: pytest.Config) -> bool:
+    """A pytest-xdist worker: its run loop belongs to xdist's WorkerInteractor, which hands it
+    items one at a time; taking the loop over would break the worker."""
+    return hasattr(config, "workerinput")
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtestloop(session: pytest.Session) -> bool | None:
     """Take over the run loop when heavy modules are to be isolated; otherwise leave it to pytest."""
@@ -84,6 +92,9 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
     collection_ok = not session.testsfailed or config.option.continue_on_collection_errors
     if isolation_possible(config, run) and collection_ok:
         units = plan.plan(session.items, run.settings, run.hardware)
+    if units is not None and xdist_worker(config):  # run in this worker, and the controller says so
+        config.workeroutput["heavy_modules"] = sorted({u.module for u in units if u.module})  # type: ignore[attr-defined]
+        units = None
     if units is None:
         if run.forkserver is not None:
             run.forkserver.close()
@@ -136,10 +147,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             run.gated.setdefault(gating.reason_group(reason), []).append(item.nodeid)
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    """pytest-xdist's controller: a worker ended; note the heavy modules it ran unisolated."""
+    output = getattr(node, "workeroutput", None) or {}
+    config: pytest.Config = node.config  # type: ignore[attr-defined]
+    config.stash[RUN].in_xdist_workers.update(output.get("heavy_modules", ()))
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     run = terminalreporter.config.stash[RUN]
     report.gated_summary(terminalreporter, run.gated)
     report.heavy_table(terminalreporter, run.records, run.schedule)
+    heavy_workers = run.settings.workers > 1 or run.settings.packing
+    report.xdist_line(terminalreporter, run.in_xdist_workers, heavy_workers)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

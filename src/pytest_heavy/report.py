@@ -55,6 +55,7 @@ class HeavyRecord:
     beside: list[str] = field(default_factory=list)  # other modules that ran on those GPUs meanwhile
     peak_gpu_per_device_mib: list[float] | None = None  # per GPU, in the child's CUDA_VISIBLE_DEVICES order
     note: str = ""  # e.g. "retried alone after OOM while sharing GPU 1"
+    start_note: str = ""  # why the child did not start with the chosen method (fork unsafe, refused)
 
     def add_gpu_peaks(self, per_device: list[float] | None) -> None:
         """Merge one attempt's per-GPU peaks into the record's (the maximum per GPU)."""
@@ -113,10 +114,22 @@ def heavy_table(tr: pytest.TerminalReporter, records: list[HeavyRecord], schedul
     for row in rows:
         tr.write_line("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     for r in records:
+        if r.start_note:
+            tr.write_line(f"{r.unit}: started with {r.start_method}: {r.start_note}")
         for victim in r.killed:
             tr.write_line(f"{r.unit}: killed leftover process {victim}")
     if schedule:
         tr.write_line(schedule)
+
+
+def xdist_line(tr: pytest.TerminalReporter, modules: set[str], heavy_workers: bool) -> None:
+    """With -n: the heavy modules xdist's workers ran, unisolated (a worker's run loop is xdist's)."""
+    if not modules:
+        return
+    what = f"{len(modules)} heavy module{'s' if len(modules) > 1 else ''}"
+    workers = "; --heavy-workers has no effect with -n" if heavy_workers else ""
+    tr.write_line(f"pytest-heavy: {what} ran inside pytest-xdist workers without isolation (each worker "
+                  f"is one process for all it runs; run without -n to isolate){workers}", yellow=True)
 
 
 def schedule_line(records: list[HeavyRecord], makespan_s: float, gpus: int) -> str:

@@ -24,6 +24,7 @@ class Run:
     report_extra: dict[str, Any] = field(default_factory=dict)  # more top-level keys of --heavy-report
     schedule: str = ""  # the packing scheduler's summary line under the heavy table
     forkserver: Any = None  # isolation.launch.forkserver.ForkserverLauncher, started before collection
+    in_xdist_workers: set[str] = field(default_factory=set)  # heavy modules pytest-xdist workers ran
     _gpu: GpuReader | None = None
     _gpu_opened: bool = False
 

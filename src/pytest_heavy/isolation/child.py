@@ -5,12 +5,16 @@ interpreter (spawn), a fork of the forkserver (configured once, so a module cost
 collection), and a fork of the pytest parent (nothing to collect: the parent's items are reused).
 
 The child never writes terminal output, junit or coverage reports: the parent does, from the
-reports it receives. The child never re-applies ``-k``/``-m``/``--lf``: the parent resolved them.
+reports it receives. It keeps its terminal reporter all the same, writing to a null sink: pytest's
+assertion explanations, ``--setup-show`` and plugins such as pytest-timeout ask for the terminal
+writer, and a child without one loses every assertion message. The child never re-applies
+``-k``/``-m``/``--lf``: the parent resolved them.
 """
 
 from __future__ import annotations
 
 import faulthandler
+import fcntl
 import os
 import pickle
 import sys
@@ -63,6 +67,9 @@ class Forwarder:
             self.sender.send(Event.COLLECT_ERROR, nodeid=report.nodeid, longrepr=str(report.longrepr))
 
     def pytest_runtest_logstart(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
+        if _terminal_file is not None:  # it keeps what the running test's plugins print, for a crash
+            _terminal_file.flush()
+            os.ftruncate(_terminal_file.fileno(), 0)
         self.sender.send(Event.LOGSTART, nodeid=nodeid, location=location)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -120,7 +127,35 @@ def configure(options: dict[str, Any], args: list[str]) -> pytest.Config:
     """
     config = pytest.Config.fromdictargs(options, args)
     config._do_configure()  # what pytest's wrap_session does first; done once, shared by forked children
+    silence_terminal(config)
     return config
+
+
+def silence_terminal(config: pytest.Config, fd: int | None = None) -> None:
+    """Keep the terminal reporter (every plugin may ask for it) but send what it writes away from
+    the terminal: to the file ``fd``, emptied as each test starts, which the parent reads when the
+    child dies mid-test (pytest-timeout's thread method prints its stacks there, then exits), or
+    nowhere.
+
+    The writer keeps the markup and width the child was configured with (the parent's colour
+    choice travels in the options), so explanations built with it read as they would in-process.
+    """
+    from _pytest.config import create_terminal_writer
+
+    global _terminal_file
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    if fd is None:
+        file = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115
+    else:
+        # appending: writes follow the truncation at each test start
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
+        file = _terminal_file = os.fdopen(fd, "a", buffering=1, encoding="utf-8")
+    old = reporter._tw
+    sink = create_terminal_writer(config, file)
+    sink.hasmarkup, sink.code_highlight, sink.fullwidth = old.hasmarkup, old.code_highlight, old.fullwidth
+    reporter._tw = sink
 
 
 def run_session(config: pytest.Config, request: dict[str, Any], sender: Sender, control_fd: int) -> int:
@@ -154,14 +189,12 @@ def run_forked(session: pytest.Session, items: list[pytest.Item], sender: Sender
     """In a fork of the parent: run its already-collected items with a fresh setup stack.
 
     Fixtures the parent already set up are inherited (copy-on-write) and left alone; whatever this
-    child sets up, it tears down. The terminal reporter is unregistered: the parent prints.
+    child sets up, it tears down. The terminal reporter stays, silenced (by the launcher): the
+    parent prints.
     """
     from _pytest.runner import SetupState
 
     config = session.config
-    terminal = config.pluginmanager.get_plugin("terminalreporter")
-    if terminal is not None:
-        config.pluginmanager.unregister(terminal)
     forwarder = register_forwarder(Forwarder(sender, config, None))
     session._setupstate = SetupState()
     watch_control(control_fd, session)
@@ -193,7 +226,36 @@ def interrupted(sender: Sender, exc: BaseException) -> int:
     return int(returncode if returncode is not None else pytest.ExitCode.INTERRUPTED)
 
 
+def own_output(config: pytest.Config, fds: list[int]) -> None:
+    """Make this child's output its own: ``fds`` are its stdout and stderr pipes (fork and forkserver
+    only), then the three capture files the parent can read (stdout, stderr, terminal).
+
+    A forked child inherits pytest's global fd capture from its parent (or the forkserver): its
+    temporary files and the saved terminal fds it restores between tests. Shared, they would mix
+    siblings' output into each other's reports and leave a dead child's output to the next one.
+    The capture files the parent handed over replace them (same fd numbers, so pytest's objects
+    are untouched), and a test that dies mid-run still has its output read by the parent.
+    """
+    *pipes, cap_out, cap_err, terminal = fds
+    silence_terminal(config, terminal)
+    capman = config.pluginmanager.get_plugin("capturemanager")
+    capturing = getattr(capman, "_global_capturing", None)
+    for name, fd, pipe, captured in (("out", 1, pipes[:1], cap_out), ("err", 2, pipes[1:], cap_err)):
+        capture = getattr(capturing, name, None)
+        saved = getattr(capture, "targetfd_save", None)
+        tmpfile = getattr(capture, "tmpfile", None)
+        if pipe:
+            if isinstance(saved, int):  # where capture sends output between tests
+                os.dup2(pipe[0], saved)
+            os.dup2(pipe[0], fd)
+            os.close(pipe[0])
+        if isinstance(saved, int) and tmpfile is not None:  # fd capture: a file on disk, shared if inherited
+            os.dup2(captured, tmpfile.fileno())
+        os.close(captured)
+
+
 _dump_file: Any = None
+_terminal_file: Any = None  # where the silenced terminal reporter writes, when the parent reads it
 
 
 def finish(sender: Sender, exitstatus: int) -> int:
@@ -226,9 +288,11 @@ def main() -> int:
     enable_stack_dumps()
     with open(os.environ.pop(PAYLOAD_ENV), "rb") as fh:
         payload = pickle.load(fh)
-    events_fd, control_fd = (int(x) for x in os.environ.pop(FDS_ENV).split(","))
+    events_fd, control_fd, *captured = (int(x) for x in os.environ.pop(FDS_ENV).split(","))
     sender = Sender(events_fd)
     config = configure(payload["options"], payload["args"])
+    if captured:
+        own_output(config, captured)
     try:
         exitstatus = run_session(config, payload["request"], sender, control_fd)
     finally:

@@ -139,10 +139,10 @@ class Controller:
         positions = ur.placement.gpus or None
         baseline = self.gpu.device_used_mib(positions) if self.gpu else None
         foreign = self.gpu.foreign_mib(positions, set()) if self.gpu and ur.placement.may_share else 0
-        method, started = self.launchers.start(request)
+        method, started, why = self.launchers.start(request)
         sup = supervise.Supervisor(started.process, self.gpu, baseline, "the child", positions, foreign)
         ur.attempt = Attempt(started, method, sup)
-        ur.record.start_method = method
+        ur.record.start_method, ur.record.start_note = method, ur.record.start_note or why
         self.replay.listen(ur, ur.attempt)
         self.running.append(ur)
         self.hook.pytest_heavy_unit_start(config=self.config, unit=ur.name, method=method,

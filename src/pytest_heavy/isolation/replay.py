@@ -171,14 +171,15 @@ class Replay:
         ur.record.count(report)
         self.hook.pytest_runtest_logreport(report=report)
 
-    def synthesize(self, ur: UnitRun, nodeid: str, when: str, message: str | None) -> None:
+    def synthesize(self, ur: UnitRun, nodeid: str, when: str, message: str | None,
+                   sections: list[tuple[str, str]] | None = None) -> None:
         item = ur.items[nodeid]
         now = time.time()
         report = pytest.TestReport(
             nodeid=nodeid, location=item.location, keywords={k: 1 for k in item.keywords},
             outcome="failed" if message else "passed", when=when,  # type: ignore[arg-type]
             longrepr=failure_repr(item, message) if message else None,
-            sections=[], duration=0.0, start=now, stop=now, user_properties=[],
+            sections=sections or [], duration=0.0, start=now, stop=now, user_properties=[],
         )
         self.log_report(ur, report)
 
@@ -197,19 +198,25 @@ class Replay:
             self.fail_unstarted(ur, nodeid, message(nodeid))
 
     def fail_current(self, ur: UnitRun, message: str) -> None:
-        """The test that was running when its child died: the first missing phase fails."""
+        """The test that was running when its child died: the first missing phase fails, with the
+        output the test had written so far (read from the dead child's capture files)."""
         nodeid = ur.current
         if nodeid is None:
             return
         ur.current = None
+        captured = ur.attempt.captured if ur.attempt else {}
         got = ur.phases.setdefault(nodeid, {})  # log_report adds to this same dict as we go
         failed = False
+        sections: list[tuple[str, str]] = []
         for when in PHASES:
             if when in got:
                 continue
             if when == "call" and got.get("setup") is False:
                 continue  # setup did not pass: pytest would not have called the test
-            self.synthesize(ur, nodeid, when, None if failed else message)
+            if not failed:  # later phases carry them too, as pytest's reports do (junit reads teardown's)
+                sections = [(f"Captured {name} {when}", text)
+                            for name, text in captured.items() if text]
+            self.synthesize(ur, nodeid, when, None if failed else message, sections)
             failed = True
         self.hook.pytest_runtest_logfinish(nodeid=nodeid, location=ur.items[nodeid].location)
 

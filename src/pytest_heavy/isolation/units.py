@@ -40,6 +40,8 @@ class Attempt:
         self.interrupted: str | None = None  # 'Exit' or 'KeyboardInterrupt': a test ended the session
         self.progress = False  # at least one test started in this attempt
         self.inodes = procs.pipe_inodes(started.events, started.stdout, started.stderr)  # who holds them?
+        self.captured: dict[str, str] = {}  # set by close(): the dead child's last test's output
+        self.terminal = ""  # and what its terminal reporter wrote during that test
         self.out = procs.Drain(started.stdout) if started.stdout else None
         self.err = procs.Drain(started.stderr) if started.stderr else None
 
@@ -56,6 +58,8 @@ class Attempt:
                 drain.join(timeout=5)
         os.close(self.started.control)
         release_parent_fds(*self.started.parent_fds)  # the streams are closed at EOF by their readers
+        self.captured = self._read_captured()
+        self.terminal = self.captured.pop("terminal", "").rstrip("\n")
         return peaks
 
     def request_stop(self) -> None:
@@ -120,7 +124,11 @@ class Attempt:
         if self.sup.timed_out:
             return (f"{unit} timed out after {timeout:g}s (--heavy-timeout) during {current}; "
                     f"the child's Python stacks and stderr:\n{self.tail(100)}")
-        return f"child process for {unit} died with {self.status(current)} during {current}\n{self.tail()}"
+        message = f"child process for {unit} died with {self.status(current)} during {current}\n{self.tail()}"
+        if self.terminal:  # pytest-timeout's thread method dumps its stacks there, then exits
+            message += "\nits terminal output during the test:\n" + "\n".join(
+                self.terminal.splitlines()[-100:])
+        return message
 
     def holders(self) -> list[psutil.Process]:
         """Processes that still hold this child's pipes open, once it is gone: a leftover wherever it
@@ -137,6 +145,16 @@ class Attempt:
             return "(stderr went to the terminal: -s)"
         text = self.err.tail(lines, start_at="Fatal Python error")
         return f"last lines of its stderr:\n{text}" if text else "(its stderr was empty)"
+
+    def _read_captured(self) -> dict[str, str]:
+        """What the child's last test had written to its capture files since its last phase, and
+        what pytest and plugins wrote to its (silenced) terminal since that test started: all that
+        is left there once the child is gone, a test that died kept it. The files are closed."""
+        texts = {}
+        for name, fd in zip(("stdout", "stderr", "terminal"), self.started.capture or (), strict=False):
+            texts[name] = os.pread(fd, min(os.fstat(fd).st_size, 1 << 20), 0).decode("utf-8", "replace")
+            os.close(fd)
+        return texts
 
 
 class UnitRun:

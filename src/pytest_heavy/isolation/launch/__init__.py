@@ -1,9 +1,10 @@
 """How a child starts: spawn, fork or forkserver, behind one ``Launcher`` protocol.
 
-``resolve`` turns ``auto`` into the fastest method that is safe in this parent right now:
-forkserver when ``heavy_preload`` is set (the modules share heavy imports that a fork of a parent
-without them would pay per child), else fork when the parent is single-threaded without a CUDA
-context, else spawn. Spawn is always available as the fallback.
+``resolve`` turns ``auto`` into the fastest method: forkserver when ``heavy_preload`` is set (the
+modules share heavy imports that a fork of a parent without them would pay per child), else fork;
+before each fork ``Launchers.start`` checks that the parent has no CUDA context and no threads
+started since the session began, and starts that child with spawn otherwise (the heavy table says
+why). Spawn is always available as the fallback.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from typing import TYPE_CHECKING
 import pytest
 
 from ...settings import Settings
-from .base import Launcher, RefusedError, Started, UnitRequest, fork_unsafe_reason
+from ...state import RUN
+from .base import Launcher, RefusedError, Started, UnitRequest, fork_unsafe_reason, record_thread_baseline
+
+__all__ = ["Launcher", "Launchers", "record_thread_baseline", "resolve", "wants_forkserver"]
 
 if TYPE_CHECKING:  # the launchers themselves are imported when a run needs them, not at session start
     from .forkserver import ForkserverLauncher
@@ -30,7 +34,7 @@ def resolve(settings: Settings, forkserver: ForkserverLauncher | None) -> str:
         return settings.start
     if forkserver is not None:  # heavy_preload named the shared heavy imports: pay them once, not per child
         return "forkserver"
-    return "fork" if fork_unsafe_reason() is None else "spawn"
+    return "fork"  # checked before every child: one that cannot fork safely starts with spawn, and says why
 
 
 class Launchers:
@@ -43,6 +47,7 @@ class Launchers:
     def __init__(self, session: pytest.Session, method: str, forkserver: ForkserverLauncher | None,
                  note: Callable[[str], None]) -> None:
         self.method = method
+        self.forced = session.config.stash[RUN].settings.start == method  # not resolved from auto
         self.note = note
         self._fallback_noted = False
         self._forkserver = forkserver
@@ -63,14 +68,15 @@ class Launchers:
         if forkserver is not None and self.found.get("forkserver") is not forkserver:
             forkserver.close()  # started before collection, but a plugin's launcher replaced it
 
-    def start(self, request: UnitRequest) -> tuple[str, Started]:
-        """Start a child with the chosen method; spawn where fork is unsafe now or the server refuses."""
-        method = self.method
+    def start(self, request: UnitRequest) -> tuple[str, Started, str]:
+        """Start a child with the chosen method; spawn where fork is unsafe now or the server refuses.
+        Returns the method used, the child, and why it is not the chosen one ('' when it is)."""
+        method, why = self.method, ""
         if method == "fork":
             unsafe = fork_unsafe_reason()
             if unsafe:
-                method = "spawn"
-                if not self._fallback_noted:
+                method, why = "spawn", f"fork is unsafe here ({unsafe})"
+                if self.forced and not self._fallback_noted:  # asked for by name: say so at once
                     self._fallback_noted = True
                     self.note(f"fork is unsafe here ({unsafe}); children start with spawn")
         launcher = self.found[method]
@@ -82,12 +88,13 @@ class Launchers:
                 self.note(f"{method} failed ({exc}); children start with spawn")
             else:
                 self.note(f"{method} refused ({exc}); {request.unit} starts with spawn")
-            return "spawn", self.found["spawn"].start(request)
+            why = f"{method} refused ({str(exc).splitlines()[0] if str(exc) else 'no reason given'})"
+            return "spawn", self.found["spawn"].start(request), why
         if launcher is self._forkserver and self._forkserver is not None:
             for failure in self._forkserver.take_preload_failures():
                 self.note(f"ini heavy_preload: the forkserver could not import {failure}; "
                           "it goes on without it")
-        return method, started
+        return method, started, why
 
     def close(self) -> None:
         for launcher in self.found.values():

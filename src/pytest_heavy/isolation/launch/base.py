@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ class Started:
     stdout: IO[bytes] | None  # None when the child writes to our terminal (-s)
     stderr: IO[bytes] | None
     parent_fds: tuple[int, ...] = ()  # the numbers of our ends, released once the attempt is over
+    capture: tuple[int, ...] | None = None  # our fds of the child's capture files (stdout, stderr, terminal)
 
 
 class Launcher(Protocol):
@@ -57,29 +59,45 @@ class Launcher(Protocol):
     def close(self) -> None: ...
 
 
+def capture_file() -> int:
+    """An anonymous file (created and unlinked at once): the child captures a test's output in it
+    and the parent, holding the same open file, reads what a test that died left there."""
+    fd, path = tempfile.mkstemp(prefix="pytest-heavy-capture-")
+    os.unlink(path)
+    return fd
+
+
 class Pipes:
-    """The four pipes of one child. ``child_fds`` go to the child; the parent keeps the other ends."""
+    """The pipes and capture files of one child. ``child_fds`` go to the child (in the order
+    events, control, then with capture stdout, stderr, captured stdout, captured stderr, terminal);
+    the parent keeps the other ends."""
 
     def __init__(self, capture_output: bool) -> None:
         self.events_r, self.events_w = os.pipe()
         self.control_r, self.control_w = os.pipe()
         self.out_r = self.out_w = self.err_r = self.err_w = -1
+        self.captured: list[int] = []  # the child's capture files: stdout, stderr, terminal
+        self.captured_r: list[int] = []  # our copies
         if capture_output:
             self.out_r, self.out_w = os.pipe()
             self.err_r, self.err_w = os.pipe()
+            self.captured = [capture_file() for _ in range(3)]
+            self.captured_r = [os.dup(fd) for fd in self.captured]
         for fd in self.parent_fds():
             os.set_inheritable(fd, False)
             PARENT_FDS.add(fd)
 
     def child_fds(self) -> list[int]:
-        return [fd for fd in (self.events_w, self.control_r, self.out_w, self.err_w) if fd >= 0]
+        ends = [fd for fd in (self.events_w, self.control_r, self.out_w, self.err_w) if fd >= 0]
+        return ends + self.captured
 
     def close_child_ends(self) -> None:
         for fd in self.child_fds():
             os.close(fd)
 
     def parent_fds(self) -> tuple[int, ...]:
-        return tuple(fd for fd in (self.events_r, self.control_w, self.out_r, self.err_r) if fd >= 0)
+        return (*(fd for fd in (self.events_r, self.control_w, self.out_r, self.err_r) if fd >= 0),
+                *self.captured_r)
 
     def started(self, process: procs.Process) -> Started:
         self.close_child_ends()
@@ -90,6 +108,7 @@ class Pipes:
             control=self.control_w,
             stdout=os.fdopen(self.out_r, "rb") if self.out_r >= 0 else None,
             stderr=os.fdopen(self.err_r, "rb") if self.err_r >= 0 else None,
+            capture=tuple(self.captured_r) or None,
         )
 
 
@@ -113,26 +132,60 @@ def child_options(config: pytest.Config) -> dict[str, Any]:
             continue
         options[key] = value
     options.pop("file_or_dir", None)  # positional args: the child gets its own
+    options["plugins"] = []  # in child_args instead, where pytest reads them before entry points
     options.update(CHILD_OVERRIDES)
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:  # the child's writes go nowhere, but explanations follow the parent's colours
+        options["color"] = "yes" if reporter._tw.hasmarkup else "no"
     return options
 
 
+def plugin_args(config: pytest.Config) -> list[str]:
+    """The parent's ``-p`` arguments (command line, PYTEST_ADDOPTS, addopts), each plugin's last
+    word only: ``-p no:x -p x`` is ``-p x``. Given to the child's command line, they are read
+    before plugins load from entry points, as in the parent; replayed in order after loading,
+    ``no:x`` would unregister a plugin that ``x`` then registers twice (argparse conflicts)."""
+    last: dict[str, str] = {}
+    for arg in config.option.plugins or []:
+        name = arg.removeprefix("no:")
+        last.pop(name, None)
+        last[name] = arg
+    return [part for arg in last.values() for part in ("-p", arg)]
+
+
 def child_args(config: pytest.Config) -> list[str]:
-    """Arguments that pin the child to the parent's rootdir and ini file; no terminal in children."""
-    args = ["-p", "no:terminal", "--rootdir", str(config.rootpath)]
+    """Arguments that pin the child to the parent's rootdir, ini file and plugins."""
+    args = [*plugin_args(config), "--rootdir", str(config.rootpath)]
     if config.inipath is not None:
         args += ["-c", str(config.inipath)]
     return args
 
 
-def foreign_threads() -> int:
-    """Threads in this process that are neither the main thread nor ours (OpenMP pools, for example)."""
+# Threads already running when the session started, before any test module was imported: those
+# of plugins' configure hooks (pytest-rerunfailures' status server, for one), idle in socket calls.
+# Forking leaves them behind harmlessly; only threads started later (an OpenMP pool) make fork unsafe.
+THREAD_BASELINE: set[int] = set()
+
+
+def _thread_ids() -> set[int]:
     try:
-        total = len(os.listdir("/proc/self/task"))
+        return {int(tid) for tid in os.listdir("/proc/self/task")}
     except OSError:
-        total = threading.active_count()
-    ours = sum(1 for t in threading.enumerate() if t.name.startswith("heavy-"))
-    return max(total - 1 - ours, 0)
+        return {t.native_id or 0 for t in threading.enumerate()}
+
+
+def record_thread_baseline() -> None:
+    """Called before collection: the threads plugins started while pytest was being configured."""
+    THREAD_BASELINE.clear()
+    THREAD_BASELINE.update(_thread_ids() - {threading.main_thread().native_id or 0})
+
+
+def foreign_threads() -> int:
+    """Threads in this process that are neither the main thread, nor ours, nor in the baseline
+    (OpenMP pools, for example)."""
+    ours = {t.native_id for t in threading.enumerate() if t.name.startswith("heavy-")}
+    others = _thread_ids() - ours - THREAD_BASELINE - {threading.main_thread().native_id}
+    return len(others)
 
 
 def fork_unsafe_reason(allowed_threads: int = 0) -> str | None:

@@ -67,7 +67,9 @@ class ForkLauncher:
             except OSError:  # closed in the parent already, its number not reused
                 pass
         if self._capture:
-            redirect_output(self._session.config, pipes.out_w, pipes.err_w)
+            child.own_output(self._session.config, pipes.child_fds()[2:])
+        else:
+            child.silence_terminal(self._session.config)
         os.environ.clear()
         os.environ.update(request.env)
         child.enable_stack_dumps()
@@ -76,20 +78,3 @@ class ForkLauncher:
     def close(self) -> None:
         pass
 
-
-def redirect_output(config: pytest.Config, out_fd: int, err_fd: int) -> None:
-    """Point fds 1 and 2 at our pipes, including the copies pytest's capture restores between tests.
-
-    pytest's global fd capture saved the terminal's fds when the session started and puts them
-    back whenever it suspends; those saved fds must lead to our pipes too, or output between and
-    after tests would reach the parent's terminal.
-    """
-    capman = config.pluginmanager.get_plugin("capturemanager")
-    targets = {1: out_fd, 2: err_fd}
-    capturing = getattr(capman, "_global_capturing", None)
-    for name, fd in (("out", 1), ("err", 2)):
-        saved = getattr(getattr(capturing, name, None), "targetfd_save", None)
-        if isinstance(saved, int):
-            os.dup2(targets[fd], saved)
-    os.dup2(out_fd, 1)
-    os.dup2(err_fd, 2)

@@ -135,7 +135,10 @@ class ForkserverLauncher:
         with open(path, "w") as fh:
             json.dump({**request.wire(), "env": request.env, "capture": self._capture}, fh)
         pipes = Pipes(self._capture)
-        socket.send_fds(self._sock, [json.dumps({"path": path}).encode()], pipes.child_fds())
+        terminal = [] if self._capture else [os.dup(1), os.dup(2)]  # -s: the child writes to our terminal
+        socket.send_fds(self._sock, [json.dumps({"path": path}).encode()], pipes.child_fds() + terminal)
+        for fd in terminal:
+            os.close(fd)
         try:
             reply = self._replies.get(timeout=REPLY_TIMEOUT_S)
         except queue.Empty:
@@ -184,11 +187,12 @@ def _child(config: pytest.Config, sock: socket.socket, request: dict[str, Any], 
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.setsid()
     procs.guard_child_tree(server)
-    events_fd, control_fd, *out_err = fds
+    events_fd, control_fd, *output = fds
     if request["capture"]:
-        os.dup2(out_err[0], 1)
-        os.dup2(out_err[1], 2)
-        for fd in out_err:
+        child.own_output(config, output)
+    else:  # -s: our terminal, not the server's (which has none)
+        for fd, target in zip(output, (1, 2), strict=True):
+            os.dup2(fd, target)
             os.close(fd)
     os.environ.clear()
     os.environ.update(request["env"])

@@ -47,10 +47,10 @@ class SpawnLauncher:
         pipes = Pipes(self._capture)
         env = dict(request.env)
         env[PAYLOAD_ENV] = payload_path
-        env[FDS_ENV] = f"{pipes.events_w},{pipes.control_r}"
+        env[FDS_ENV] = ",".join(str(fd) for fd in [pipes.events_w, pipes.control_r, *pipes.captured])
         popen = subprocess.Popen(
             [sys.executable, "-m", "pytest_heavy.isolation.child"],
-            cwd=self._cwd, env=env, pass_fds=[pipes.events_w, pipes.control_r],
+            cwd=self._cwd, env=env, pass_fds=[pipes.events_w, pipes.control_r, *pipes.captured],
             stdin=subprocess.DEVNULL,
             stdout=pipes.out_w if self._capture else None,
             stderr=pipes.err_w if self._capture else None,
