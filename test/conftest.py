@@ -17,10 +17,27 @@ FAKES = Path(__file__).resolve().parent / "fakes"
 FAKE_H100 = {"uuid": "GPU-aaaaaaaa-1111-2222-3333-444444444444", "name": "NVIDIA H100 80GB HBM3",
              "total_mib": 81559, "used_mib": 4, "compute_mode": 0}
 
+# The dev dependency group installs plugins users combine pytest-heavy with (test_plugins.py runs them
+# on purpose). In the generated sessions of the other tests they would change what those tests compare:
+# pytest-randomly shuffles, pytest-rerunfailures starts a thread at configure (so fork is refused and
+# children spawn), pytest-asyncio adds warnings. Blocked there; a plugin that is not installed is ignored.
+OTHER_PLUGINS = ("randomly", "rerunfailures", "asyncio", "xdist", "xdist.looponfail", "timeout",
+                 "pytest_forked", "pytest-split")
+
 
 @pytest.fixture
-def heavy_pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """A pytester whose sessions see no GPU and a 16 GiB machine, whatever machine runs the suite."""
+def no_other_plugins(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Generated sessions (in this process or not) load no third-party plugin but pytest-heavy and
+    pytest-cov. After ``pytester``, which clears PYTEST_ADDOPTS when it starts."""
+    blocked = " ".join(f"-p no:{name}" for name in OTHER_PLUGINS)
+    monkeypatch.setenv("PYTEST_ADDOPTS", f"{os.environ.get('PYTEST_ADDOPTS', '')} {blocked}".strip())
+
+
+@pytest.fixture
+def heavy_pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
+                   no_other_plugins: None) -> pytest.Pytester:
+    """A pytester whose sessions see no GPU and a 16 GiB machine, whatever machine runs the suite, and
+    no other third-party plugin."""
     pytester.makeini("[pytest]\nheavy_ram_gib = 4\n")
     monkeypatch.setenv("PYTEST_HEAVY_ASSUME", "gpus=0,ram=16GiB")
     monkeypatch.delenv("CICD", raising=False)
