@@ -203,3 +203,13 @@ def test_coverage_run_measures_the_plugins_import_time_lines(heavy_pytester: pyt
     source = open(pytest_heavy.plugin.__file__, encoding="utf-8").read().splitlines()
     configure = source.index("def pytest_configure(config: pytest.Config) -> None:") + 1
     assert configure in plugin["executed_lines"]  # the def statement runs at import time
+
+
+def test_doctor_plan_works_where_the_project_is_off(pytester: pytest.Pytester,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PYTEST_HEAVY", raising=False)
+    monkeypatch.setenv("PYTEST_HEAVY_ASSUME", "gpus=0,ram=64GiB")  # not --heavy-assume: that turns it on
+    pytester.makepyfile(test_a=HEAVY_MODULE, test_b=HEAVY_MODULE)
+    done = cli(pytester, "doctor", "--plan")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("plan for --heavy-workers auto on:")
