@@ -5,23 +5,28 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
-# The torch extra: `make install WITH_TORCH=1`; TORCH_SPEC picks the build (CI uses the machine's CPU wheel).
+# The torch group: `make install WITH_TORCH=1`; TORCH_SPEC picks the torch requirement, and pip's own
+# PIP_INDEX_URL / PIP_EXTRA_INDEX_URL the index (README, "Dependencies": the CPU wheel).
 WITH_TORCH ?= 0
 TORCH_SPEC ?= torch
+# test-oldest: the oldest supported pytest, in a virtual environment of its own.
+OLDEST_VENV ?= .venv-oldest
+OLDEST_PYTEST ?= pytest==8.0.*
+OLDEST_TESTS ?= $(wildcard test/test_isolation.py test/test_plugins.py)
 SPLITS ?= 4
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: install demo demo-compare test test-fast test-qualitative test-slow test-gpu test-heavy examples \
-        examples-split coverage mps-start mps-stop mps-status bench lint clean help
+.PHONY: install demo demo-compare test test-fast test-qualitative test-slow test-gpu test-heavy test-oldest \
+        examples examples-split coverage mps-start mps-stop mps-status bench lint dist clean help
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --upgrade 'pip>=25.1'  # 25.1: --group (PEP 735 dependency groups)
+	$(PY) -m pip install -q -e . --group dev --group lint --group tox
 	@if [ "$(WITH_TORCH)" = 1 ]; then \
-	  $(PY) -m pip install -q '$(TORCH_SPEC)' && $(PY) -m pip install -q -e '.[dev,torch]' \
+	  $(PY) -m pip install -q '$(TORCH_SPEC)' && $(PY) -m pip install -q --group torch \
 	  || echo "make: torch could not be installed; the torch tests will be skipped"; fi
 	@touch $@
 
@@ -34,23 +39,34 @@ demo: $(STAMP) ## run pytest-heavy on the bundled sample project (docs/demo), CP
 demo-compare: $(STAMP) ## the demo suite isolated and in one process, peaks side by side
 	$(PY) docs/demo/compare.py $(PYTEST_ARGS)
 
+# The tiers run through `pytest-heavy tier NAME -- ARGS` (python -m pytest -m EXPR ARGS), which ends a tier
+# with no tests here with exit 0 and a line saying so, where plain pytest exits 5.
 test: $(STAMP) ## the project's own test suite (what CI runs)
-	$(PY) -m pytest -ra $(PYTEST_ARGS)
+	$(BIN)/pytest-heavy tier default -- -ra $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## fast tier: no qualitative, no slow tests
-	$(PY) -m pytest -m "not qualitative" $(PYTEST_ARGS)
+	$(BIN)/pytest-heavy tier fast -- $(PYTEST_ARGS)
 
 test-qualitative: $(STAMP) ## only the qualitative tests
-	$(PY) -m pytest -m qualitative $(PYTEST_ARGS)
+	$(BIN)/pytest-heavy tier qualitative -- -rs $(PYTEST_ARGS)
 
 test-slow: $(STAMP) ## only the slow tests
-	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+	$(BIN)/pytest-heavy tier slow -- -rs $(PYTEST_ARGS)
 
 test-gpu: $(STAMP) ## GPU tier; starts MPS first on EXCLUSIVE_PROCESS GPUs when it can, stops it after
-	bash scripts/with-mps.sh $(PY) -m pytest -rs -m "requires_gpu or huggingface or vllm" test $(PYTEST_ARGS)
+	bash scripts/with-mps.sh $(BIN)/pytest-heavy tier gpu -- -rs test $(PYTEST_ARGS)
 
 test-heavy: $(STAMP) ## heavy tier (real HF/vLLM backends, held-memory GPU modules), isolated
 	$(PY) -m pytest -rs --heavy-isolate always test/backends test/gpu $(PYTEST_ARGS)
+
+$(OLDEST_VENV)/.installed: pyproject.toml
+	@test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install -q --upgrade 'pip>=25.1'
+	$(OLDEST_VENV)/bin/python -m pip install -q -e . --group dev '$(OLDEST_PYTEST)'
+	@touch $@
+
+test-oldest: $(OLDEST_VENV)/.installed ## isolation and plugin tests on the oldest supported pytest (8.0)
+	$(OLDEST_VENV)/bin/python -m pytest -p no:randomly $(OLDEST_TESTS) $(PYTEST_ARGS)
 
 examples: $(STAMP) ## run docs/examples as tests
 	$(PY) -m pytest -rs docs/examples $(PYTEST_ARGS)
@@ -58,8 +74,13 @@ examples: $(STAMP) ## run docs/examples as tests
 examples-split: $(STAMP) ## run docs/examples in SPLITS balanced subsets, one pytest process each
 	$(BIN)/pytest-heavy split $(SPLITS) docs/examples $(PYTEST_ARGS)
 
+# `coverage run` starts measuring before pytest imports its plugins, so pytest-heavy's own import-time
+# lines count (pytest --cov starts after them and warns that the module was imported unmeasured).
 coverage: $(STAMP) ## whole run with coverage (children included): htmlcov/ and coverage.json
-	$(PY) -m pytest --cov --cov-report=term --cov-report=html --cov-report=json $(PYTEST_ARGS)
+	rm -f .coverage .coverage.*
+	$(BIN)/coverage run -m pytest -ra $(PYTEST_ARGS); status=$$?; \
+	  $(BIN)/coverage combine -q && $(BIN)/coverage report && $(BIN)/coverage html -q && \
+	  $(BIN)/coverage json -q && exit $$status
 
 mps-start: $(STAMP) ## start an NVIDIA MPS control daemon for this user
 	bash scripts/mps-start.sh
@@ -77,8 +98,16 @@ lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check src test bench
 	$(BIN)/mypy
 
+dist: $(STAMP) ## build the sdist and wheel into dist/ and check them with twine
+	rm -rf dist
+	$(PY) -m build
+	$(BIN)/twine check --strict dist/*
+	@# The sdist ships the package only (MANIFEST.in): tests without their fakes and docs cannot run.
+	@if tar tzf dist/*.tar.gz | grep -E '/(test|bench|docs)/'; then \
+	  echo "make dist: the sdist ships files it must not (above)"; exit 1; fi
+
 clean: ## remove .venv, caches and coverage output
-	rm -rf $(VENV) .pytest_cache htmlcov coverage.json .coverage .coverage.* .tox .heavy build dist src/*.egg-info
+	rm -rf $(VENV) $(OLDEST_VENV) .pytest_cache htmlcov coverage.json .coverage .coverage.* .tox .heavy build dist src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 help: ## list the targets

@@ -17,6 +17,22 @@ FAKES = Path(__file__).resolve().parent / "fakes"
 FAKE_H100 = {"uuid": "GPU-aaaaaaaa-1111-2222-3333-444444444444", "name": "NVIDIA H100 80GB HBM3",
              "total_mib": 81559, "used_mib": 4, "compute_mode": 0}
 
+# The dev dependency group installs plugins users combine pytest-heavy with: every generated session runs
+# next to them (heavy_pytester blocks only pytest-randomly, whose reshuffling would defeat comparisons of
+# two runs), and test_plugins.py drives each on purpose. Tests that compare a session with and without
+# pytest-heavy (test_optin.py) block them all, so only pytest-heavy can make a difference; a plugin that
+# is not installed is ignored.
+OTHER_PLUGINS = ("randomly", "rerunfailures", "asyncio", "xdist", "xdist.looponfail", "timeout",
+                 "pytest_forked", "pytest-split")
+
+
+@pytest.fixture
+def no_other_plugins(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Generated sessions (in this process or not) load no third-party plugin but pytest-heavy and
+    pytest-cov. After ``pytester``, which clears PYTEST_ADDOPTS when it starts."""
+    blocked = " ".join(f"-p no:{name}" for name in OTHER_PLUGINS)
+    monkeypatch.setenv("PYTEST_ADDOPTS", f"{os.environ.get('PYTEST_ADDOPTS', '')} {blocked}".strip())
+
 
 @pytest.fixture
 def heavy_pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:

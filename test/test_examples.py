@@ -215,6 +215,7 @@ def test_outcomes_exit_status_skips_and_optional_modules(ex: pytest.Pytester) ->
     assert 'raises.py", line 4, in <module>' in raises and "runpy" not in raises and "<string>" not in raises
 
 
+@pytest.mark.slow
 def test_timeout_dumps_stacks_then_terminates_the_whole_session(ex: pytest.Pytester) -> None:
     ex.makeini(INI.format(extra="heavy_example_timeout_s = 1"))
     write(ex, "docs/examples/hangs.py", """

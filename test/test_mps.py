@@ -226,6 +226,7 @@ def test_scripts_export_for_eval(env):
     assert "stopped" in result.stderr and not fake_daemons(pipe)
 
 
+@pytest.mark.slow
 def test_a_pytest_run_after_mps_start_uses_the_users_daemon(env, tmp_path):
     """No exports in this shell: the plugin finds the per-user daemon and points every CUDA client at it."""
     dirs, _ = mps.start(env)

@@ -235,7 +235,8 @@ def test_guard_names_the_first_test_that_left_a_context(guarded):
     result.stdout.fnmatch_lines([
         "pytest-heavy: warning: the pytest parent holds a CUDA context, first seen after "
         "test_ctx.py::test_makes_context (torch.cuda.is_initialized() is True)*"
-        "EXCLUSIVE_PROCESS*(1) mark that test*requires_gpu_isolation*(2) start MPS first (make mps-start*"
+        "EXCLUSIVE_PROCESS*(1) mark that test*requires_gpu_isolation*"
+        "(2) start MPS first (eval \"$(pytest-heavy mps start)\"*"
         "(3) split the run*pytest-heavy split N",
     ])
     [warning] = guard_warnings(result)  # only the first test that left a context: test_after is not named

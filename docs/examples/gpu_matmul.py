@@ -9,7 +9,7 @@ import sys
 try:
     import torch
 except ModuleNotFoundError:
-    print("torch is not installed: pip install 'pytest-heavy[torch]'", file=sys.stderr)
+    print("torch is not installed (make install WITH_TORCH=1 adds it)", file=sys.stderr)
     sys.exit(77)
 
 if not torch.cuda.is_available():  # NVML sees a GPU that this torch cannot use (a CPU build, say)

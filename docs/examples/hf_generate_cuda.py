@@ -12,7 +12,7 @@ try:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 except ModuleNotFoundError as exc:
-    print(f"{exc.name} is not installed: pip install 'pytest-heavy[torch]'", file=sys.stderr)
+    print(f"{exc.name} is not installed (make install WITH_TORCH=1 adds it)", file=sys.stderr)
     sys.exit(77)
 
 if not torch.cuda.is_available():  # NVML sees a GPU that this torch cannot use (a CPU build, say)

@@ -11,7 +11,7 @@ import sys
 try:
     import torch
 except ModuleNotFoundError:
-    print("torch is not installed: pip install 'pytest-heavy[torch]'", file=sys.stderr)
+    print("torch is not installed (make install WITH_TORCH=1 adds it)", file=sys.stderr)
     sys.exit(77)
 
 torch.manual_seed(0)

@@ -1,4 +1,9 @@
-"""pytest hooks, each a few lines handing work to the module that owns the concern."""
+"""pytest hooks, each a few lines handing work to the module that owns the concern.
+
+The options and ini keys are always declared (so a project's configuration parses and ``--help`` lists
+them), but nothing else happens unless the project or the run opted in (``settings.enabled``): without
+``Run`` in the stash every hook returns at once, and no concern registers its plugin object.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +17,12 @@ from .examples import plugin as examples
 from .gpu import guard, mps
 from .isolation import plan
 from .memattr import plugin as memattr
-from .settings import ASSUME_ENV, Settings, add_options, load
+from .settings import ASSUME_ENV, ENABLE_ENV, Settings, add_options, enabled, load
 from .split import plugin as split
 from .split.durations import DurationsError, ModulePeaks, Store
 from .state import RUN, Run
+
+DISABLED = pytest.StashKey[str]()  # what kept pytest-heavy off, for the one header line
 
 # Modules exposing ``register(config, run)``; each adds its own hooks for the session.
 CONCERNS: tuple = (split, examples, guard, cleanup, memattr)
@@ -31,6 +38,10 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    on, why = enabled(config)
+    if not on:
+        config.stash[DISABLED] = why
+        return
     settings: Settings = load(config)
     markers.register(config, settings.gpu_markers + settings.isolate_markers)
     hw = hardware.from_env() if settings.child else None
@@ -48,12 +59,17 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    run = config.stash[RUN]
+    run = config.stash.get(RUN, None)
+    if run is None:
+        return [f"heavy: off ({config.stash[DISABLED]}); enable with heavy_enabled = true in the pytest "
+                f"configuration, a --heavy-* option or {ENABLE_ENV}=1"]
     return [f"heavy: {run.hardware.summary()}", f"heavy tier: {tiers.describe(config, run.settings)}"]
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    run = session.config.stash[RUN]
+    run = session.config.stash.get(RUN, None)
+    if run is None:
+        return
     xdist = xdist_worker(session.config) or session.config.pluginmanager.has_plugin("dsession")
     if not isolation_possible(session.config, run) or xdist:  # with -n no child starts: no server either
         return
@@ -84,7 +100,9 @@ def xdist_worker(config: pytest.Config) -> bool:
 def pytest_runtestloop(session: pytest.Session) -> bool | None:
     """Take over the run loop when heavy modules are to be isolated; otherwise leave it to pytest."""
     config = session.config
-    run = config.stash[RUN]
+    run = config.stash.get(RUN, None)
+    if run is None:
+        return None
     blocker = plan.isolation_blocker(config)
     if blocker and not run.settings.child and run.settings.isolate != "never":
         config.get_terminal_writer().line(f"pytest-heavy: {blocker}", yellow=True)
@@ -132,8 +150,8 @@ def note(config: pytest.Config, text: str) -> None:
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    run = config.stash[RUN]
-    if run.settings.child:
+    run = config.stash.get(RUN, None)
+    if run is None or run.settings.child:
         return
     tiers.deselect_slow(config, run.settings, items)
     for item in items:
@@ -152,11 +170,15 @@ def pytest_testnodedown(node: object, error: object) -> None:
     """pytest-xdist's controller: a worker ended; note the heavy modules it ran unisolated."""
     output = getattr(node, "workeroutput", None) or {}
     config: pytest.Config = node.config  # type: ignore[attr-defined]
-    config.stash[RUN].in_xdist_workers.update(output.get("heavy_modules", ()))
+    run = config.stash.get(RUN, None)
+    if run is not None:
+        run.in_xdist_workers.update(output.get("heavy_modules", ()))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    run = terminalreporter.config.stash[RUN]
+    run = terminalreporter.config.stash.get(RUN, None)
+    if run is None:
+        return
     report.gated_summary(terminalreporter, run.gated)
     report.heavy_table(terminalreporter, run.records, run.schedule)
     heavy_workers = run.settings.workers > 1 or run.settings.packing
@@ -164,8 +186,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    run = session.config.stash[RUN]
-    if run.settings.report_path and not run.settings.child:
+    run = session.config.stash.get(RUN, None)
+    if run is not None and run.settings.report_path and not run.settings.child:
         report.write_json(run.settings.report_path, run.records, json.loads(run.hardware.to_json()),
                           run.report_extra)
 

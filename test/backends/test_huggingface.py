@@ -44,6 +44,7 @@ def test_loaded_weights_compute_what_was_saved(tiny_lm: TinyLM, hf_model: Any) -
     torch.testing.assert_close(logits.cpu(), tiny_lm.reference_logits, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.qualitative
 def test_greedy_generation_is_deterministic_and_bounded(tiny_lm: TinyLM, hf_model: Any,
                                                         hf_tokenizer: Any) -> None:
     first = greedy(hf_model, hf_tokenizer, [tiny_lm.prompt], max_new_tokens=12, min_new_tokens=12)
@@ -51,18 +52,21 @@ def test_greedy_generation_is_deterministic_and_bounded(tiny_lm: TinyLM, hf_mode
     assert len(first[0]) == 12
 
 
+@pytest.mark.qualitative
 def test_generation_stops_at_the_eos_token(tiny_lm: TinyLM, hf_model: Any, hf_tokenizer: Any) -> None:
     [[first_token]] = greedy(hf_model, hf_tokenizer, [tiny_lm.prompt], max_new_tokens=1)
     [new] = greedy(hf_model, hf_tokenizer, [tiny_lm.prompt], max_new_tokens=10, eos_token_id=first_token)
     assert new == [first_token]
 
 
+@pytest.mark.qualitative
 def test_batched_generation_matches_one_prompt_at_a_time(hf_model: Any, hf_tokenizer: Any) -> None:
     """Left padding plus the attention mask must leave every row's greedy continuation unchanged."""
     batched = greedy(hf_model, hf_tokenizer, PROMPTS, min_new_tokens=8)
     assert batched == [greedy(hf_model, hf_tokenizer, [p], min_new_tokens=8)[0] for p in PROMPTS]
 
 
+@pytest.mark.qualitative
 def test_a_seed_reproduces_a_sample(tiny_lm: TinyLM, hf_model: Any, hf_tokenizer: Any) -> None:
     import torch
 

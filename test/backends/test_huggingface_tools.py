@@ -69,6 +69,7 @@ def test_generation_continues_the_chat_prompt(hf_model: Any, hf_tokenizer: Any) 
     assert hf_tokenizer.decode(out[0]).startswith(text)
 
 
+@pytest.mark.qualitative
 def test_a_forced_tool_call_stops_at_its_end_and_parses(hf_model: Any, hf_tokenizer: Any) -> None:
     new_text = forced_call(hf_model, hf_tokenizer, QUESTION, call_text(**PARIS))
     assert new_text == call_text(**PARIS)

@@ -32,6 +32,7 @@ def completion(engine: Any, prompt: Any, sampling: Any) -> Any:
     return out
 
 
+@pytest.mark.qualitative
 def test_greedy_generation_is_deterministic_and_bounded(vllm_engine: Any, tiny_lm: TinyLM) -> None:
     prompt = {"prompt_token_ids": tiny_lm.reference_ids}
     greedy = params(temperature=0.0, max_tokens=12, ignore_eos=True)
@@ -40,6 +41,7 @@ def test_greedy_generation_is_deterministic_and_bounded(vllm_engine: Any, tiny_l
     assert len(first.token_ids) == 12 and first.finish_reason == "length"
 
 
+@pytest.mark.qualitative
 def test_generation_stops_at_a_stop_token(vllm_engine: Any, tiny_lm: TinyLM) -> None:
     prompt = {"prompt_token_ids": tiny_lm.reference_ids}
     [first_token] = completion(vllm_engine, prompt, params(temperature=0.0, max_tokens=1)).token_ids
@@ -48,6 +50,7 @@ def test_generation_stops_at_a_stop_token(vllm_engine: Any, tiny_lm: TinyLM) -> 
     assert list(stopped.token_ids) == [first_token] and stopped.finish_reason == "stop"
 
 
+@pytest.mark.qualitative
 def test_a_seed_reproduces_a_sample(vllm_engine: Any, tiny_lm: TinyLM) -> None:
     prompt = {"prompt_token_ids": tiny_lm.reference_ids}
 

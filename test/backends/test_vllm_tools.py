@@ -62,6 +62,7 @@ def test_a_tool_round_trip_reaches_the_engine(vllm_engine: Any, hf_tokenizer: An
     assert prompt.endswith("<|im_start|>assistant\n")
 
 
+@pytest.mark.qualitative
 def test_a_forced_tool_call_is_generated_parsed_and_run(vllm_engine: Any) -> None:
     calls = [call_text("get_weather", {"city": city}) for city in ("Paris", "Tokyo")]
     request = chat(vllm_engine, QUESTION, params(temperature=0.0, max_tokens=128, **choice_among(calls)))

@@ -1,7 +1,8 @@
-"""The ``pytest-heavy`` command: ``doctor``, ``split`` and ``mps``.
+"""The ``pytest-heavy`` command: ``doctor``, ``tier``, ``split`` and ``mps``.
 
 ``doctor`` reads the project's pytest configuration the way a session would (ini keys, -p plugins,
-``--heavy-assume``), so what it prints is what ``pytest`` would decide here.
+``--heavy-assume``), so what it prints is what ``pytest`` would decide here. Usage errors exit 2, as
+argparse's own do; a reader that leaves early (``| head``) ends the command quietly with status 0.
 """
 
 from __future__ import annotations
@@ -9,14 +10,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
+from importlib import metadata
 from typing import Any
 
 import pytest
 
 from .. import gating, hardware, markers, tiers
-from ..settings import load
+from ..settings import ENABLE_ENV, enabled, load
 from . import mps, plan, split
+
+EXIT_USAGE = 2  # argparse's status for usage errors, used for every usage error of this command
+DOCTOR_SCHEMA = 1  # `doctor --json` layout version: bumped only when a key changes meaning or goes away
 
 
 def _settings(pytest_args: list[str]) -> Any:
@@ -24,32 +30,39 @@ def _settings(pytest_args: list[str]) -> Any:
     return load(config), config
 
 
+def tier_markexprs(gpu_markers: list[str]) -> dict[str, str | None]:
+    """Each tier's ``-m`` expression (None: no -m, the default tier)."""
+    return {"fast": "not qualitative", "default": None, "qualitative": "qualitative", "slow": "slow",
+            "gpu": " or ".join(gpu_markers)}
+
+
 def doctor_document(pytest_args: list[str]) -> dict[str, Any]:
     settings, config = _settings(pytest_args)
+    on, why = enabled(config)
     hw = hardware.probe(settings.assume or None)
     gpu_markers = sorted(set(gating.gpu_markers(settings)))
     names = sorted(markers.documented() | set(gpu_markers) | set(settings.isolate_markers))
     verdicts: dict[str, dict[str, Any]] = {}
     for name in names:
-        mark = pytest.Mark(name, (1,) if name == "requires_vram" else (), {})
+        decorator = getattr(pytest.mark, name)  # the public API: pytest.Mark(...) is private
+        mark = (decorator(1) if name == "requires_vram" else decorator).mark
         reason = gating.verdict([mark], settings, hw)
         if reason is None and name == "slow":
             reason = tiers.slow_reason(config, settings)  # a tier's deselection, which doctor shows too
         verdicts[name] = {"runs": reason is None, "reason": reason,
                           "isolated": name in settings.isolate_markers, "gpu": name in gpu_markers}
     return {
+        "schema": DOCTOR_SCHEMA,
+        "enabled": on,
+        "enabled_by": why,
         "hardware": json.loads(hw.to_json()),
         "summary": hw.summary(),
         "parent_trap_risk": hw.parent_trap_risk,
         "cicd": settings.cicd,
         "isolate": settings.isolate,
         "start": settings.start,
-        "tiers": {
-            "fast": 'pytest -m "not qualitative"',
-            "default": "pytest (qualitative included, slow deselected)",
-            "slow": "pytest -m slow",
-            "gpu": f'pytest -m "{" or ".join(gpu_markers)}"',  # every marker that implies a GPU
-        },
+        "tiers": {name: f'pytest -m "{expr}"' if expr else "pytest (qualitative included, slow deselected)"
+                  for name, expr in tier_markexprs(gpu_markers).items()},  # gpu: every marker implying a GPU
         "markers": verdicts,
     }
 
@@ -61,10 +74,16 @@ def doctor(args: argparse.Namespace) -> int:
         doc = doctor_document(args.pytest_args)
     except (pytest.UsageError, hardware.AssumeError) as exc:
         print(f"pytest-heavy doctor: {exc}", file=sys.stderr)
-        return 4
+        return EXIT_USAGE
     if args.json:
         print(json.dumps(doc, indent=2, sort_keys=True))
         return 0
+    if doc["enabled"]:
+        print(f"pytest-heavy: on here ({doc['enabled_by']})")
+    else:
+        print(f"pytest-heavy is off here ({doc['enabled_by']}): add heavy_enabled = true to the project's "
+              f"pytest configuration, or run pytest with a --heavy-* option or {ENABLE_ENV}=1. "
+              "What follows is what it would do once enabled.")
     print(f"machine: {doc['summary']}")
     gpus = doc["hardware"]["gpus"]
     for g in gpus:
@@ -75,12 +94,12 @@ def doctor(args: argparse.Namespace) -> int:
     if doc["parent_trap_risk"]:
         print("PARENT TRAP RISK: a GPU is in EXCLUSIVE_PROCESS mode and MPS is not running. "
               "A CUDA context in the pytest parent would make every GPU child fail with 'device busy'. "
-              "Start MPS (make mps-start) or split the run (pytest-heavy split N).")
+              "Start MPS (eval \"$(pytest-heavy mps start)\") or split the run (pytest-heavy split N).")
     else:
         print("parent trap: no risk here")
     print("tiers:")
     for name, cmd in doc["tiers"].items():
-        print(f"  {name:8} {cmd}")
+        print(f"  {name:12} {cmd}")
     print("markers here:")
     for name, v in doc["markers"].items():
         flags = ", ".join(f for f, on in (("isolated", v["isolated"]), ("GPU", v["gpu"])) if on)
@@ -96,7 +115,7 @@ def doctor_plan(args: argparse.Namespace) -> int:
         error, doc = str(exc), None
     if doc is None:
         print(f"pytest-heavy doctor --plan: {error}", file=sys.stderr)
-        return 4
+        return EXIT_USAGE
     if args.json:
         print(json.dumps(doc, indent=2, sort_keys=True))
     else:
@@ -104,8 +123,34 @@ def doctor_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def tier(args: argparse.Namespace) -> int:
+    """Run one tier as ``python -m pytest``; a tier with no tests here is a fine outcome, not exit 5."""
+    gpu_markers: list[str] = []
+    if args.name == "gpu":  # the only tier whose expression depends on the configuration
+        try:
+            gpu_markers = sorted(set(gating.gpu_markers(_settings(args.pytest_args)[0])))
+        except pytest.UsageError as exc:
+            print(f"pytest-heavy tier: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    expr = tier_markexprs(gpu_markers)[args.name]
+    command = [sys.executable, "-m", "pytest", *(["-m", expr] if expr else []), *args.pytest_args]
+    status = subprocess.call(command)
+    if status == pytest.ExitCode.NO_TESTS_COLLECTED:
+        print(f"pytest-heavy tier {args.name}: the tier is empty here (no test selected); exit 0", flush=True)
+        return 0
+    return status
+
+
+def version() -> str:
+    try:
+        return metadata.version("pytest-heavy")
+    except metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pytest-heavy", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("doctor", help="what this machine can run, and why")
     p.add_argument("--json", action="store_true", help="print a stable JSON document")
@@ -115,18 +160,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pytest_args", nargs=argparse.REMAINDER,
                    help="pytest options to read (e.g. --heavy-assume gpus=1x80GiB)")
     p.set_defaults(func=doctor)
+    p = sub.add_parser("tier", help="run one tier; a tier with no tests here exits 0 with a line saying so",
+                       description="Run `python -m pytest -m EXPR [pytest args]` for the tier; pytest's exit "
+                                   "5 (no tests) becomes 0 with one line saying the tier is empty.")
+    p.add_argument("name", choices=tuple(tier_markexprs([])), help="the tier")
+    p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="pytest arguments (after --)")
+    p.set_defaults(func=tier)
     mps.add_parser(sub)
     split.add_parser(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
+    try:
+        args, rest = parser.parse_known_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error (2): argparse has printed it
+        return exc.code if isinstance(exc.code, int) else 0
     if rest:
         args.pytest_args = [*rest, *getattr(args, "pytest_args", [])]
+    if getattr(args, "pytest_args", None) and args.pytest_args[0] == "--":
+        args.pytest_args = args.pytest_args[1:]
+    return int(args.func(args))
+
+
+def main(argv: list[str] | None = None) -> int:
     try:
-        return int(args.func(args))
+        status = _run(argv)
+        sys.stdout.flush()  # here, not at interpreter exit, where a broken pipe is reported as ignored
+        return status
     except BrokenPipeError:  # `pytest-heavy doctor | head`: the reader left, which is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 0

@@ -23,7 +23,7 @@ def _print_status(doc: dict[str, Any]) -> None:
     print(f"binary: {doc['binary'] or mps.CONTROL_BINARY + ' not found on PATH'}")
     if doc["clients_pipe_directory"] != doc["pipe_directory"]:
         print(f"CUDA programs in this shell look in {doc['clients_pipe_directory']}: run "
-              f"eval \"$(scripts/mps-start.sh)\" or export CUDA_MPS_PIPE_DIRECTORY={doc['pipe_directory']}")
+              f"eval \"$(pytest-heavy mps start)\" or export CUDA_MPS_PIPE_DIRECTORY={doc['pipe_directory']}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -93,8 +93,10 @@ def simulate(scheduler: Any, jobs: list[Job], peaks: dict[str, ModulePeaks],
 def plan_document(pytest_args: list[str]) -> tuple[dict[str, Any] | None, str]:
     """(the plan, '') or (None, why there is none)."""
     collector = _Collector()
-    code = pytest.main(["--collect-only", "-p", "no:terminal", "-p", "no:cacheprovider", *pytest_args],
-                       plugins=[collector])
+    # --heavy-workers=auto also turns pytest-heavy on where the project has not (yet): the plan is what
+    # it would do, as doctor's other output is. The project's own arguments come after and win.
+    args = ["--collect-only", "-p", "no:terminal", "-p", "no:cacheprovider", "--heavy-workers=auto"]
+    code = pytest.main([*args, *pytest_args], plugins=[collector])
     if collector.error:
         return None, collector.error
     if collector.doc is None:

@@ -194,7 +194,7 @@ def split_command(args: argparse.Namespace) -> int:
         if len(args.merge_junit) < 2 or args.n is not None or args.pytest_args:
             print("pytest-heavy split --merge-junit OUT IN...: takes an output file and at least one input, "
                   "nothing else", file=sys.stderr)
-            return 4
+            return 2  # a usage error, as argparse's own
         out, *inputs = map(Path, args.merge_junit)
         totals = merge_junit(inputs, out)
         missing = f"; unreadable: {', '.join(map(str, totals.missing))}" if totals.missing else ""
@@ -202,7 +202,7 @@ def split_command(args: argparse.Namespace) -> int:
         return 1 if totals.counts["failed"] or totals.counts["errors"] or totals.missing else 0
     if args.n is None:
         print("pytest-heavy split: N (the number of subsets) is required", file=sys.stderr)
-        return 4
+        return 2
     return run_split(args.n, args.jobs, Path(args.junit_dir), args.pytest_args)
 
 

@@ -156,9 +156,9 @@ def adopt(env: MutableMapping[str, str]) -> Dirs | None:
     """Point CUDA clients at this user's daemon (``pytest-heavy mps start``) when nothing else is chosen.
 
     Without CUDA_MPS_PIPE_DIRECTORY, CUDA looks in the driver's default directory; a daemon started by
-    ``make mps-start`` in another shell lives in the per-user one. When only the latter is alive, its
+    ``pytest-heavy mps start`` in another shell lives in the per-user one. When only the latter is alive, its
     directories are set in ``env`` (the pytest parent's environment, copied to every child), so a run
-    after ``make mps-start`` uses MPS without the ``eval`` of its exports.
+    after ``pytest-heavy mps start`` uses MPS without the ``eval`` of its exports.
     """
     if "CUDA_MPS_PIPE_DIRECTORY" in env or find_daemon(Path(DEFAULT_PIPE_DIR)) is not None:
         return None

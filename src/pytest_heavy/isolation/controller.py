@@ -29,7 +29,7 @@ class Controller:
                  peaks: Mapping[str, ModulePeaks] | None = None) -> None:
         self.session, self.config, self.hook = session, session.config, session.config.hook
         self.run, self.settings, self.launchers = run, run.settings, launchers
-        self.replay = Replay(session.config)
+        self.replay = Replay(session.config, run.settings.junit_properties)
         self.running: list[UnitRun] = []
         self.gpu = run.gpu()
         self.env = supervise.child_environment(run.settings, run.hardware, isolated=True)

@@ -26,10 +26,11 @@ SESSION_EVENTS = {Event.INTERRUPT.value, Event.LEFTOVERS.value, Event.DONE.value
 
 
 class Replay:
-    def __init__(self, config: pytest.Config) -> None:
+    def __init__(self, config: pytest.Config, junit_properties: bool = False) -> None:
         self.config = config
         self.hook = config.hook
         self.inbox: queue.Queue[tuple[UnitRun, Attempt, dict[str, Any] | None]] = queue.Queue()
+        self.junit_properties = junit_properties  # peak memory in user_properties: only when asked
         self.handlers: dict[str, Callable[[UnitRun, dict[str, Any]], None]] = {
             Event.LOGSTART.value: self.logstart,
             Event.REPORT.value: self.report,
@@ -163,7 +164,8 @@ class Replay:
 
     def log_report(self, ur: UnitRun, report: pytest.TestReport) -> None:
         ur.phases.setdefault(report.nodeid, {})[report.when] = report.passed
-        if report.when == "teardown" and ur.attempt:
+        # Only when asked: by default an isolated run's junit equals an in-process run's.
+        if report.when == "teardown" and ur.attempt and self.junit_properties:
             peaks = ur.attempt.sup.monitor.peaks
             report.user_properties.append(("heavy_module_peak_rss_mib", round(peaks.rss_mib)))
             if peaks.gpu_mib is not None:

@@ -1,8 +1,11 @@
 """``--heavy-split i/N``: keep this subset's share of the selection, and record durations on every run.
 
-Durations are recorded on every run, not only split ones, so that the first ``--heavy-split`` is already
-balanced. They come from ``pytest_runtest_logreport``: isolated children's reports are re-emitted in the
-parent through that same hook, so one source covers in-process items, isolated modules and examples.
+Durations are recorded into the pytest cache on every run, not only split ones, so that the first
+``--heavy-split`` on this machine is already balanced; the committed file (ini ``heavy_durations_path``)
+is only read, and written only with ``--heavy-store-durations`` (pytest-split's convention), so that an
+ordinary run never dirties a checkout. They come from ``pytest_runtest_logreport``: isolated children's
+reports are re-emitted in the parent through that same hook, so one source covers in-process items,
+isolated modules and examples.
 """
 
 from __future__ import annotations
