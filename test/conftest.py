@@ -43,7 +43,8 @@ def heavy_pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -
     randomly enables it on its own command line (``-p randomly``).
     """
     pytester.makeini("[pytest]\nheavy_ram_gib = 4\n")
-    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:randomly")
+    # pytest-asyncio (dev group) warns in every session whose ini leaves its loop scope unset.
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:randomly -o asyncio_default_fixture_loop_scope=function")
     monkeypatch.setenv("PYTEST_HEAVY_ASSUME", "gpus=0,ram=16GiB")
     monkeypatch.delenv("CICD", raising=False)
     monkeypatch.delenv("COVERAGE_FILE", raising=False)  # a tox env's: generated sessions keep their own

@@ -291,6 +291,7 @@ def test_leak_finder_names_module_globals_and_fixtures_in_one_process(heavy_pyte
     assert {t["process"] for t in doc["tests"]} == {"parent"}
 
 
+@pytest.mark.slow
 def test_leak_finder_names_a_tensor_global(heavy_pytester):
     pytest.importorskip("torch")
     heavy_pytester.makepyfile(test_tensor="""

@@ -9,6 +9,9 @@ import xml.etree.ElementTree as ET
 import pytest
 
 METHODS = ["spawn", "fork", "forkserver"]
+# For tests that wait out real timeouts: fork in the default tier, the other methods in the slow tier.
+METHODS_FORK_FAST = [pytest.param("spawn", marks=pytest.mark.slow), "fork",
+                     pytest.param("forkserver", marks=pytest.mark.slow)]
 
 
 def needs(module):
@@ -107,7 +110,7 @@ def test_after():
 
 
 @needs("pytest_timeout")
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", METHODS_FORK_FAST)
 def test_timeout_signal_method_fails_the_test_with_its_message(heavy_pytester, method):
     heavy_pytester.makeini("[pytest]\nheavy_ram_gib = 4\ntimeout = 2\ntimeout_method = signal\n")
     heavy_pytester.makepyfile(test_a=TIMEOUT_MODULE, test_b=TIMEOUT_MODULE)
@@ -119,7 +122,7 @@ def test_timeout_signal_method_fails_the_test_with_its_message(heavy_pytester, m
 
 
 @needs("pytest_timeout")
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", METHODS_FORK_FAST)
 def test_timeout_thread_method_fails_the_test_and_the_module_goes_on(heavy_pytester, method):
     """In one process the thread method ends the whole session (os._exit); in a child it ends only
     the child: the test fails with pytest-timeout's dump, the module's later tests still run."""
@@ -322,6 +325,7 @@ def test_randomly_same_order_and_seeds_as_in_process(heavy_pytester, method):
 
 
 @needs("pytest_split")
+@pytest.mark.slow
 def test_pytest_split_and_heavy_split_coexist(heavy_pytester):
     """Both partition the same way isolated or not (no cache: --heavy-split would learn durations
     between the runs and balance differently)."""
