@@ -63,7 +63,8 @@ def summary_table(rows: dict[str, dict]) -> str:
             continue
         for v in entry["verdicts"]:
             met = {True: "met", False: "**not met**", None: "(no target)"}[v["met"]]
-            lines.append([f"[{entry['title']}]({name}.md)", v["target"], v["measured"], met, entry["date"]])
+            when = entry["date"] + (" (quick run)" if entry.get("quick") else "")
+            lines.append([f"[{entry['title']}]({name}.md)", v["target"], v["measured"], met, when])
     return table(["figure", "target", "measured (median)", "verdict", "measured on"], lines)
 
 
