@@ -123,8 +123,6 @@ class Controller:
         for ur in list(self.running):
             self.check(ur)
 
-    # --- starting a child -------------------------------------------------------------------------
-
     def launch(self, ur: UnitRun) -> None:
         """Start a child for the tests ``ur`` has left, where its placement says."""
         refusal = guard.refusal(self.config, f"the child process for {ur.name}") if ur.unit.gpu else None
