@@ -217,15 +217,21 @@ def kill_leftovers(sid: int, seen: Iterable[psutil.Process] = (), exclude: int |
     victims.pop(os.getpid(), None)
     if exclude is not None:
         victims.pop(exclude, None)
+    killed = _kill(victims.values())
+    psutil.wait_procs(list(victims.values()), timeout=5)
+    return killed
+
+
+def _kill(victims: Iterable[psutil.Process]) -> list[str]:
+    """SIGKILL each process; the names of those it reached (one that just died is skipped)."""
     killed = []
-    for proc in victims.values():
+    for proc in victims:
         try:
             label = describe(proc)
             proc.kill()
             killed.append(label)
         except psutil.Error:
             continue
-    psutil.wait_procs(list(victims.values()), timeout=5)
     return killed
 
 
@@ -279,13 +285,7 @@ def kill_descendants() -> list[str]:
         victims = tree(os.getpid())[1:]
         if not victims:
             break
-        for proc in victims:
-            try:
-                label = describe(proc)
-                proc.kill()
-                killed.append(label)
-            except psutil.Error:
-                continue
+        killed += _kill(victims)
         psutil.wait_procs(victims, timeout=2)
     return killed
 
