@@ -274,3 +274,39 @@ def test_doctor_into_a_closed_pipe_ends_quietly(tmp_path):
     finally:
         os.close(write_end)
     assert "Traceback" not in run.stderr and run.returncode == 0, run.stderr
+
+
+def test_closest_marks_match_pytest_at_every_level(heavy_pytester: pytest.Pytester) -> None:
+    """markers.closest (one walk per node, shared by tiers, gating, planning and limits) answers what
+    pytest's own iter_markers does: the item's mark before its class's and module's, stacked decorators
+    included, and a mark added to the item later (gating's skip) is seen."""
+    heavy_pytester.makepyfile('''
+        import pytest
+        from pytest_heavy import markers
+
+        pytestmark = [pytest.mark.slow, pytest.mark.foo(1)]
+
+        def pytest_closest(item):
+            expected = {}
+            for mark in item.iter_markers():
+                expected.setdefault(mark.name, mark)
+            assert markers.closest(item) == expected
+            return expected
+
+        @pytest.mark.foo(2)
+        class TestLevels:
+            @pytest.mark.foo(3)
+            @pytest.mark.foo(4)
+            def test_own(self, request):
+                assert pytest_closest(request.node)["foo"].args == (4,)
+                request.node.add_marker(pytest.mark.bar)
+                assert "bar" in pytest_closest(request.node)
+
+            def test_class(self, request):
+                assert pytest_closest(request.node)["foo"].args == (2,)
+
+        def test_module(request):
+            assert pytest_closest(request.node)["foo"].args == (1,)
+            assert "slow" in pytest_closest(request.node)
+    ''')
+    heavy_pytester.runpytest("--heavy-run-slow").assert_outcomes(passed=3)

@@ -8,7 +8,7 @@ applies it to each item and ``pytest-heavy doctor`` to each marker, so the two n
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import pytest
 
@@ -50,19 +50,19 @@ def gpu_marker(marker_names: Iterable[str], settings: Settings) -> str | None:
     return next((m for m in gpu_markers(settings) if m in marker_names), None)
 
 
-def verdict(marks: list[pytest.Mark], settings: Settings, hw: Hardware) -> str | None:
-    """Why a test with these marks is skipped here, or None when it runs.
+def verdict(by_name: Mapping[str, pytest.Mark], settings: Settings, hw: Hardware) -> str | None:
+    """Why a test with these marks (each name's closest: ``markers.closest``) is skipped here, or None
+    when it runs.
 
     Raises ValueError for a mark that cannot be read (``requires_vram("lots")``).
     """
-    by_name = {m.name: m for m in reversed(marks)}  # closest mark wins
     reason = hardware_reason(by_name, settings, hw)
     if reason is None and settings.cicd and "qualitative" in by_name:
         reason = CICD_QUALITATIVE_REASON
     return reason
 
 
-def hardware_reason(by_name: dict[str, pytest.Mark], settings: Settings, hw: Hardware) -> str | None:
+def hardware_reason(by_name: Mapping[str, pytest.Mark], settings: Settings, hw: Hardware) -> str | None:
     """What the test needs that this machine lacks (GPU, VRAM, RAM, vllm), or None."""
     gpu = gpu_marker(by_name, settings)
     if gpu and not settings.ignore_gpu_check:

@@ -349,10 +349,24 @@ def probe_gpus() -> tuple[tuple[GPU, ...], str, str]:
     return gpus, reason, driver
 
 
+def ram_mib() -> tuple[int, int]:
+    """(total, available) MiB of host RAM. On Linux straight from /proc/meminfo, the file psutil reads
+    too: importing psutil costs a session start more than the whole probe, and every opted-in session
+    probes (psutil is imported later, by sessions that start processes). Elsewhere psutil."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            kib = {key: int(rest.split()[0]) for key, _, rest in (line.partition(":") for line in fh)
+                   if key in ("MemTotal", "MemAvailable")}
+        return kib["MemTotal"] >> 10, kib["MemAvailable"] >> 10
+    except (OSError, KeyError, ValueError, IndexError):
+        import psutil
+
+        vm = psutil.virtual_memory()
+        return vm.total >> 20, vm.available >> 20
+
+
 def probe(assume: str | None = None) -> Hardware:
     """Probe the machine once; fields named in ``assume`` are taken from the spec instead."""
-    import psutil
-
     fields = parse_assume(assume) if assume else {}
     gpus: tuple[GPU, ...]
     if "gpus" in fields:
@@ -360,7 +374,7 @@ def probe(assume: str | None = None) -> Hardware:
     else:
         gpus, reason, driver = probe_gpus()
     mps_pid, mps_detail = mps.daemon_pid() if gpus or "gpus" in fields else (None, "no GPU")
-    vm = psutil.virtual_memory()
+    ram_total, ram_available = ram_mib()
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS
@@ -372,8 +386,8 @@ def probe(assume: str | None = None) -> Hardware:
         mps=mps_pid is not None,
         mps_detail=mps_detail,
         apple_mps=platform.system() == "Darwin" and platform.machine() == "arm64",
-        ram_total_mib=vm.total >> 20,
-        ram_available_mib=vm.available >> 20,
+        ram_total_mib=ram_total,
+        ram_available_mib=ram_available,
         cpus=cpus,
     )
     return apply_assume(hw, fields) if fields else hw

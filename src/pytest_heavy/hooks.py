@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 
-from .report import HeavyRecord
+if TYPE_CHECKING:  # hookspecs are read by name: the record's module is imported by enabled sessions only
+    from .report import HeavyRecord
 
 
 @pytest.hookspec

@@ -46,7 +46,7 @@ def doctor_document(pytest_args: list[str]) -> dict[str, Any]:
     for name in names:
         decorator = getattr(pytest.mark, name)  # the public API: pytest.Mark(...) is private
         mark = (decorator(1) if name == "requires_vram" else decorator).mark
-        reason = gating.verdict([mark], settings, hw)
+        reason = gating.verdict({mark.name: mark}, settings, hw)
         if reason is None and name == "slow":
             reason = tiers.slow_reason(config, settings)  # a tier's deselection, which doctor shows too
         verdicts[name] = {"runs": reason is None, "reason": reason,

@@ -1,6 +1,7 @@
 """Collection of example scripts: a plain directory walk that never imports them, one item per file
-with a ``# pytest:`` header. The runner (``item.py``: subprocess, psutil, supervision) is imported
-only once an example is collected, so sessions without examples never load it."""
+with a ``# pytest:`` header. The header grammar is imported once a file in an examples directory is
+seen, the runner (``item.py``: subprocess, psutil, supervision) once an example is collected, so
+sessions without examples never load either."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from typing import Any
 import pytest
 
 from ..state import Run
-from .header import HeaderError, find_header, parse_header
 
 
 class ExamplesPlugin:
@@ -36,6 +36,8 @@ class ExamplesPlugin:
             return collected
         # pytest's Module (and DoctestModule) would import the file: examples and their helpers never are.
         kept = [c for c in collected if not isinstance(c, pytest.Module)]
+        from .header import find_header
+
         found = find_header(file_path)
         if found is not None:
             kept.append(ExampleFile.from_parent(parent, path=file_path, header_line=found[0],
@@ -52,6 +54,8 @@ class ExampleFile(pytest.File):
         self.header_text = header_text
 
     def collect(self) -> Iterable[pytest.Item]:
+        from .header import HeaderError, parse_header
+
         where = f"{self.nodeid}:{self.header_line}"
         # pytest warns about an unregistered marker; say where it is instead of pointing at this module.
         with warnings.catch_warnings(record=True) as caught:
@@ -74,4 +78,7 @@ class ExampleFile(pytest.File):
 
 
 def register(config: pytest.Config, run: Run) -> None:
-    config.pluginmanager.register(ExamplesPlugin(config, run), "heavy-examples")
+    """Only where an examples directory exists: other projects' sessions get no collection hook."""
+    plugin = ExamplesPlugin(config, run)
+    if any(d.is_dir() for d in plugin.dirs):
+        config.pluginmanager.register(plugin, "heavy-examples")

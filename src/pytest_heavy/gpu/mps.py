@@ -81,20 +81,20 @@ def find_daemon(pipes: Path) -> Any | None:
     When there is no pid file, a control binary process whose environment names ``pipes`` counts
     too (processes of other users hide their environment and are then not matched).
     """
-    import psutil
-
     try:
         pid = int((pipes / PID_FILE).read_text().strip())
     except (OSError, ValueError):
         pid = None
+    if pid is None and not (pipes / "control").exists():
+        return None  # no daemon: every session start on a machine without MPS ends here, psutil unloaded
+    import psutil
+
     if pid is not None:
         try:
             proc = psutil.Process(pid)
         except psutil.NoSuchProcess:
             return None
         return proc if _is_control_daemon(proc) and proc.status() != psutil.STATUS_ZOMBIE else None
-    if not (pipes / "control").exists():
-        return None
     for proc in psutil.process_iter(["name"]):
         if not _is_control_daemon(proc):
             continue

@@ -14,7 +14,7 @@ import pytest
 
 from ..gating import gpu_count, gpu_marker
 from ..hardware import Hardware
-from ..markers import names
+from ..markers import closest
 from ..settings import Settings
 
 
@@ -33,11 +33,11 @@ class Unit:
         self.items.append(item)
         if _skipped(item):
             return
-        marker_names = names(item)
-        if gpu_marker(marker_names, settings) or "requires_gpu_isolation" in marker_names:
-            mark = item.get_closest_marker("requires_gpu")
+        marks = closest(item)
+        if gpu_marker(marks, settings) or "requires_gpu_isolation" in marks:
+            mark = marks.get("requires_gpu")
             self.gpus = max(self.gpus, gpu_count(mark) if mark else 1)
-        self.heavy_ram = self.heavy_ram or "requires_heavy_ram" in marker_names
+        self.heavy_ram = self.heavy_ram or "requires_heavy_ram" in marks
 
 
 def module_of(item: pytest.Item) -> str:
@@ -46,7 +46,7 @@ def module_of(item: pytest.Item) -> str:
 
 def _skipped(item: pytest.Item) -> bool:
     """Unconditionally skipped (gating adds such marks): not worth a child process."""
-    return item.get_closest_marker("skip") is not None
+    return "skip" in closest(item)
 
 
 def isolation_blocker(config: pytest.Config) -> str | None:
@@ -65,7 +65,7 @@ def plan(items: list[pytest.Item], settings: Settings, hw: Hardware) -> list[Uni
     for item in items:
         if _skipped(item):
             continue
-        marker_names = names(item)
+        marker_names = closest(item)
         # An example already runs in a process of its own: isolation markers add nothing but a second one.
         own_process = getattr(item, "runs_in_own_process", False)
         if not own_process and any(m in marker_names for m in settings.isolate_markers):

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from ..hardware import AssumeError, parse_size_mib
+from ..markers import closest
 
 if TYPE_CHECKING:
     from .sampler import Reading
@@ -48,7 +49,7 @@ def _size(value: object, what: str) -> float:
 
 def of(item: pytest.Item) -> Limit | None:
     """The item's limit, or None without the marker; ValueError naming the marker when malformed."""
-    mark = item.get_closest_marker(MARKER)
+    mark = closest(item).get(MARKER)
     if mark is None:
         return None
     if mark.args:
@@ -63,13 +64,16 @@ def of(item: pytest.Item) -> Limit | None:
                  vram_mib=_size(vram, f"{MARKER}(vram={vram!r})") if vram is not None else None)
 
 
-def check(items: list[pytest.Item]) -> None:
-    """Collection time: every marker well-formed, or a usage error naming the test."""
+def check(items: list[pytest.Item]) -> bool:
+    """Collection time: every marker well-formed, or a usage error naming the test. Whether any test
+    has a limit."""
+    found = False
     for item in items:
         try:
-            of(item)
+            found = of(item) is not None or found
         except ValueError as exc:
             raise pytest.UsageError(f"{item.nodeid}: {exc}") from None
+    return found
 
 
 def _mib(value: float) -> str:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # the sampler (psutil, NVML) is imported only once a test is 
 ATTR = "heavy_memory"  # the teardown report's attribute holding a test's figures
 INTERVAL_S = 0.1  # the sampling thread's period in children, as the parent's TreeMonitor
 POINTS = ("setup_start", "call_end", "teardown_end")
+MEASURE_NAME = "heavy-memattr"
 
 
 def register(config: pytest.Config, run: Run) -> None:
@@ -41,8 +42,10 @@ def register(config: pytest.Config, run: Run) -> None:
         run.settings = dataclasses.replace(run.settings, isolate="never")  # one process, on purpose
     asked = bool(run.settings.report_path or config.option.heavy_report_html or find_leaks)
     measure = Measure(run, asked)
-    config.pluginmanager.register(measure, "heavy-memattr")
+    if asked or run.settings.child:  # else its per-test hooks wait for a test with a limit
+        config.pluginmanager.register(measure, MEASURE_NAME)
     if not run.settings.child:
+        config.pluginmanager.register(LimitCheck(measure), "heavy-memattr-limits")
         if asked:
             run.report_extra["tests"] = measure.tests
         if find_leaks:
@@ -53,6 +56,20 @@ def register(config: pytest.Config, run: Run) -> None:
             measure.leak_lines = finder.lines
             config.pluginmanager.register(finder, "heavy-leaks")
             config.pluginmanager.register(leaks, "heavy-leaks-probe")  # its module-scope fixture
+
+
+class LimitCheck:
+    """In the parent, at collection: every limit marker well-formed (a usage error names the test), and
+    the measuring hooks registered when a selected test has one (``Measure`` is not otherwise, unless
+    figures were asked for). A forked child inherits the registration; spawned ones always register."""
+
+    def __init__(self, measure: Measure) -> None:
+        self.measure = measure
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        if limits.check(items) and not config.pluginmanager.is_registered(self.measure):
+            config.pluginmanager.register(self.measure, MEASURE_NAME)
 
 
 @dataclasses.dataclass
@@ -131,11 +148,6 @@ class Measure:
             self._monitor = None
 
     # --- in the parent -------------------------------------------------------------------------------
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        if not self.run.settings.child:
-            limits.check(items)
 
     def pytest_heavy_child_env(self, config: pytest.Config, unit: str, env: dict[str, str]) -> None:
         if self.parent_asked:
