@@ -158,15 +158,27 @@ def silence_terminal(config: pytest.Config, fd: int | None = None) -> None:
     reporter._tw = sink
 
 
-def run_session(config: pytest.Config, request: dict[str, Any], sender: Sender, control_fd: int) -> int:
-    """Collect the unit's files in a fresh session and run exactly the requested node ids."""
+def start_session(config: pytest.Config) -> pytest.Session:
+    """A session whose ``pytest_sessionstart`` hooks have run. The fixture manager built there parses
+    every plugin's fixtures, about half of what a forkserver child would cost, so the server starts
+    the session once and each fork inherits it, as a fork of the parent inherits the parent's. Which
+    files it collects is decided later, by ``config.args``."""
+    session = pytest.Session.from_config(config)
+    session.exitstatus = pytest.ExitCode.OK
+    config.hook.pytest_sessionstart(session=session)
+    return session
+
+
+def run_session(config: pytest.Config, request: dict[str, Any], sender: Sender, control_fd: int,
+                session: pytest.Session | None = None) -> int:
+    """Collect the unit's files (in ``session``, started here unless given) and run exactly the
+    requested node ids."""
     register_forwarder(Forwarder(sender, config, request["nodeids"]))
     config.option.maxfail = request["maxfail"]
     config.args = list(request["paths"])
-    session = pytest.Session.from_config(config)
-    session.exitstatus = pytest.ExitCode.OK
+    if session is None:
+        session = start_session(config)
     watch_control(control_fd, session)
-    config.hook.pytest_sessionstart(session=session)
     try:
         config.hook.pytest_collection(session=session)
         run_items(session, session.items)

@@ -1,8 +1,8 @@
 """forkserver: one server process, started before collection, forks a child per module.
 
-The server configures pytest once (plugins, conftests, configure hooks) and imports the modules
-named in ``heavy_preload`` (torch, transformers...), so each child pays only for collecting and
-running its own module. It never runs a test itself and never creates a CUDA context, so its
+The server configures pytest once (plugins, conftests, configure hooks), imports the modules
+named in ``heavy_preload`` (torch, transformers...) and starts one session (``pytest_sessionstart``:
+the fixture manager), so each child pays only for collecting and running its own module. It never runs a test itself and never creates a CUDA context, so its
 forks stay safe; before each fork it checks it is still single-threaded, and refuses otherwise.
 
 Protocol over a SOCK_SEQPACKET socket pair (message boundaries kept, fds passed with SCM_RIGHTS):
@@ -180,8 +180,9 @@ def _send(sock: socket.socket, **msg: Any) -> None:
     sock.send(json.dumps(msg).encode())
 
 
-def _child(config: pytest.Config, sock: socket.socket, request: dict[str, Any], fds: list[int],
+def _child(session: pytest.Session, sock: socket.socket, request: dict[str, Any], fds: list[int],
            server: int) -> int:
+    config = session.config
     sock.close()
     signal.set_wakeup_fd(-1)  # the server's signal plumbing is not the child's
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -198,7 +199,7 @@ def _child(config: pytest.Config, sock: socket.socket, request: dict[str, Any], 
     os.environ.update(request["env"])
     child.enable_stack_dumps()
     sender = wire.Sender(events_fd)
-    return child.finish(sender, child.run_session(config, request, sender, control_fd))
+    return child.finish(sender, child.run_session(config, request, sender, control_fd, session))
 
 
 def _reap(sock: socket.socket) -> None:
@@ -239,6 +240,7 @@ def serve(sock: socket.socket, payload: dict[str, Any]) -> None:
     try:
         config = child.configure(payload["options"], payload["args"])
         failed = preload(payload["preload"])
+        session = child.start_session(config)
         imported_threads = settled_threads()
     except BaseException as exc:
         traceback.print_exc()
@@ -273,7 +275,7 @@ def serve(sock: socket.socket, payload: dict[str, Any]) -> None:
         if pid == 0:
             code = wire.EXIT_INTERNAL
             try:
-                code = _child(config, sock, request, fds, server)
+                code = _child(session, sock, request, fds, server)
             except BaseException:
                 traceback.print_exc()
             finally:
@@ -291,6 +293,10 @@ def main() -> None:
         serve(sock, payload)
     finally:
         sock.close()
+    # The session is over and every child is reaped: skip the interpreter's teardown, which with torch
+    # loaded takes about a second that the parent, waiting for this process to exit, would add to the run.
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
