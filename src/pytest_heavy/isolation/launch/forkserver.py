@@ -2,8 +2,9 @@
 
 The server configures pytest once (plugins, conftests, configure hooks), imports the modules
 named in ``heavy_preload`` (torch, transformers...) and starts one session (``pytest_sessionstart``:
-the fixture manager), so each child pays only for collecting and running its own module. It never runs a test itself and never creates a CUDA context, so its
-forks stay safe; before each fork it checks it is still single-threaded, and refuses otherwise.
+the fixture manager), so each child pays only for collecting and running its own module. It never
+runs a test itself and never creates a CUDA context, so its forks stay safe; before each fork it
+checks it is still single-threaded, and refuses otherwise.
 
 Protocol over a SOCK_SEQPACKET socket pair (message boundaries kept, fds passed with SCM_RIGHTS):
 parent -> server: {"path": request.json} + the child's fds; server -> parent: {"ready"}, then
