@@ -51,7 +51,9 @@ def report_check(path: Path, modules: int, method: str, walls: list[float]) -> C
             raise RunFailed(f"{path}: expected {modules} isolated modules that passed, got {records}")
         walls.extend(r["wall_s"] for r in records)
         used = sorted({r["start_method"] for r in records})
-        return method if used == [method] else f"{', '.join(used)} ({method} refused)"
+        if method == "auto" or used == [method]:
+            return ", ".join(used)
+        return f"{', '.join(used)} ({method} refused)"
 
     return check
 
@@ -128,6 +130,36 @@ def suite_section(title: str, reps: int, runs: SuiteRuns, verdicts: list[Verdict
     return f"## {title} ({reps} repetitions)\n\n" + table(header, rows)
 
 
+SUITE_TARGET = 1.3  # a torch suite isolated by default at most this much slower than in-process
+
+
+def torch_suites(quick: bool, verdicts: list[Verdict]) -> str:
+    """Whole torch suites, ``auto`` (the default) against in-process: what a HuggingFace-style suite
+    pays for isolating every module. Two shapes: modules that only import torch (the parent can fork),
+    and modules whose import starts torch's OpenMP pool (it cannot: the forkserver runs them)."""
+    modules, reps = (4, 1) if quick else (10, 3)
+    rows = []
+    for shape, weights in (("`import torch`", False), ("`import torch` + `W = torch.ones(256, 256)`", True)):
+        with tempfile.TemporaryDirectory(prefix="heavy-bench-torch-") as tmp:
+            root = Path(tmp)
+            names = suites.heavy_suite(root, modules, 3, torch=True, preload=True, weights=weights)
+            base = [PY, "-m", "pytest", "-q", *names]
+            report = root / "report.json"
+            never = Variant("in-process", [[*base, "--heavy-isolate", "never"]], root)
+            auto = Variant("auto", [[*base, "--heavy-report", str(report)]], root,
+                           check=report_check(report, modules, "auto", []))
+            measure([never, auto], reps, warmup=[never], progress=f"isolation, torch suite {shape}")
+        rel = paired(auto.walls(), never.walls())
+        used = "; ".join(sorted(auto.notes))
+        rows.append([shape, spread(never.walls(), secs), spread(auto.walls(), secs), used,
+                     spread(rel, ratio)])
+        verdicts.append(Verdict(f"{modules} modules ({shape}, heavy_preload = torch) isolated by default: at "
+                                f"most {SUITE_TARGET}x in-process", f"{ratio(median(rel))} ({used})",
+                                median(rel) <= SUITE_TARGET))
+    return (f"## Whole torch suites ({modules} modules of 3 tests, {reps} repetitions)\n\n"
+            + table(["module shape", "in-process", "isolated (`auto`)", "children ran as", "ratio"], rows))
+
+
 def run(quick: bool) -> Figure:
     reps = 1 if quick else 3
     plans = [
@@ -143,6 +175,7 @@ def run(quick: bool) -> Figure:
             measure(runs.variants(), suite_reps, warmup=[runs.never[1]],
                     progress=f"isolation, {title.lower()}")
             sections.append(suite_section(title, suite_reps, runs, verdicts))
+    sections.append(torch_suites(quick, verdicts))
     body = (
         f"Suites of heavy modules (`pytestmark = pytest.mark.requires_gpu_isolation`, {TESTS} tests each), "
         "run at two sizes with `--heavy-isolate always` and each start method, in-process with "

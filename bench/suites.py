@@ -44,14 +44,17 @@ def idle_suite(root: Path, modules: int = 20, per_module: int = 100) -> int:
 
 
 def heavy_suite(root: Path, modules: int, tests: int = 4, torch: bool = False,
-                preload: bool = False) -> list[str]:
+                preload: bool = False, weights: bool = False) -> list[str]:
     """``modules`` heavy modules of ``tests`` parametrized tests each; returns their file names.
 
     With ``torch`` every module imports torch at module level and each test runs a small torch op,
     as a HuggingFace suite does; ``preload`` sets ``heavy_preload = torch`` for the forkserver.
+    ``weights`` adds ``W = torch.ones(256, 256)`` at import: big enough for torch to start its OpenMP
+    pool while the parent collects, after which the parent cannot fork safely.
     """
     write_ini(root, *(["heavy_preload = torch"] if preload else []))
     header = "import pytest\n" + ("import torch\n" if torch else "")
+    header += "W = torch.ones(256, 256)\n" if weights else ""
     body = "assert torch.ones(8).add(x).sum().item() == 8 * (1 + x)" if torch else "assert x >= 0"
     names = []
     for m in range(modules):
