@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
 import textwrap
 import xml.etree.ElementTree as ET
@@ -366,8 +367,17 @@ def test_environment_cwd_and_argv(ex: pytest.Pytester, cwd: str, monkeypatch: py
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
     write(ex, "docs/examples/nested/env.py", """
         # pytest:
-        import json, os, pathlib, sys
+        import sys
+        loaded = sorted(sys.modules)  # before its own imports: what the runner preloaded
+        import json, os, pathlib, pickle
+
+        class Point:
+            pass
+
         facts = {
+            "loaded": loaded, "pickled": pickle.loads(pickle.dumps(Point)) is Point,
+            "runner_names": [n for n in ("run", "faulthandler", "stacks", "main", "code") if n in dir()],
+            "package": __package__, "spec": __spec__,
             "cwd": os.getcwd(), "argv": sys.argv, "name": __name__, "file": __file__, "path0": sys.path[0],
             "pythonpath": os.environ["PYTHONPATH"].split(os.pathsep),
             "alloc": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"), "flavour": os.environ.get("EXAMPLE_FLAVOUR"),
@@ -386,6 +396,14 @@ def test_environment_cwd_and_argv(ex: pytest.Pytester, cwd: str, monkeypatch: py
     assert facts["alloc"] == "expandable_segments:True"
     assert (facts["flavour"], facts["hardware"]) == ("plain", True)
     assert (facts["own_session"], facts["stdin"], facts["executable"]) == (True, "", sys.executable)
+    # Run as `python <file>` runs it: its own __main__ (pickling by reference works), none of the
+    # runner's names, and no module loaded that a direct run does not load, but faulthandler.
+    assert (facts["pickled"], facts["runner_names"]) == (True, [])
+    assert (facts["package"], facts["spec"]) == (None, None)
+    subprocess.run([sys.executable, example], cwd=ex.path, env=os.environ | {"EXAMPLE_FLAVOUR": "plain"},
+                   stdin=subprocess.DEVNULL, check=True)
+    loaded_directly = json.loads((ex.path / "docs/examples/nested/facts.json").read_text())["loaded"]
+    assert set(facts["loaded"]) - set(loaded_directly) <= {"faulthandler"}
 
 
 def test_dash_s_streams_the_output_live(ex: pytest.Pytester) -> None:
