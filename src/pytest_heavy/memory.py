@@ -112,18 +112,23 @@ class Peaks:
 class TreeMonitor:
     """Sample a process tree every ``interval`` seconds in a daemon thread until ``stop``."""
 
-    def __init__(self, pid: int, gpu: GpuReader | None, interval: float = 0.1) -> None:
+    def __init__(self, pid: int, gpu: GpuReader | None, interval: float = 0.1, *,
+                 just_started: bool = False) -> None:
         self.pid = pid
         self.peaks = Peaks(gpu_mib=0.0 if gpu else None)
         self._gpu = gpu
         self._interval = interval
         self._stop = threading.Event()
+        # just_started: the process cannot have descendants yet, so the first sample reads only its
+        # own entry, not every process's parent in /proc (what an example's start pays)
+        self._root_only = just_started
         self._sample()  # now, not when the thread first runs: a quick process may be gone by then
+        self._root_only = False
         self._thread = threading.Thread(target=self._run, name=f"heavy-monitor-{pid}", daemon=True)
         self._thread.start()
 
     def _sample(self) -> None:
-        members = procs.tree(self.pid)
+        members = procs.tree(self.pid, descendants=not self._root_only)
         rss = 0
         for proc in members:
             self.peaks.seen.setdefault(proc.pid, proc)

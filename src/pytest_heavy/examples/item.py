@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import pytest
 
-from .. import gating, markers, procs, supervise, wire
+from .. import gating, markers, memory, procs, supervise, wire
 from ..gpu import guard
 from ..report import HeavyRecord
 from ..state import RUN, Run
@@ -30,7 +30,7 @@ STDERR_LINES = 40  # lines of stderr in a failure message
 # node id -> heavy-table row of the examples running now; the plugin counts their reports into it
 RUNNING = pytest.StashKey[dict[str, HeavyRecord]]()
 
-# Run inside the example's interpreter: argv = [-c, optional modules, stack file, example, *args].
+# Run inside the example's interpreter: argv = [-c, optional modules, stacks fd, example, *args].
 # It registers faulthandler on STACK_SIGNAL (stacks go to a file, so stderr stays the example's own),
 # then runs the file the way `python <file>` does: sys.argv[0], sys.path[0], a fresh __main__ module.
 # It imports nothing the interpreter has not loaded already (runpy, signal and pkgutil would add
@@ -39,7 +39,7 @@ RUNNING = pytest.StashKey[dict[str, HeavyRecord]]()
 BOOTSTRAP = f"""\
 import faulthandler, os, sys
 def run(optional, stacks, path):
-    faulthandler.register({int(wire.STACK_SIGNAL)}, file=open(stacks, "w"), all_threads=True)
+    faulthandler.register({int(wire.STACK_SIGNAL)}, file=int(stacks), all_threads=True)
     sys.argv[:] = sys.argv[3:]
     sys.path[0] = os.path.dirname(os.path.realpath(path))
     main = type(sys)("__main__")
@@ -107,46 +107,47 @@ class ExampleItem(pytest.Item):
     def _run(self, run: Run, timeout: float, live: bool, record: HeavyRecord,
              gpu_example: bool) -> tuple[supervise.Supervisor, str, procs.Drain, procs.Drain]:
         """Start the example, wait (bounded), end its whole tree, and fill in its table row."""
-        settings = run.settings
-        root = str(self.config.rootpath)
-        env = supervise.child_environment(settings, run.hardware, isolated=False)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-        cwd = root if settings.examples_cwd == "rootdir" else str(self.path.parent)
         gpu = run.gpu()
         record.gpu_before_mib = gpu.device_used_mib() if gpu else None
-        with tempfile.TemporaryDirectory(prefix="pytest-heavy-example-") as tmp:
-            stack_file = os.path.join(tmp, "stacks.txt")
-            argv = [sys.executable, "-c", BOOTSTRAP, ",".join(settings.optional_modules), stack_file,
-                    str(self.path)]
+        # faulthandler writes the stacks into an unnamed file passed as a descriptor: no directory to
+        # make and remove per example, and stderr stays the example's own.
+        with tempfile.TemporaryFile(prefix="pytest-heavy-stacks-") as stacks_file:
             start = time.monotonic()
-            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, start_new_session=True)
-            sup = supervise.Supervisor(proc, gpu, record.gpu_before_mib, "the example")
+            proc = self._start(run, stacks_file.fileno())
+            sup = supervise.Supervisor(proc, gpu, record.gpu_before_mib, "the example", just_started=True)
             assert proc.stdout is not None and proc.stderr is not None
             pipes = procs.pipe_inodes(proc.stdout, proc.stderr)
             out = procs.Drain(proc.stdout, keep=not live, echo=_binary(sys.stdout) if live else None)
             err = procs.Drain(proc.stderr, keep=not live, echo=_binary(sys.stderr) if live else None)
             try:
                 if procs.wait(proc, timeout or None) is None:
-                    sup.time_out(lambda: _size(stack_file))
+                    sup.time_out(lambda: os.fstat(stacks_file.fileno()).st_size)
             finally:
-                # Also reached on Ctrl-C: nothing of the example's session outlives the run, nor a
-                # daemon that left it and still holds the example's output pipes.
-                holders = [p for p in procs.pipe_holders(pipes) if p.pid != proc.pid]
-                peaks = sup.reap(holders)
-                proc.wait()
-                out.join(5)  # a grandchild holding the pipes is dead now: the drains reach EOF
-                err.join(5)
-                stacks = _read(stack_file)
+                peaks = _end(sup, pipes, out, err)
                 record.wall_s = time.monotonic() - start
                 record.peak_rss_mib = peaks.rss_mib
                 record.peak_gpu_mib = peaks.gpu_mib
                 record.exit = "timeout" if sup.timed_out else procs.signal_name(proc.returncode)
                 record.killed = sup.killed
+            stacks_file.seek(0)
+            stacks = stacks_file.read().decode(errors="replace").strip()
         pids = guard.context_pids(self.config, {proc.pid, *peaks.seen}) if gpu_example else None
-        record.released = sup.release(settings, pids).text()
+        record.released = sup.release(run.settings, pids).text()
         record.gpu_after_mib = gpu.device_used_mib() if gpu else None
         return sup, stacks, out, err
+
+    def _start(self, run: Run, stacks_fd: int) -> subprocess.Popen[bytes]:
+        """``python -c BOOTSTRAP ... <file>`` in a session of its own; no preexec_fn, so CPython starts
+        it with vfork + exec, whatever the size of the pytest process."""
+        settings = run.settings
+        root = str(self.config.rootpath)
+        env = supervise.child_environment(settings, run.hardware, isolated=False)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        cwd = root if settings.examples_cwd == "rootdir" else str(self.path.parent)
+        argv = [sys.executable, "-c", BOOTSTRAP, ",".join(settings.optional_modules), str(stacks_fd),
+                str(self.path)]
+        return subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True, pass_fds=(stacks_fd,))
 
     def _outcome(self, sup: supervise.Supervisor, stacks: str, timeout: float, tail: str) -> None:
         """Pass, skip (exit 77: reason = last stderr line) or fail with the status and stderr's tail."""
@@ -184,16 +185,22 @@ def _binary(text_stream: Any) -> IO[bytes] | None:
     return getattr(text_stream, "buffer", None)
 
 
-def _size(path: str) -> int:
-    return os.path.getsize(path) if os.path.exists(path) else 0
+def _end(sup: supervise.Supervisor, pipes: list[int], out: procs.Drain, err: procs.Drain) -> memory.Peaks:
+    """End what is left of the example's tree (also on Ctrl-C) and let its output drain.
 
-
-def _read(path: str) -> str:
-    """The stack dump, or nothing when the example ended before its bootstrap created the file."""
-    if not os.path.exists(path):
-        return ""
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        return fh.read().strip()
+    Nothing of its session outlives the run, nor a daemon that left it and still holds its output
+    pipes. Those holders are looked for in /proc (milliseconds) only when the output has not reached
+    EOF within ``EOF_WAIT_S``: once every write end is closed, nobody can hold them.
+    """
+    deadline = time.monotonic() + supervise.EOF_WAIT_S
+    for drain in (out, err):
+        drain.join(max(0.0, deadline - time.monotonic()))
+    held = out.reading() or err.reading()
+    holders = [p for p in procs.pipe_holders(pipes) if p.pid != sup.proc.pid] if held else []
+    peaks = sup.reap(holders)
+    out.join(5)  # a grandchild holding the pipes is dead now: the drains reach EOF
+    err.join(5)
+    return peaks
 
 
 class ReportCounter:
