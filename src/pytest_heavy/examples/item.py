@@ -117,10 +117,15 @@ class ExampleItem(pytest.Item):
             sup = supervise.Supervisor(proc, gpu, record.gpu_before_mib, "the example", just_started=True)
             assert proc.stdout is not None and proc.stderr is not None
             pipes = procs.pipe_inodes(proc.stdout, proc.stderr)
-            out = procs.Drain(proc.stdout, keep=not live, echo=_binary(sys.stdout) if live else None)
-            err = procs.Drain(proc.stderr, keep=not live, echo=_binary(sys.stderr) if live else None)
+            # Read by this thread while it waits: no drain threads to start for a short example.
+            out = procs.Drain(proc.stdout, keep=not live, echo=_binary(sys.stdout) if live else None,
+                              threaded=False)
+            err = procs.Drain(proc.stderr, keep=not live, echo=_binary(sys.stderr) if live else None,
+                              threaded=False)
             try:
-                if procs.wait(proc, timeout or None) is None:
+                if procs.wait(proc, timeout or None, (out, err)) is None:
+                    out.background()  # the end sequence has waits of its own
+                    err.background()
                     sup.time_out(lambda: os.fstat(stacks_file.fileno()).st_size)
             finally:
                 peaks = _end(sup, pipes, out, err)
@@ -192,14 +197,11 @@ def _end(sup: supervise.Supervisor, pipes: list[int], out: procs.Drain, err: pro
     pipes. Those holders are looked for in /proc (milliseconds) only when the output has not reached
     EOF within ``EOF_WAIT_S``: once every write end is closed, nobody can hold them.
     """
-    deadline = time.monotonic() + supervise.EOF_WAIT_S
-    for drain in (out, err):
-        drain.join(max(0.0, deadline - time.monotonic()))
+    procs.pump((out, err), supervise.EOF_WAIT_S)
     held = out.reading() or err.reading()
     holders = [p for p in procs.pipe_holders(pipes) if p.pid != sup.proc.pid] if held else []
     peaks = sup.reap(holders)
-    out.join(5)  # a grandchild holding the pipes is dead now: the drains reach EOF
-    err.join(5)
+    procs.pump((out, err), 5)  # a grandchild holding the pipes is dead now: the drains reach EOF
     return peaks
 
 
