@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any, Protocol
 
 import psutil
@@ -37,13 +37,15 @@ class Process(Protocol):
     def send_signal(self, sig: int) -> None: ...
 
 
-def wait(proc: Process, timeout: float | None, drains: Sequence[Drain] = ()) -> int | None:
+def wait(proc: Process, timeout: float | None, drains: Sequence[Drain] = (),
+         tick: Callable[[], None] | None = None) -> int | None:
     """The return code, or None when ``timeout`` seconds passed first (None: no limit).
 
     Sleeps in ``select`` on a pidfd (Linux 5.3+), which wakes the moment the process exits: no polling
     delay is added to a short example or child. ``poll()`` is still asked at least every
     ``RECHECK_S``, so a pid that was reaped elsewhere (a forkserver's child) cannot hold us up.
-    Unthreaded ``drains`` are read in the same ``select`` while it waits.
+    Unthreaded ``drains`` are read in the same ``select`` while it waits, and ``tick`` is called at
+    each wake (at least every ``RECHECK_S``).
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     pidfd = _pidfd(proc.pid)
@@ -53,6 +55,8 @@ def wait(proc: Process, timeout: float | None, drains: Sequence[Drain] = ()) -> 
             if left is not None and left <= 0:
                 return None
             step = RECHECK_S if left is None else min(left, RECHECK_S)
+            if tick is not None:
+                tick()
             if pidfd is None:
                 _select(drains, [], min(step, POLL_S))
             else:

@@ -50,15 +50,15 @@ class Supervisor:
 
     def __init__(self, proc: procs.Process, gpu: memory.GpuReader | None, baseline_gpu: int | None,
                  label: str, positions: Sequence[int] | None = None, foreign_at_start: int = 0,
-                 just_started: bool = False) -> None:
+                 just_started: bool = False, threaded: bool = True) -> None:
         self.proc = proc
         self.gpu = gpu
         self.baseline_gpu = baseline_gpu  # device memory used before the process started
         self.positions = positions  # the GPUs it was pinned to (indices into hw.gpus); None: all
         self.foreign_at_start = foreign_at_start  # what other processes held on them at its start
         self.label = label  # how messages name the process itself: "the example", "the child"
-        # just_started: it was started a moment ago (an example), see TreeMonitor
-        self.monitor = memory.TreeMonitor(proc.pid, gpu, just_started=just_started)
+        # an example: just started, and its waiting thread ticks the monitor (see TreeMonitor)
+        self.monitor = memory.TreeMonitor(proc.pid, gpu, just_started=just_started, threaded=threaded)
         self.timed_out = False
         self.terminated: list[str] = []  # SIGTERMed by end()
         self.killed: list[str] = []  # SIGKILLed by reap(): survivors and leftovers

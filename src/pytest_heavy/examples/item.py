@@ -114,16 +114,17 @@ class ExampleItem(pytest.Item):
         with tempfile.TemporaryFile(prefix="pytest-heavy-stacks-") as stacks_file:
             start = time.monotonic()
             proc = self._start(run, stacks_file.fileno())
-            sup = supervise.Supervisor(proc, gpu, record.gpu_before_mib, "the example", just_started=True)
+            sup = supervise.Supervisor(proc, gpu, record.gpu_before_mib, "the example", just_started=True,
+                                       threaded=False)
             assert proc.stdout is not None and proc.stderr is not None
             pipes = procs.pipe_inodes(proc.stdout, proc.stderr)
-            # Read by this thread while it waits: no drain threads to start for a short example.
+            # Read and sampled by this thread while it waits: no thread to start for a short example.
             out = procs.Drain(proc.stdout, keep=not live, echo=_binary(sys.stdout) if live else None,
                               threaded=False)
             err = procs.Drain(proc.stderr, keep=not live, echo=_binary(sys.stderr) if live else None,
                               threaded=False)
             try:
-                if procs.wait(proc, timeout or None, (out, err)) is None:
+                if procs.wait(proc, timeout or None, (out, err), sup.monitor.tick) is None:
                     out.background()  # the end sequence has waits of its own
                     err.background()
                     sup.time_out(lambda: os.fstat(stacks_file.fileno()).st_size)
