@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -426,3 +428,43 @@ def test_an_example_with_an_isolation_marker_is_not_wrapped_in_a_second_process(
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(["docs/examples/big.py::example * 1 passed * subprocess *exit 0",
                                  "test_h1.py * 1 passed *", "test_h2.py * 1 passed *"])
+
+
+WAITS = """\
+# pytest:
+import os, pathlib, subprocess, sys, time
+sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)"])
+pathlib.Path("pids").write_text(f"{os.getpid()} {sleeper.pid}")
+time.sleep(1000)
+"""
+
+
+def test_a_sigkilled_parent_ends_the_running_example_and_its_session(ex: pytest.Pytester) -> None:
+    """pytest killed by SIGKILL cannot end the example itself: the session's watchdog does, and
+    everything in the example's session with it."""
+    write(ex, "docs/examples/waits.py", WAITS)
+    pids_file = ex.path / "pids"
+    parent = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "docs/examples"],
+                              cwd=ex.path, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(pids_file.read_text().split() if pids_file.exists() else []) < 2:
+            assert parent.poll() is None and time.monotonic() < deadline, "the example never started"
+            time.sleep(0.05)
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    started = [psutil.Process(int(pid)) for pid in pids_file.read_text().split()]
+    deadline = time.monotonic() + 10
+    while (alive := [p for p in started if _running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for proc in alive:
+        proc.kill()
+    assert not alive, f"outlived their SIGKILLed parent: {alive}"
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

@@ -24,11 +24,13 @@ from ..gpu import guard
 from ..report import HeavyRecord
 from ..state import RUN, Run
 from .header import Header
+from .watchdog import Watchdog
 
 EXIT_SKIP = 77  # the automake convention: "this test cannot run here"
 STDERR_LINES = 40  # lines of stderr in a failure message
 # node id -> heavy-table row of the examples running now; the plugin counts their reports into it
 RUNNING = pytest.StashKey[dict[str, HeavyRecord]]()
+PLUGIN_NAME = "heavy-example-reports"
 
 # Run inside the example's interpreter: argv = [-c, optional modules, stacks fd, example, *args].
 # It registers faulthandler on STACK_SIGNAL (stacks go to a file, so stderr stays the example's own),
@@ -114,6 +116,8 @@ class ExampleItem(pytest.Item):
         with tempfile.TemporaryFile(prefix="pytest-heavy-stacks-") as stacks_file:
             start = time.monotonic()
             proc = self._start(run, stacks_file.fileno())
+            watchdog = _session(self.config).watchdog()
+            watchdog.watch(proc.pid)
             sup = supervise.Supervisor(proc, gpu, record.gpu_before_mib, "the example", just_started=True,
                                        threaded=False)
             assert proc.stdout is not None and proc.stderr is not None
@@ -130,6 +134,7 @@ class ExampleItem(pytest.Item):
                     sup.time_out(lambda: os.fstat(stacks_file.fileno()).st_size)
             finally:
                 peaks = _end(sup, pipes, out, err)
+                watchdog.release(proc.pid)
                 record.wall_s = time.monotonic() - start
                 record.peak_rss_mib = peaks.rss_mib
                 record.peak_gpu_mib = peaks.gpu_mib
@@ -206,20 +211,36 @@ def _end(sup: supervise.Supervisor, pipes: list[int], out: procs.Drain, err: pro
     return peaks
 
 
-class ReportCounter:
-    """Counts the reports of running examples into their heavy-table rows; registered with the first
-    example collected, so a session without examples pays no per-report hook."""
+class SessionExamples:
+    """What the examples of one session share: their reports are counted into their heavy-table rows,
+    and the watchdog is started with the first example that runs and closed at the session's end.
+    Registered with the first example collected, so a session without examples pays no hook."""
 
     def __init__(self, running: dict[str, HeavyRecord]) -> None:
         self.running = running
+        self._watchdog: Watchdog | None = None
+
+    def watchdog(self) -> Watchdog:
+        if self._watchdog is None:
+            self._watchdog = Watchdog()
+        return self._watchdog
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         record = self.running.get(report.nodeid)
         if record is not None:
             record.count(report)
 
+    def pytest_unconfigure(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.close()
+
+
+def _session(config: pytest.Config) -> SessionExamples:
+    plugin = config.pluginmanager.get_plugin(PLUGIN_NAME)
+    assert isinstance(plugin, SessionExamples), "registered with the first example collected"
+    return plugin
+
 
 def count_reports(config: pytest.Config) -> None:
-    if not config.pluginmanager.has_plugin("heavy-example-reports"):
-        config.pluginmanager.register(ReportCounter(config.stash.setdefault(RUNNING, {})),
-                                      "heavy-example-reports")
+    if not config.pluginmanager.has_plugin(PLUGIN_NAME):
+        config.pluginmanager.register(SessionExamples(config.stash.setdefault(RUNNING, {})), PLUGIN_NAME)
