@@ -252,11 +252,15 @@ def pipe_holders(inodes: Iterable[int]) -> list[psutil.Process]:
 
 
 def session_members(sid: int) -> list[psutil.Process]:
-    """Live processes whose session id is ``sid`` (orphans keep it when reparented)."""
+    """Live processes whose session id is ``sid`` (orphans keep it when reparented).
+
+    One ``getsid`` per pid; a ``psutil.Process`` (which reads /proc) only for members: after every
+    example and child, and usually there are none.
+    """
     found = []
-    for proc in psutil.process_iter():
+    for pid in psutil.pids():
         try:
-            if os.getsid(proc.pid) == sid and _alive(proc):
+            if os.getsid(pid) == sid and _alive(proc := psutil.Process(pid)):
                 found.append(proc)
         except (OSError, psutil.Error):
             continue
