@@ -468,3 +468,21 @@ def _running(proc: psutil.Process) -> bool:
         return proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def test_what_compiling_says_reaches_the_examples_stderr(ex: pytest.Pytester) -> None:
+    """pytest compiles an example's code for it, except where compiling reports something: a syntax
+    error, or a warning (here made an error by the example's environment, as `python -W error` would)."""
+    ex.makeini(INI.format(extra="heavy_env = PYTHONWARNINGS=error"))
+    write(ex, "docs/examples/broken.py", "# pytest:\nvalues = (1,\n")
+    write(ex, "docs/examples/escape.py", '# pytest:\npattern = "\\d+"\n')
+    write(ex, "docs/examples/fine.py", "# pytest:\nimport sys\nassert __name__ == '__main__'\n")
+    result = ex.runpytest("-rA", "docs/examples")
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.fnmatch_lines_random([
+        "docs/examples/broken.py::example failed: exit 1",
+        "*broken.py*line 2*",
+        "SyntaxError: *",
+        "docs/examples/escape.py::example failed: exit 1",
+        "SyntaxError: invalid escape sequence*",
+    ])

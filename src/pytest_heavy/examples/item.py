@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -23,49 +22,14 @@ from .. import gating, markers, memory, procs, supervise, wire
 from ..gpu import guard
 from ..report import HeavyRecord
 from ..state import RUN, Run
+from .bootstrap import BOOTSTRAP, EXIT_SKIP, anonymous_file, compiled
 from .header import Header
 from .watchdog import Watchdog
 
-EXIT_SKIP = 77  # the automake convention: "this test cannot run here"
 STDERR_LINES = 40  # lines of stderr in a failure message
 # node id -> heavy-table row of the examples running now; the plugin counts their reports into it
 RUNNING = pytest.StashKey[dict[str, HeavyRecord]]()
 PLUGIN_NAME = "heavy-example-reports"
-
-# Run inside the example's interpreter: argv = [-c, optional modules, stacks fd, example, *args].
-# It registers faulthandler on STACK_SIGNAL (stacks go to a file, so stderr stays the example's own),
-# then runs the file the way `python <file>` does: sys.argv[0], sys.path[0], a fresh __main__ module.
-# It imports nothing the interpreter has not loaded already (runpy, signal and pkgutil would add
-# ~14 ms to every example), and its names stay out of the example's globals.
-# Its own frames are cut from tracebacks; a missing optional module exits 77 with the reason last.
-BOOTSTRAP = f"""\
-import faulthandler, os, sys
-def run(optional, stacks, path):
-    faulthandler.register({int(wire.STACK_SIGNAL)}, file=int(stacks), all_threads=True)
-    sys.argv[:] = sys.argv[3:]
-    sys.path[0] = os.path.dirname(os.path.realpath(path))
-    main = type(sys)("__main__")
-    main.__file__, main.__cached__, main.__builtins__ = path, None, __builtins__
-    sys.modules["__main__"] = main
-    try:
-        with open(path, "rb") as source:
-            code = compile(source.read(), path, "exec", dont_inherit=True)
-        exec(code, vars(main))
-    except (SystemExit, KeyboardInterrupt):
-        raise
-    except BaseException as exc:
-        missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
-        wanted = [m for m in optional.split(",") if missing and (m == missing or m.startswith(missing + "."))]
-        tb = exc.__traceback__
-        while tb is not None and tb.tb_frame.f_code.co_filename != path:
-            tb = tb.tb_next
-        sys.excepthook(type(exc), exc.with_traceback(tb), tb)
-        if wanted:
-            sys.stderr.write("optional dependency " + wanted[0] + " not installed\\n")
-        sys.exit({EXIT_SKIP} if wanted else 1)
-run(*sys.argv[1:4])
-"""
-
 
 class ExampleFailure(Exception):
     """An example that failed or timed out; its message is the whole failure report."""
@@ -111,11 +75,12 @@ class ExampleItem(pytest.Item):
         """Start the example, wait (bounded), end its whole tree, and fill in its table row."""
         gpu = run.gpu()
         record.gpu_before_mib = gpu.device_used_mib() if gpu else None
-        # faulthandler writes the stacks into an unnamed file passed as a descriptor: no directory to
-        # make and remove per example, and stderr stays the example's own.
-        with tempfile.TemporaryFile(prefix="pytest-heavy-stacks-") as stacks_file:
+        # faulthandler writes the stacks into an anonymous file passed as a descriptor: no directory
+        # to make and remove per example, and stderr stays the example's own.
+        stacks_fd = anonymous_file()
+        try:
             start = time.monotonic()
-            proc = self._start(run, stacks_file.fileno())
+            proc = self._start(run, stacks_fd)
             watchdog = _session(self.config).watchdog()
             watchdog.watch(proc.pid)
             sup = supervise.Supervisor(proc, gpu, record.gpu_before_mib, "the example", just_started=True,
@@ -131,7 +96,7 @@ class ExampleItem(pytest.Item):
                 if procs.wait(proc, timeout or None, (out, err), sup.monitor.tick) is None:
                     out.background()  # the end sequence has waits of its own
                     err.background()
-                    sup.time_out(lambda: os.fstat(stacks_file.fileno()).st_size)
+                    sup.time_out(lambda: os.fstat(stacks_fd).st_size)
             finally:
                 peaks = _end(sup, pipes, out, err)
                 watchdog.release(proc.pid)
@@ -140,25 +105,34 @@ class ExampleItem(pytest.Item):
                 record.peak_gpu_mib = peaks.gpu_mib
                 record.exit = "timeout" if sup.timed_out else procs.signal_name(proc.returncode)
                 record.killed = sup.killed
-            stacks_file.seek(0)
-            stacks = stacks_file.read().decode(errors="replace").strip()
+            stacks = os.pread(stacks_fd, os.fstat(stacks_fd).st_size, 0).decode(errors="replace").strip()
+        finally:
+            os.close(stacks_fd)
         pids = guard.context_pids(self.config, {proc.pid, *peaks.seen}) if gpu_example else None
         record.released = sup.release(run.settings, pids).text()
         record.gpu_after_mib = gpu.device_used_mib() if gpu else None
         return sup, stacks, out, err
 
     def _start(self, run: Run, stacks_fd: int) -> subprocess.Popen[bytes]:
-        """``python -c BOOTSTRAP ... <file>`` in a session of its own; no preexec_fn, so CPython starts
-        it with vfork + exec, whatever the size of the pytest process."""
+        """``python -c BOOTSTRAP ... <file>`` in a session of its own, its code compiled here where that
+        is safe (see bootstrap.py); no preexec_fn, so CPython starts it with vfork + exec, whatever
+        the size of the pytest process."""
         settings = run.settings
         root = str(self.config.rootpath)
         env = supervise.child_environment(settings, run.hardware, isolated=False)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
         cwd = root if settings.examples_cwd == "rootdir" else str(self.path.parent)
+        code = compiled(self.path, env)
+        code_fd = anonymous_file(code) if code is not None else None
+        fds = (stacks_fd,) if code_fd is None else (stacks_fd, code_fd)
         argv = [sys.executable, "-c", BOOTSTRAP, ",".join(settings.optional_modules), str(stacks_fd),
-                str(self.path)]
-        return subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True, pass_fds=(stacks_fd,))
+                "-" if code_fd is None else str(code_fd), str(self.path)]
+        try:
+            return subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True, pass_fds=fds)
+        finally:
+            if code_fd is not None:
+                os.close(code_fd)  # the child has its own copy, and closes it once read
 
     def _outcome(self, sup: supervise.Supervisor, stacks: str, timeout: float, tail: str) -> None:
         """Pass, skip (exit 77: reason = last stderr line) or fail with the status and stderr's tail."""
