@@ -110,7 +110,8 @@ class Peaks:
 
 
 class TreeMonitor:
-    """Sample a process tree every ``interval`` seconds in a daemon thread until ``stop``."""
+    """Sample a process tree every ``interval`` seconds until ``stop``: in a daemon thread, or, with
+    ``threaded=False``, whenever its owner's wait loop calls ``tick``."""
 
     def __init__(self, pid: int, gpu: GpuReader | None, interval: float = 0.1, *,
                  just_started: bool = False, threaded: bool = True) -> None:

@@ -73,8 +73,8 @@ def pump(drains: Sequence[Drain], timeout: float) -> None:
     while (polled := [d for d in drains if d.polled()]) and (left := deadline - time.monotonic()) > 0:
         _select(polled, [], left)
     for drain in drains:  # those handed to a thread: wait for it
-        if drain._thread is not None:
-            drain._thread.join(max(0.0, deadline - time.monotonic()))
+        if not drain.polled():
+            drain.join(max(0.0, deadline - time.monotonic()))
 
 
 def _select(drains: Sequence[Drain], others: list[int], timeout: float) -> None:
@@ -164,7 +164,7 @@ class Drain:
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
-        else:
+        elif not self._eof:
             pump([self], 1e9 if timeout is None else timeout)
 
     def reading(self) -> bool:
