@@ -46,8 +46,10 @@ class Watchdog:
     """pytest's side of the watchdog: announce and withdraw examples, close at the session's end."""
 
     def __init__(self) -> None:
+        # No output: it holds none of pytest's pipes (or capture files) that someone might wait on.
         self.proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", WATCHDOG], stdin=subprocess.PIPE,
-                                     stdout=subprocess.DEVNULL, start_new_session=True)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
         assert self.proc.stdin is not None
         self._fd = self.proc.stdin.fileno()
 
