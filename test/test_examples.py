@@ -8,8 +8,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import subprocess
 import sys
 import textwrap
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -366,8 +369,17 @@ def test_environment_cwd_and_argv(ex: pytest.Pytester, cwd: str, monkeypatch: py
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
     write(ex, "docs/examples/nested/env.py", """
         # pytest:
-        import json, os, pathlib, sys
+        import sys
+        loaded = sorted(sys.modules)  # before its own imports: what the runner preloaded
+        import json, os, pathlib, pickle
+
+        class Point:
+            pass
+
         facts = {
+            "loaded": loaded, "pickled": pickle.loads(pickle.dumps(Point)) is Point,
+            "runner_names": [n for n in ("run", "faulthandler", "stacks", "main", "code") if n in dir()],
+            "package": __package__, "spec": __spec__,
             "cwd": os.getcwd(), "argv": sys.argv, "name": __name__, "file": __file__, "path0": sys.path[0],
             "pythonpath": os.environ["PYTHONPATH"].split(os.pathsep),
             "alloc": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"), "flavour": os.environ.get("EXAMPLE_FLAVOUR"),
@@ -386,6 +398,14 @@ def test_environment_cwd_and_argv(ex: pytest.Pytester, cwd: str, monkeypatch: py
     assert facts["alloc"] == "expandable_segments:True"
     assert (facts["flavour"], facts["hardware"]) == ("plain", True)
     assert (facts["own_session"], facts["stdin"], facts["executable"]) == (True, "", sys.executable)
+    # Run as `python <file>` runs it: its own __main__ (pickling by reference works), none of the
+    # runner's names, and no module loaded that a direct run does not load, but faulthandler.
+    assert (facts["pickled"], facts["runner_names"]) == (True, [])
+    assert (facts["package"], facts["spec"]) == (None, None)
+    subprocess.run([sys.executable, example], cwd=ex.path, env=os.environ | {"EXAMPLE_FLAVOUR": "plain"},
+                   stdin=subprocess.DEVNULL, check=True)
+    loaded_directly = json.loads((ex.path / "docs/examples/nested/facts.json").read_text())["loaded"]
+    assert set(facts["loaded"]) - set(loaded_directly) <= {"faulthandler"}
 
 
 def test_dash_s_streams_the_output_live(ex: pytest.Pytester) -> None:
@@ -408,3 +428,61 @@ def test_an_example_with_an_isolation_marker_is_not_wrapped_in_a_second_process(
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(["docs/examples/big.py::example * 1 passed * subprocess *exit 0",
                                  "test_h1.py * 1 passed *", "test_h2.py * 1 passed *"])
+
+
+WAITS = """\
+# pytest:
+import os, pathlib, subprocess, sys, time
+sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)"])
+pathlib.Path("pids").write_text(f"{os.getpid()} {sleeper.pid}")
+time.sleep(1000)
+"""
+
+
+def test_a_sigkilled_parent_ends_the_running_example_and_its_session(ex: pytest.Pytester) -> None:
+    """pytest killed by SIGKILL cannot end the example itself: the session's watchdog does, and
+    everything in the example's session with it."""
+    write(ex, "docs/examples/waits.py", WAITS)
+    pids_file = ex.path / "pids"
+    parent = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "docs/examples"],
+                              cwd=ex.path, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(pids_file.read_text().split() if pids_file.exists() else []) < 2:
+            assert parent.poll() is None and time.monotonic() < deadline, "the example never started"
+            time.sleep(0.05)
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    started = [psutil.Process(int(pid)) for pid in pids_file.read_text().split()]
+    deadline = time.monotonic() + 10
+    while (alive := [p for p in started if _running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for proc in alive:
+        proc.kill()
+    assert not alive, f"outlived their SIGKILLed parent: {alive}"
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def test_what_compiling_says_reaches_the_examples_stderr(ex: pytest.Pytester) -> None:
+    """pytest compiles an example's code for it, except where compiling reports something: a syntax
+    error, or a warning (here made an error by the example's environment, as `python -W error` would)."""
+    ex.makeini(INI.format(extra="heavy_env = PYTHONWARNINGS=error"))
+    write(ex, "docs/examples/broken.py", "# pytest:\nvalues = (1,\n")
+    write(ex, "docs/examples/escape.py", '# pytest:\npattern = "\\d+"\n')
+    write(ex, "docs/examples/fine.py", "# pytest:\nimport sys\nassert __name__ == '__main__'\n")
+    result = ex.runpytest("-rA", "docs/examples")
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.fnmatch_lines_random([
+        "docs/examples/broken.py::example failed: exit 1",
+        "*broken.py*line 2*",
+        "SyntaxError: *",
+        "docs/examples/escape.py::example failed: exit 1",
+        "SyntaxError: invalid escape sequence*",
+    ])

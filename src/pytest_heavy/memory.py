@@ -110,20 +110,30 @@ class Peaks:
 
 
 class TreeMonitor:
-    """Sample a process tree every ``interval`` seconds in a daemon thread until ``stop``."""
+    """Sample a process tree every ``interval`` seconds until ``stop``: in a daemon thread, or, with
+    ``threaded=False``, whenever its owner's wait loop calls ``tick``."""
 
-    def __init__(self, pid: int, gpu: GpuReader | None, interval: float = 0.1) -> None:
+    def __init__(self, pid: int, gpu: GpuReader | None, interval: float = 0.1, *,
+                 just_started: bool = False, threaded: bool = True) -> None:
         self.pid = pid
         self.peaks = Peaks(gpu_mib=0.0 if gpu else None)
         self._gpu = gpu
         self._interval = interval
         self._stop = threading.Event()
+        # just_started: the process cannot have descendants yet, so the first sample reads only its
+        # own entry, not every process's parent in /proc (what an example's start pays)
+        self._root_only = just_started
         self._sample()  # now, not when the thread first runs: a quick process may be gone by then
-        self._thread = threading.Thread(target=self._run, name=f"heavy-monitor-{pid}", daemon=True)
-        self._thread.start()
+        self._root_only = False
+        self._next = time.monotonic() + interval
+        # threaded=False: the owner calls tick() from its own wait loop (no thread per example)
+        self._thread: threading.Thread | None = None
+        if threaded:
+            self._thread = threading.Thread(target=self._run, name=f"heavy-monitor-{pid}", daemon=True)
+            self._thread.start()
 
     def _sample(self) -> None:
-        members = procs.tree(self.pid)
+        members = procs.tree(self.pid, descendants=not self._root_only)
         rss = 0
         for proc in members:
             self.peaks.seen.setdefault(proc.pid, proc)
@@ -151,9 +161,17 @@ class TreeMonitor:
         while not self._stop.wait(self._interval):
             self._sample()
 
+    def tick(self) -> None:
+        """Sample if an interval has passed since the last tick's sample (an unthreaded monitor)."""
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + self._interval
+            self._sample()
+
     def stop(self) -> Peaks:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
         return self.peaks
 
 

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any, Protocol
 
 import psutil
@@ -37,12 +37,15 @@ class Process(Protocol):
     def send_signal(self, sig: int) -> None: ...
 
 
-def wait(proc: Process, timeout: float | None) -> int | None:
+def wait(proc: Process, timeout: float | None, drains: Sequence[Drain] = (),
+         tick: Callable[[], None] | None = None) -> int | None:
     """The return code, or None when ``timeout`` seconds passed first (None: no limit).
 
     Sleeps in ``select`` on a pidfd (Linux 5.3+), which wakes the moment the process exits: no polling
     delay is added to a short example or child. ``poll()`` is still asked at least every
     ``RECHECK_S``, so a pid that was reaped elsewhere (a forkserver's child) cannot hold us up.
+    Unthreaded ``drains`` are read in the same ``select`` while it waits, and ``tick`` is called at
+    each wake (at least every ``RECHECK_S``).
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     pidfd = _pidfd(proc.pid)
@@ -52,14 +55,35 @@ def wait(proc: Process, timeout: float | None) -> int | None:
             if left is not None and left <= 0:
                 return None
             step = RECHECK_S if left is None else min(left, RECHECK_S)
+            if tick is not None:
+                tick()
             if pidfd is None:
-                time.sleep(min(step, POLL_S))
+                _select(drains, [], min(step, POLL_S))
             else:
-                select.select([pidfd], [], [], step)
+                _select(drains, [pidfd], step)
         return code
     finally:
         if pidfd is not None:
             os.close(pidfd)
+
+
+def pump(drains: Sequence[Drain], timeout: float) -> None:
+    """Read the drains until each reached EOF or ``timeout`` seconds passed."""
+    deadline = time.monotonic() + timeout
+    while (polled := [d for d in drains if d.polled()]) and (left := deadline - time.monotonic()) > 0:
+        _select(polled, [], left)
+    for drain in drains:  # those handed to a thread: wait for it
+        if not drain.polled():
+            drain.join(max(0.0, deadline - time.monotonic()))
+
+
+def _select(drains: Sequence[Drain], others: list[int], timeout: float) -> None:
+    """One ``select`` on ``others`` and the open unthreaded drains; reads a chunk from each ready one."""
+    polled = {d.fileno(): d for d in drains if d.polled()}
+    ready, _, _ = select.select([*others, *polled], [], [], timeout)
+    for fd in ready:
+        if fd in polled:
+            polled[fd].pump()
 
 
 def _pidfd(pid: int) -> int | None:
@@ -70,14 +94,16 @@ def _pidfd(pid: int) -> int | None:
 
 
 class Drain:
-    """Read a pipe to its end in a thread so the writer never blocks on a full pipe.
+    """Read a pipe to its end so the writer never blocks on a full pipe: in a thread of its own, or,
+    with ``threaded=False``, from the caller's ``wait``/``pump`` (no thread to start per example;
+    ``background`` hands it to a thread later, when the caller has other waits to do).
 
     Keeps the last ``tail_bytes`` (for crash messages) and, with ``keep``, everything up to
     ``keep_bytes`` (for report sections); with ``echo`` the bytes are also written through live.
     """
 
     def __init__(self, stream: IO[bytes], *, keep: bool = False, keep_bytes: int = 8 << 20,
-                 tail_bytes: int = 64 << 10, echo: IO[bytes] | None = None) -> None:
+                 tail_bytes: int = 64 << 10, echo: IO[bytes] | None = None, threaded: bool = True) -> None:
         self._stream = stream
         self._keep = keep
         self._keep_bytes = keep_bytes
@@ -89,34 +115,61 @@ class Drain:
         self._tail_bytes = tail_bytes
         self.size = 0  # bytes read so far
         self._echo = echo
-        self._thread = threading.Thread(target=self._run, name="heavy-drain", daemon=True)
-        self._thread.start()
+        self._eof = False
+        self._thread: threading.Thread | None = None
+        if threaded:
+            self.background()
+
+    def background(self) -> None:
+        """Read the rest in a thread of its own."""
+        if self._thread is None and not self._eof:
+            self._thread = threading.Thread(target=self._run, name="heavy-drain", daemon=True)
+            self._thread.start()
 
     def _run(self) -> None:
+        while self.pump():
+            pass
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    def polled(self) -> bool:
+        """Whether the caller reads this drain (unthreaded and not at EOF yet)."""
+        return self._thread is None and not self._eof
+
+    def pump(self) -> bool:
+        """Read one chunk (blocks until there is one); False once the pipe reached its end."""
         read = getattr(self._stream, "read1", self._stream.read)
-        while chunk := read(65536):
-            if self._echo is not None:
-                self._echo.write(chunk)
-                self._echo.flush()
-            if self._keep:
-                if self._kept_size < self._keep_bytes:
-                    self._kept.append(chunk)
-                    self._kept_size += len(chunk)
-                else:
-                    self.truncated = True
-            self.size += len(chunk)
-            self._tail.append(chunk)
-            self._tail_size += len(chunk)
-            while self._tail_size > self._tail_bytes and len(self._tail) > 1:
-                self._tail_size -= len(self._tail.popleft())
-        self._stream.close()
+        chunk = read(65536)
+        if not chunk:
+            self._eof = True
+            self._stream.close()
+            return False
+        if self._echo is not None:
+            self._echo.write(chunk)
+            self._echo.flush()
+        if self._keep:
+            if self._kept_size < self._keep_bytes:
+                self._kept.append(chunk)
+                self._kept_size += len(chunk)
+            else:
+                self.truncated = True
+        self.size += len(chunk)
+        self._tail.append(chunk)
+        self._tail_size += len(chunk)
+        while self._tail_size > self._tail_bytes and len(self._tail) > 1:
+            self._tail_size -= len(self._tail.popleft())
+        return True
 
     def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
+        if self._thread is not None:
+            self._thread.join(timeout)
+        elif not self._eof:
+            pump([self], 1e9 if timeout is None else timeout)
 
     def reading(self) -> bool:
         """Whether the pipe is still open: some process still holds its write end."""
-        return self._thread.is_alive()
+        return self._thread.is_alive() if self._thread is not None else not self._eof
 
     def text(self) -> str:
         data = b"".join(self._kept).decode(errors="replace")
@@ -142,10 +195,16 @@ def describe(proc: psutil.Process) -> str:
     return f"pid {proc.pid} ({cmd[:120]})"
 
 
-def tree(pid: int) -> list[psutil.Process]:
-    """The process and its live descendants (empty when it is gone); zombies are dead already."""
+def tree(pid: int, descendants: bool = True) -> list[psutil.Process]:
+    """The process and its live descendants (empty when it is gone); zombies are dead already.
+
+    Listing descendants reads every process's parent in /proc (about 2 ms for 100 processes); a
+    process that was just started has none yet: ``descendants=False`` reads only its own entry.
+    """
     try:
         root = psutil.Process(pid)
+        if not descendants:
+            return [root]
         return [root, *(p for p in root.children(recursive=True) if _alive(p))]
     except psutil.Error:
         return []
@@ -193,11 +252,15 @@ def pipe_holders(inodes: Iterable[int]) -> list[psutil.Process]:
 
 
 def session_members(sid: int) -> list[psutil.Process]:
-    """Live processes whose session id is ``sid`` (orphans keep it when reparented)."""
+    """Live processes whose session id is ``sid`` (orphans keep it when reparented).
+
+    One ``getsid`` per pid; a ``psutil.Process`` (which reads /proc) only for members: after every
+    example and child, and usually there are none.
+    """
     found = []
-    for proc in psutil.process_iter():
+    for pid in psutil.pids():
         try:
-            if os.getsid(proc.pid) == sid and _alive(proc):
+            if os.getsid(pid) == sid and _alive(proc := psutil.Process(pid)):
                 found.append(proc)
         except (OSError, psutil.Error):
             continue

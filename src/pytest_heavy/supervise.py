@@ -25,6 +25,8 @@ STACK_WAIT_S = 2.0  # how long faulthandler may take to write the stacks asked f
 TERM_GRACE_S = 5.0  # SIGTERM to SIGKILL: coverage (sigterm = true) saves its data in this time
 EXIT_GRACE_S = 10.0  # after its event stream ended, how long a child may take to exit
 STREAM_GRACE_S = 2.0  # after a child exited, how long a grandchild may hold its event stream open
+EOF_WAIT_S = 0.1  # after an example exited, how long its output may take to reach EOF before its
+# pipes' holders are looked for in /proc (a daemon that inherited them keeps them open)
 
 
 def child_environment(settings: Settings, hw: Hardware, *, isolated: bool) -> dict[str, str]:
@@ -47,14 +49,16 @@ class Supervisor:
     """One supervised process: its tree monitor, the end sequence, and the GPU memory it held."""
 
     def __init__(self, proc: procs.Process, gpu: memory.GpuReader | None, baseline_gpu: int | None,
-                 label: str, positions: Sequence[int] | None = None, foreign_at_start: int = 0) -> None:
+                 label: str, positions: Sequence[int] | None = None, foreign_at_start: int = 0,
+                 just_started: bool = False, threaded: bool = True) -> None:
         self.proc = proc
         self.gpu = gpu
         self.baseline_gpu = baseline_gpu  # device memory used before the process started
         self.positions = positions  # the GPUs it was pinned to (indices into hw.gpus); None: all
         self.foreign_at_start = foreign_at_start  # what other processes held on them at its start
         self.label = label  # how messages name the process itself: "the example", "the child"
-        self.monitor = memory.TreeMonitor(proc.pid, gpu)
+        # an example: just started, and its waiting thread ticks the monitor (see TreeMonitor)
+        self.monitor = memory.TreeMonitor(proc.pid, gpu, just_started=just_started, threaded=threaded)
         self.timed_out = False
         self.terminated: list[str] = []  # SIGTERMed by end()
         self.killed: list[str] = []  # SIGKILLed by reap(): survivors and leftovers

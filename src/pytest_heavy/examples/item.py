@@ -12,52 +12,24 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
 
-from .. import gating, markers, procs, supervise, wire
+from .. import gating, markers, memory, procs, supervise, wire
 from ..gpu import guard
 from ..report import HeavyRecord
 from ..state import RUN, Run
+from .bootstrap import BOOTSTRAP, EXIT_SKIP, anonymous_file, compiled
 from .header import Header
+from .watchdog import Watchdog
 
-EXIT_SKIP = 77  # the automake convention: "this test cannot run here"
 STDERR_LINES = 40  # lines of stderr in a failure message
 # node id -> heavy-table row of the examples running now; the plugin counts their reports into it
 RUNNING = pytest.StashKey[dict[str, HeavyRecord]]()
-
-# Run inside the example's interpreter: argv = [-c, optional modules, stack file, example, *args].
-# It registers faulthandler on STACK_SIGNAL (stacks go to a file, so stderr stays the example's own),
-# then runs the file the way `python <file>` does: sys.argv[0], sys.path[0], __name__ == "__main__".
-# Its own frames are cut from tracebacks; a missing optional module exits 77 with the reason last.
-BOOTSTRAP = f"""\
-import faulthandler, os, runpy, signal, sys
-_optional, _stacks, path = sys.argv[1], sys.argv[2], sys.argv[3]
-_stack_file = open(_stacks, "w")
-faulthandler.register(signal.Signals({int(wire.STACK_SIGNAL)}), file=_stack_file, all_threads=True)
-sys.argv = sys.argv[3:]
-sys.path[0] = os.path.dirname(os.path.realpath(path))
-del faulthandler, os, signal
-try:
-    runpy.run_path(path, run_name="__main__")
-except (SystemExit, KeyboardInterrupt):
-    raise
-except BaseException as exc:
-    missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
-    wanted = [m for m in _optional.split(",") if missing and (m == missing or m.startswith(missing + "."))]
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename != path:
-        tb = tb.tb_next
-    sys.excepthook(type(exc), exc.with_traceback(tb), tb)
-    if wanted:
-        sys.stderr.write("optional dependency " + wanted[0] + " not installed\\n")
-    sys.exit({EXIT_SKIP} if wanted else 1)
-"""
-
+PLUGIN_NAME = "heavy-example-reports"
 
 class ExampleFailure(Exception):
     """An example that failed or timed out; its message is the whole failure report."""
@@ -101,46 +73,66 @@ class ExampleItem(pytest.Item):
     def _run(self, run: Run, timeout: float, live: bool, record: HeavyRecord,
              gpu_example: bool) -> tuple[supervise.Supervisor, str, procs.Drain, procs.Drain]:
         """Start the example, wait (bounded), end its whole tree, and fill in its table row."""
-        settings = run.settings
-        root = str(self.config.rootpath)
-        env = supervise.child_environment(settings, run.hardware, isolated=False)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-        cwd = root if settings.examples_cwd == "rootdir" else str(self.path.parent)
         gpu = run.gpu()
         record.gpu_before_mib = gpu.device_used_mib() if gpu else None
-        with tempfile.TemporaryDirectory(prefix="pytest-heavy-example-") as tmp:
-            stack_file = os.path.join(tmp, "stacks.txt")
-            argv = [sys.executable, "-c", BOOTSTRAP, ",".join(settings.optional_modules), stack_file,
-                    str(self.path)]
+        # faulthandler writes the stacks into an anonymous file passed as a descriptor: no directory
+        # to make and remove per example, and stderr stays the example's own.
+        stacks_fd = anonymous_file()
+        try:
             start = time.monotonic()
-            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, start_new_session=True)
-            sup = supervise.Supervisor(proc, gpu, record.gpu_before_mib, "the example")
+            proc = self._start(run, stacks_fd)
+            watchdog = _session(self.config).watchdog()
+            watchdog.watch(proc.pid)
+            sup = supervise.Supervisor(proc, gpu, record.gpu_before_mib, "the example", just_started=True,
+                                       threaded=False)
             assert proc.stdout is not None and proc.stderr is not None
             pipes = procs.pipe_inodes(proc.stdout, proc.stderr)
-            out = procs.Drain(proc.stdout, keep=not live, echo=_binary(sys.stdout) if live else None)
-            err = procs.Drain(proc.stderr, keep=not live, echo=_binary(sys.stderr) if live else None)
+            # Read and sampled by this thread while it waits: no thread to start for a short example.
+            out = procs.Drain(proc.stdout, keep=not live, echo=_binary(sys.stdout) if live else None,
+                              threaded=False)
+            err = procs.Drain(proc.stderr, keep=not live, echo=_binary(sys.stderr) if live else None,
+                              threaded=False)
             try:
-                if procs.wait(proc, timeout or None) is None:
-                    sup.time_out(lambda: _size(stack_file))
+                if procs.wait(proc, timeout or None, (out, err), sup.monitor.tick) is None:
+                    out.background()  # the end sequence has waits of its own
+                    err.background()
+                    sup.time_out(lambda: os.fstat(stacks_fd).st_size)
             finally:
-                # Also reached on Ctrl-C: nothing of the example's session outlives the run, nor a
-                # daemon that left it and still holds the example's output pipes.
-                holders = [p for p in procs.pipe_holders(pipes) if p.pid != proc.pid]
-                peaks = sup.reap(holders)
-                proc.wait()
-                out.join(5)  # a grandchild holding the pipes is dead now: the drains reach EOF
-                err.join(5)
-                stacks = _read(stack_file)
+                peaks = _end(sup, pipes, out, err)
+                watchdog.release(proc.pid)
                 record.wall_s = time.monotonic() - start
                 record.peak_rss_mib = peaks.rss_mib
                 record.peak_gpu_mib = peaks.gpu_mib
                 record.exit = "timeout" if sup.timed_out else procs.signal_name(proc.returncode)
                 record.killed = sup.killed
+            stacks = os.pread(stacks_fd, os.fstat(stacks_fd).st_size, 0).decode(errors="replace").strip()
+        finally:
+            os.close(stacks_fd)
         pids = guard.context_pids(self.config, {proc.pid, *peaks.seen}) if gpu_example else None
-        record.released = sup.release(settings, pids).text()
+        record.released = sup.release(run.settings, pids).text()
         record.gpu_after_mib = gpu.device_used_mib() if gpu else None
         return sup, stacks, out, err
+
+    def _start(self, run: Run, stacks_fd: int) -> subprocess.Popen[bytes]:
+        """``python -c BOOTSTRAP ... <file>`` in a session of its own, its code compiled here where that
+        is safe (see bootstrap.py); no preexec_fn, so CPython starts it with vfork + exec, whatever
+        the size of the pytest process."""
+        settings = run.settings
+        root = str(self.config.rootpath)
+        env = supervise.child_environment(settings, run.hardware, isolated=False)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        cwd = root if settings.examples_cwd == "rootdir" else str(self.path.parent)
+        code = compiled(self.path, env)
+        code_fd = anonymous_file(code) if code is not None else None
+        fds = (stacks_fd,) if code_fd is None else (stacks_fd, code_fd)
+        argv = [sys.executable, "-c", BOOTSTRAP, ",".join(settings.optional_modules), str(stacks_fd),
+                "-" if code_fd is None else str(code_fd), str(self.path)]
+        try:
+            return subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True, pass_fds=fds)
+        finally:
+            if code_fd is not None:
+                os.close(code_fd)  # the child has its own copy, and closes it once read
 
     def _outcome(self, sup: supervise.Supervisor, stacks: str, timeout: float, tail: str) -> None:
         """Pass, skip (exit 77: reason = last stderr line) or fail with the status and stderr's tail."""
@@ -178,32 +170,51 @@ def _binary(text_stream: Any) -> IO[bytes] | None:
     return getattr(text_stream, "buffer", None)
 
 
-def _size(path: str) -> int:
-    return os.path.getsize(path) if os.path.exists(path) else 0
+def _end(sup: supervise.Supervisor, pipes: list[int], out: procs.Drain, err: procs.Drain) -> memory.Peaks:
+    """End what is left of the example's tree (also on Ctrl-C) and let its output drain.
+
+    Nothing of its session outlives the run, nor a daemon that left it and still holds its output
+    pipes. Those holders are looked for in /proc (milliseconds) only when the output has not reached
+    EOF within ``EOF_WAIT_S``: once every write end is closed, nobody can hold them.
+    """
+    procs.pump((out, err), supervise.EOF_WAIT_S)
+    held = out.reading() or err.reading()
+    holders = [p for p in procs.pipe_holders(pipes) if p.pid != sup.proc.pid] if held else []
+    peaks = sup.reap(holders)
+    procs.pump((out, err), 5)  # a grandchild holding the pipes is dead now: the drains reach EOF
+    return peaks
 
 
-def _read(path: str) -> str:
-    """The stack dump, or nothing when the example ended before its bootstrap created the file."""
-    if not os.path.exists(path):
-        return ""
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        return fh.read().strip()
-
-
-class ReportCounter:
-    """Counts the reports of running examples into their heavy-table rows; registered with the first
-    example collected, so a session without examples pays no per-report hook."""
+class SessionExamples:
+    """What the examples of one session share: their reports are counted into their heavy-table rows,
+    and the watchdog is started with the first example that runs and closed at the session's end.
+    Registered with the first example collected, so a session without examples pays no hook."""
 
     def __init__(self, running: dict[str, HeavyRecord]) -> None:
         self.running = running
+        self._watchdog: Watchdog | None = None
+
+    def watchdog(self) -> Watchdog:
+        if self._watchdog is None:
+            self._watchdog = Watchdog()
+        return self._watchdog
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         record = self.running.get(report.nodeid)
         if record is not None:
             record.count(report)
 
+    def pytest_unconfigure(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.close()
+
+
+def _session(config: pytest.Config) -> SessionExamples:
+    plugin = config.pluginmanager.get_plugin(PLUGIN_NAME)
+    assert isinstance(plugin, SessionExamples), "registered with the first example collected"
+    return plugin
+
 
 def count_reports(config: pytest.Config) -> None:
-    if not config.pluginmanager.has_plugin("heavy-example-reports"):
-        config.pluginmanager.register(ReportCounter(config.stash.setdefault(RUNNING, {})),
-                                      "heavy-example-reports")
+    if not config.pluginmanager.has_plugin(PLUGIN_NAME):
+        config.pluginmanager.register(SessionExamples(config.stash.setdefault(RUNNING, {})), PLUGIN_NAME)
