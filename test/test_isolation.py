@@ -411,8 +411,7 @@ def test_forkserver_preloads_once(iso):
     body = ("import sys, pytest\npytestmark = pytest.mark.requires_heavy_ram\n"
             "def test_preloaded(): assert 'decimal' in sys.modules\n")
     iso.makepyfile(test_p1=body, test_p2=body)
-    # auto: the parent could fork safely, but only the server has the preloaded modules already imported
-    result = iso.runpytest_subprocess()
+    result = iso.runpytest_subprocess("--heavy-start", "forkserver")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["test_p1.py *forkserver*", "test_p2.py *forkserver*"])
 
@@ -424,7 +423,7 @@ def test_forkserver_forks_torch_modules_after_preloading_torch(iso):
     body = ("import torch, pytest\npytestmark = pytest.mark.requires_heavy_ram\n"
             "def test_op(): assert (torch.ones(64, 64) @ torch.ones(64, 64)).sum().item() == 64 ** 3\n")
     iso.makepyfile(test_p1=body, test_p2=body)
-    result = iso.runpytest_subprocess("--heavy-timeout", "120")
+    result = iso.runpytest_subprocess("--heavy-start", "forkserver", "--heavy-timeout", "120")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["test_p1.py *forkserver*", "test_p2.py *forkserver*"])
     assert "refused" not in result.stdout.str()

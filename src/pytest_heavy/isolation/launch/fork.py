@@ -16,6 +16,7 @@ import pytest
 from ... import procs, wire
 from .. import child
 from .base import PARENT_FDS, Pipes, Started, UnitRequest
+from .threads import fork_quietly
 
 
 class ForkProcess:
@@ -47,7 +48,7 @@ class ForkLauncher:
         sys.stdout.flush()
         sys.stderr.flush()
         parent = os.getpid()
-        pid = os.fork()
+        pid = fork_quietly()
         if pid == 0:  # the child never returns from here
             code = wire.EXIT_INTERNAL
             try:
