@@ -32,8 +32,9 @@ def wants_forkserver(settings: Settings) -> bool:
     return settings.start == "forkserver" or (settings.start == "auto" and bool(settings.preload))
 
 
-def resolve(settings: Settings, forkserver: ForkserverLauncher | None) -> str:
-    """The method each child is tried with first: ``auto`` tries fork (``Launchers`` falls back)."""
+def resolve(settings: Settings, forkserver: ForkserverLauncher | None = None) -> str:
+    """The method each child is tried with first: ``auto`` tries fork (``Launchers`` falls back).
+    ``forkserver`` no longer matters (plugin.py still passes it; drop both together)."""
     return "fork" if settings.start == "auto" else settings.start
 
 

@@ -1,8 +1,8 @@
 """fork: the pytest parent forks itself; the child runs the parent's already-collected items.
 
 The fastest method (no interpreter start, no import, no collection), and safe only while the
-parent is single-threaded and has no CUDA context: ``auto`` checks before every fork and falls
-back to spawn otherwise.
+parent has no CUDA context and no thread a child would wait for (``threads.py``): ``Launchers``
+checks before every fork and falls back to the forkserver or spawn otherwise.
 """
 
 from __future__ import annotations
