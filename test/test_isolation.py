@@ -416,6 +416,27 @@ def test_forkserver_preloads_once(iso):
     result.stdout.fnmatch_lines(["test_p1.py *forkserver*", "test_p2.py *forkserver*"])
 
 
+def test_forkserver_children_see_conftest_plugin_and_ini_fixtures(iso):
+    """The server builds the session's FixtureManager once for all its children: fixtures of plugins,
+    of the root conftest (parsed in the server), of a subdirectory's conftest (parsed in the child)
+    and the ini's usefixtures all still reach each module, once per child."""
+    iso.makeini("[pytest]\nheavy_ram_gib = 4\nusefixtures = root_auto\n")
+    iso.makeconftest("import pytest\n@pytest.fixture\ndef root_auto(): return 'root'\n"
+                     "@pytest.fixture(scope='session')\ndef per_session(): return object()\n")
+    sub = iso.mkpydir("sub")
+    (sub / "conftest.py").write_text("import pytest\n@pytest.fixture\ndef deeper(): return 'deeper'\n")
+    body = ("import pytest\npytestmark = pytest.mark.requires_heavy_ram\nSEEN = []\n"
+            "def test_fixtures(tmp_path, deeper, per_session, request):\n"
+            "    assert tmp_path.is_dir() and deeper == 'deeper' and 'root_auto' in request.fixturenames\n"
+            "    SEEN.append(per_session)\n"
+            "def test_one_session_per_child(per_session):\n    assert SEEN == [per_session]\n")
+    (sub / "test_f1.py").write_text(body)
+    (sub / "test_f2.py").write_text(body)
+    result = iso.runpytest_subprocess("--heavy-start", "forkserver")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["sub/test_f1.py *forkserver*", "sub/test_f2.py *forkserver*"])
+
+
 @NEEDS_TORCH
 def test_forkserver_forks_torch_modules_after_preloading_torch(iso):
     """Importing torch starts an idle thread; only threads beyond those make the server refuse."""
