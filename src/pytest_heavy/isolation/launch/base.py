@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import tempfile
@@ -158,6 +159,16 @@ def child_args(config: pytest.Config) -> list[str]:
     if config.inipath is not None:
         args += ["-c", str(config.inipath)]
     return args
+
+
+# Imported by every child in its first test (memattr's per-test monitor): a forking process imports
+# them once, so that its children do not each import them again.
+FIRST_TEST_IMPORTS = ("pytest_heavy.memattr.sampler",)
+
+
+def import_for_children() -> None:
+    for name in FIRST_TEST_IMPORTS:
+        importlib.import_module(name)
 
 
 def fork_unsafe_reason() -> str | None:

@@ -15,7 +15,7 @@ import pytest
 
 from ... import procs, wire
 from .. import child
-from .base import PARENT_FDS, Pipes, Started, UnitRequest
+from .base import PARENT_FDS, Pipes, Started, UnitRequest, import_for_children
 from .threads import fork_quietly
 
 
@@ -42,6 +42,7 @@ class ForkLauncher:
     def __init__(self, session: pytest.Session, capture_output: bool) -> None:
         self._session = session
         self._capture = capture_output
+        import_for_children()
 
     def start(self, request: UnitRequest) -> Started:
         pipes = Pipes(self._capture)

@@ -42,6 +42,7 @@ from .base import (
     child_args,
     child_options,
     fork_unsafe_reason,
+    import_for_children,
     release_parent_fds,
 )
 from .threads import fork_quietly, record_thread_baseline
@@ -233,6 +234,7 @@ def serve(sock: socket.socket, payload: dict[str, Any]) -> None:
         session = child.start_session(config)
         record_thread_baseline()  # as in the parent, at session start: plugins' threads are harmless
         failed = preload(payload["preload"])
+        import_for_children()
     except BaseException as exc:
         traceback.print_exc()
         _send(sock, error=f"the forkserver could not start: {type(exc).__name__}: {exc}")
