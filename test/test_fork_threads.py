@@ -119,6 +119,7 @@ def test_an_openmp_pool_started_at_import_stops_fork_and_the_run_finishes(heavy_
         f"test_t1.py: started with {fallback}: fork is unsafe here (an OpenMP pool (libgomp*) "
         "started by a parallel op)",
     ])
+    assert result.stdout.str().count("fork is unsafe") == 1  # said once, not under every module
 
 
 @NEEDS_TORCH

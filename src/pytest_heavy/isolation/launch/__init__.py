@@ -54,6 +54,7 @@ class Launchers:
         self.note = note
         self._session = session
         self._fallback_noted = False
+        self._unsafe_said: str | None = None  # why the previous child could not fork
         self._forkserver = forkserver
         self.found: dict[str, Launcher] = {}
         for name in {"spawn", method}:
@@ -80,18 +81,23 @@ class Launchers:
         assert self._forkserver is not None, "forkserver is chosen only when one was started"
         return self._forkserver
 
+    def fork_or_fallback(self) -> tuple[str, str]:
+        """fork where it is safe now, else the fallback and why."""
+        unsafe, said = fork_unsafe_reason(), self._unsafe_said
+        self._unsafe_said = unsafe
+        if not unsafe:
+            return "fork", ""
+        if self.forced and not self._fallback_noted:  # asked for by name: say so at once
+            self._fallback_noted = True
+            self.note(f"fork is unsafe here ({unsafe}); children start with spawn")
+        return self.fallback, "" if unsafe == said else f"fork is unsafe here ({unsafe})"
+
     def start(self, request: UnitRequest) -> tuple[str, Started, str]:
         """Start a child with the chosen method; the fallback where fork is unsafe now, spawn where
         the server refuses. Returns the method used, the child, and why it is not the chosen one
-        ('' when it is)."""
-        method, why = self.method, ""
-        if method == "fork":
-            unsafe = fork_unsafe_reason()
-            if unsafe:
-                method, why = self.fallback, f"fork is unsafe here ({unsafe})"
-                if self.forced and not self._fallback_noted:  # asked for by name: say so at once
-                    self._fallback_noted = True
-                    self.note(f"fork is unsafe here ({unsafe}); children start with spawn")
+        ('' when it is, and when the previous child fell back for the same reason: an OpenMP pool
+        refuses every later fork, and the heavy table names it once, not under every module)."""
+        method, why = self.fork_or_fallback() if self.method == "fork" else (self.method, "")
         launcher = self.launcher(method)
         try:
             started = launcher.start(request)
