@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import pickle
 import tempfile
@@ -161,14 +160,10 @@ def child_args(config: pytest.Config) -> list[str]:
     return args
 
 
-# Imported by every child in its first test (memattr's per-test monitor): a forking process imports
-# them once, so that its children do not each import them again.
-FIRST_TEST_IMPORTS = ("pytest_heavy.memattr.sampler",)
-
-
 def import_for_children() -> None:
-    for name in FIRST_TEST_IMPORTS:
-        importlib.import_module(name)
+    """Import what every child imports in its first test (memattr's per-test monitor), once in the
+    process that forks them, so that each child does not import it again (10-25 ms a child here)."""
+    from ...memattr import sampler  # noqa: F401
 
 
 def fork_unsafe_reason() -> str | None:
