@@ -161,8 +161,11 @@ def child_args(config: pytest.Config) -> list[str]:
 
 
 def import_for_children() -> None:
-    """Import what every child imports in its first test (memattr's per-test monitor), once in the
-    process that forks them, so that each child does not import it again (10-25 ms a child here)."""
+    """Import what a child imports in its first test when it measures memory (memattr's per-test
+    monitor: --heavy-report, --heavy-report-html, a memory limit), once in the process that forks
+    the children, so that each does not import it again (10-25 ms a child on the 2-core VM, where
+    PYTHONDONTWRITEBYTECODE=1 makes every import compile). Costs one import in runs that measure
+    nothing: psutil and ``memory``, which it needs, are loaded by then anyway."""
     from ...memattr import sampler  # noqa: F401
 
 
