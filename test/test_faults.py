@@ -406,7 +406,7 @@ def test_a_preload_typo_is_one_line_once_and_the_server_goes_on(heavy_pytester):
     body = ("import sys, pytest\npytestmark = pytest.mark.requires_heavy_ram\n"
             "def test_preloaded(): assert 'json' in sys.modules\n")
     heavy_pytester.makepyfile(test_p1=body, test_p2=body, test_p3=body)
-    result = heavy_pytester.runpytest_subprocess()
+    result = heavy_pytester.runpytest_subprocess("--heavy-start", "forkserver")  # auto would fork
     result.assert_outcomes(passed=3)
     out = result.stdout.str()
     named = [line for line in result.outlines if "no_such_module_xyz" in line]

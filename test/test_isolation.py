@@ -411,10 +411,30 @@ def test_forkserver_preloads_once(iso):
     body = ("import sys, pytest\npytestmark = pytest.mark.requires_heavy_ram\n"
             "def test_preloaded(): assert 'decimal' in sys.modules\n")
     iso.makepyfile(test_p1=body, test_p2=body)
-    # auto: the parent could fork safely, but only the server has the preloaded modules already imported
-    result = iso.runpytest_subprocess()
+    result = iso.runpytest_subprocess("--heavy-start", "forkserver")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["test_p1.py *forkserver*", "test_p2.py *forkserver*"])
+
+
+def test_forkserver_children_see_conftest_plugin_and_ini_fixtures(iso):
+    """The server builds the session's FixtureManager once for all its children: fixtures of plugins,
+    of the root conftest (parsed in the server), of a subdirectory's conftest (parsed in the child)
+    and the ini's usefixtures all still reach each module, once per child."""
+    iso.makeini("[pytest]\nheavy_ram_gib = 4\nusefixtures = root_auto\n")
+    iso.makeconftest("import pytest\n@pytest.fixture\ndef root_auto(): return 'root'\n"
+                     "@pytest.fixture(scope='session')\ndef per_session(): return object()\n")
+    sub = iso.mkpydir("sub")
+    (sub / "conftest.py").write_text("import pytest\n@pytest.fixture\ndef deeper(): return 'deeper'\n")
+    body = ("import pytest\npytestmark = pytest.mark.requires_heavy_ram\nSEEN = []\n"
+            "def test_fixtures(tmp_path, deeper, per_session, request):\n"
+            "    assert tmp_path.is_dir() and deeper == 'deeper' and 'root_auto' in request.fixturenames\n"
+            "    SEEN.append(per_session)\n"
+            "def test_one_session_per_child(per_session):\n    assert SEEN == [per_session]\n")
+    (sub / "test_f1.py").write_text(body)
+    (sub / "test_f2.py").write_text(body)
+    result = iso.runpytest_subprocess("--heavy-start", "forkserver")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["sub/test_f1.py *forkserver*", "sub/test_f2.py *forkserver*"])
 
 
 @NEEDS_TORCH
@@ -424,7 +444,7 @@ def test_forkserver_forks_torch_modules_after_preloading_torch(iso):
     body = ("import torch, pytest\npytestmark = pytest.mark.requires_heavy_ram\n"
             "def test_op(): assert (torch.ones(64, 64) @ torch.ones(64, 64)).sum().item() == 64 ** 3\n")
     iso.makepyfile(test_p1=body, test_p2=body)
-    result = iso.runpytest_subprocess("--heavy-timeout", "120")
+    result = iso.runpytest_subprocess("--heavy-start", "forkserver", "--heavy-timeout", "120")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["test_p1.py *forkserver*", "test_p2.py *forkserver*"])
     assert "refused" not in result.stdout.str()

@@ -389,7 +389,8 @@ def test_parent_figures_leave_out_the_forkserver_but_count_what_the_test_starts(
     (heavy_pytester.path / "examples").mkdir()
     (heavy_pytester.path / "examples" / "hold.py").write_text(
         "# pytest:\nimport time\nblock = b'\\x01' * (160 << 20)\ntime.sleep(1.0)\n")
-    result = heavy_pytester.runpytest_subprocess("--heavy-report=heavy.json", *NO_SHUFFLE)
+    result = heavy_pytester.runpytest_subprocess("--heavy-report=heavy.json", "--heavy-start=forkserver",
+                                                 *NO_SHUFFLE)
     result.assert_outcomes(passed=8)
     result.stdout.fnmatch_lines(["test_b_heavy.py *forkserver*"])
     tests = {t["nodeid"]: t for t in json.loads((heavy_pytester.path / "heavy.json").read_text())["tests"]}

@@ -197,7 +197,7 @@ def test_x():
     result = heavy_pytester.runpytest_subprocess()
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["test_a.py *spawn *", "test_a.py: started with spawn: fork is unsafe here "
-                                 "(* other thread* running (e.g. an OpenMP pool started by a torch op))"])
+                                 "(2 Python threads started since the session began (Thread-* (sleep), *))"])
 
 
 # --- pytest-asyncio ---------------------------------------------------------------------------------

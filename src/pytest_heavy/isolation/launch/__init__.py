@@ -1,10 +1,11 @@
 """How a child starts: spawn, fork or forkserver, behind one ``Launcher`` protocol.
 
-``resolve`` turns ``auto`` into the fastest method: forkserver when ``heavy_preload`` is set (the
-modules share heavy imports that a fork of a parent without them would pay per child), else fork;
-before each fork ``Launchers.start`` checks that the parent has no CUDA context and no threads
-started since the session began, and starts that child with spawn otherwise (the heavy table says
-why). Spawn is always available as the fallback.
+``resolve`` turns ``auto`` into fork: the parent has collected every module and imported what they
+import (torch included), so its fork has nothing left to pay. Before each fork ``Launchers.start``
+checks that the parent holds no CUDA context and no thread a child would wait for (``threads.py``:
+an OpenMP pool, a Python thread started since the session began); where it does, the child starts
+with the forkserver when ``heavy_preload`` is set (it has the heavy imports already), else with
+spawn, and the heavy table says why. Spawn is always available as the last fallback.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import pytest
 
 from ...settings import Settings
 from ...state import RUN
-from .base import Launcher, RefusedError, Started, UnitRequest, fork_unsafe_reason, record_thread_baseline
+from .base import Launcher, RefusedError, Started, UnitRequest, fork_unsafe_reason
+from .threads import record_thread_baseline
 
 __all__ = ["Launcher", "Launchers", "record_thread_baseline", "resolve", "wants_forkserver"]
 
@@ -25,66 +27,86 @@ if TYPE_CHECKING:  # the launchers themselves are imported when a run needs them
 
 
 def wants_forkserver(settings: Settings) -> bool:
-    """Whether to start the server before collection (it must preload while pytest collects)."""
+    """Whether to start the server before collection, so that it preloads while pytest collects:
+    by name, or under ``auto`` with ``heavy_preload`` as the fallback for when fork is unsafe."""
     return settings.start == "forkserver" or (settings.start == "auto" and bool(settings.preload))
 
 
-def resolve(settings: Settings, forkserver: ForkserverLauncher | None) -> str:
-    if settings.start != "auto":
-        return settings.start
-    if forkserver is not None:  # heavy_preload named the shared heavy imports: pay them once, not per child
-        return "forkserver"
-    return "fork"  # checked before every child: one that cannot fork safely starts with spawn, and says why
+def resolve(settings: Settings, forkserver: ForkserverLauncher | None = None) -> str:
+    """The method each child is tried with first: ``auto`` tries fork (``Launchers`` falls back).
+    ``forkserver`` no longer matters (plugin.py still passes it; drop both together)."""
+    return "fork" if settings.start == "auto" else settings.start
 
 
 class Launchers:
-    """The chosen launcher plus spawn, the fallback every other method may need.
+    """The chosen launcher plus its fallbacks: spawn always, and under ``auto`` the forkserver started
+    before collection (``heavy_preload``) for the children fork cannot start safely.
 
     Each comes from the ``pytest_heavy_make_launcher`` hook when a plugin provides one (a test's fake,
-    a remote launcher), else from this package.
+    a remote launcher), else from this package; a fallback is made the first time it is needed.
     """
 
     def __init__(self, session: pytest.Session, method: str, forkserver: ForkserverLauncher | None,
                  note: Callable[[str], None]) -> None:
         self.method = method
         self.forced = session.config.stash[RUN].settings.start == method  # not resolved from auto
+        self.fallback = "forkserver" if method == "fork" and not self.forced and forkserver else "spawn"
         self.note = note
+        self._session = session
         self._fallback_noted = False
+        self._unsafe_said: str | None = None  # why the previous child could not fork
         self._forkserver = forkserver
-        from .fork import ForkLauncher
-        from .spawn import SpawnLauncher
-
-        capture = session.config.option.capture != "no"
-        builtin: dict[str, Callable[[], Launcher]] = {
-            "spawn": lambda: SpawnLauncher(session.config, capture),
-            "fork": lambda: ForkLauncher(session, capture),
-        }
-        if forkserver is not None:
-            builtin["forkserver"] = lambda: forkserver
         self.found: dict[str, Launcher] = {}
         for name in {"spawn", method}:
-            made = session.config.hook.pytest_heavy_make_launcher(config=session.config, method=name)
-            self.found[name] = made if made is not None else builtin[name]()
-        if forkserver is not None and self.found.get("forkserver") is not forkserver:
-            forkserver.close()  # started before collection, but a plugin's launcher replaced it
+            self.launcher(name)
+
+    def launcher(self, name: str) -> Launcher:
+        """The launcher for ``name``, made the first time it is asked for."""
+        if name not in self.found:
+            config = self._session.config
+            made = config.hook.pytest_heavy_make_launcher(config=config, method=name)
+            self.found[name] = made if made is not None else self._builtin(name)
+        return self.found[name]
+
+    def _builtin(self, name: str) -> Launcher:
+        capture = self._session.config.option.capture != "no"
+        if name == "fork":
+            from .fork import ForkLauncher
+
+            return ForkLauncher(self._session, capture)
+        if name == "spawn":
+            from .spawn import SpawnLauncher
+
+            return SpawnLauncher(self._session.config, capture)
+        assert self._forkserver is not None, "forkserver is chosen only when one was started"
+        return self._forkserver
+
+    def fork_or_fallback(self) -> tuple[str, str]:
+        """fork where it is safe now, else the fallback and why."""
+        unsafe, said = fork_unsafe_reason(), self._unsafe_said
+        self._unsafe_said = unsafe
+        if not unsafe:
+            return "fork", ""
+        if self.forced and not self._fallback_noted:  # asked for by name: say so at once
+            self._fallback_noted = True
+            self.note(f"fork is unsafe here ({unsafe}); children start with spawn")
+        return self.fallback, "" if unsafe == said else f"fork is unsafe here ({unsafe})"
 
     def start(self, request: UnitRequest) -> tuple[str, Started, str]:
-        """Start a child with the chosen method; spawn where fork is unsafe now or the server refuses.
-        Returns the method used, the child, and why it is not the chosen one ('' when it is)."""
-        method, why = self.method, ""
-        if method == "fork":
-            unsafe = fork_unsafe_reason()
-            if unsafe:
-                method, why = "spawn", f"fork is unsafe here ({unsafe})"
-                if self.forced and not self._fallback_noted:  # asked for by name: say so at once
-                    self._fallback_noted = True
-                    self.note(f"fork is unsafe here ({unsafe}); children start with spawn")
-        launcher = self.found[method]
+        """Start a child with the chosen method; the fallback where fork is unsafe now, spawn where
+        the server refuses. Returns the method used, the child, and why it is not the chosen one
+        ('' when it is, and when the previous child fell back for the same reason: an OpenMP pool
+        refuses every later fork, and the heavy table names it once, not under every module)."""
+        method, why = self.fork_or_fallback() if self.method == "fork" else (self.method, "")
+        launcher = self.launcher(method)
         try:
             started = launcher.start(request)
         except RefusedError as exc:  # the forkserver could not fork safely: spawn instead
-            if exc.final:
-                self.method = "spawn"
+            if exc.final:  # never again: the fallback, or the chosen method
+                if method == self.fallback:
+                    self.fallback = "spawn"
+                else:
+                    self.method = "spawn"
                 self.note(f"{method} failed ({exc}); children start with spawn")
             else:
                 self.note(f"{method} refused ({exc}); {request.unit} starts with spawn")
@@ -99,3 +121,5 @@ class Launchers:
     def close(self) -> None:
         for launcher in self.found.values():
             launcher.close()
+        if self._forkserver is not None and self._forkserver not in self.found.values():
+            self._forkserver.close()  # started before collection, never used or replaced by a plugin's

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-import threading
-import time
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
@@ -14,6 +12,7 @@ import pytest
 
 from ... import cleanup, procs
 from ...wire import CHILD_OVERRIDES
+from .threads import thread_unsafe_reason
 
 
 @dataclass
@@ -161,51 +160,22 @@ def child_args(config: pytest.Config) -> list[str]:
     return args
 
 
-# Threads already running when the session started, before any test module was imported: those
-# of plugins' configure hooks (pytest-rerunfailures' status server, for one), idle in socket calls.
-# Forking leaves them behind harmlessly; only threads started later (an OpenMP pool) make fork unsafe.
-THREAD_BASELINE: set[int] = set()
+def import_for_children() -> None:
+    """Import what a child imports in its first test when it measures memory (memattr's per-test
+    monitor: --heavy-report, --heavy-report-html, a memory limit), once in the process that forks
+    the children, so that each does not import it again (10-25 ms a child on the 2-core VM, where
+    PYTHONDONTWRITEBYTECODE=1 makes every import compile). Costs one import in runs that measure
+    nothing: psutil and ``memory``, which it needs, are loaded by then anyway."""
+    from ...memattr import sampler  # noqa: F401
 
 
-def _thread_ids() -> set[int]:
-    try:
-        return {int(tid) for tid in os.listdir("/proc/self/task")}
-    except OSError:
-        return {t.native_id or 0 for t in threading.enumerate()}
-
-
-def record_thread_baseline() -> None:
-    """Called before collection: the threads plugins started while pytest was being configured."""
-    THREAD_BASELINE.clear()
-    THREAD_BASELINE.update(_thread_ids() - {threading.main_thread().native_id or 0})
-
-
-def foreign_threads() -> int:
-    """Threads in this process that are neither the main thread, nor ours, nor in the baseline
-    (OpenMP pools, for example)."""
-    ours = {t.native_id for t in threading.enumerate() if t.name.startswith("heavy-")}
-    others = _thread_ids() - ours - THREAD_BASELINE - {threading.main_thread().native_id}
-    return len(others)
-
-
-def fork_unsafe_reason(allowed_threads: int = 0) -> str | None:
+def fork_unsafe_reason() -> str | None:
     """Why forking this process now could hang or break a child, or None when it is safe.
 
-    ``allowed_threads``: idle threads known to be harmless, such as the one ``import torch`` starts
-    (the forkserver counts them right after its preload, before anything runs).
-
-    A process that already ran a multi-threaded torch op has an OpenMP pool whose threads do not
-    survive fork: the child's first parallel op waits for them forever. A CUDA context does not
-    survive fork either.
+    A CUDA context does not survive fork; neither does an OpenMP pool a parallel op started (the
+    child's first parallel op waits for its workers forever): ``threads`` tells that pool apart from
+    the idle thread ``import torch`` starts, which is harmless.
     """
     if cleanup.cuda_initialized():
         return "CUDA is initialized in this process"
-    for retry in range(6):  # one of ours that just ended leaves threading's list before the kernel's
-        threads = max(foreign_threads() - allowed_threads, 0)
-        if not threads or retry == 5:
-            break
-        time.sleep(0.01)
-    if threads:
-        plural = "s" if threads > 1 else ""
-        return f"{threads} other thread{plural} running (e.g. an OpenMP pool started by a torch op)"
-    return None
+    return thread_unsafe_reason()

@@ -1,8 +1,8 @@
 """fork: the pytest parent forks itself; the child runs the parent's already-collected items.
 
 The fastest method (no interpreter start, no import, no collection), and safe only while the
-parent is single-threaded and has no CUDA context: ``auto`` checks before every fork and falls
-back to spawn otherwise.
+parent has no CUDA context and no thread a child would wait for (``threads.py``): ``Launchers``
+checks before every fork and falls back to the forkserver or spawn otherwise.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import pytest
 
 from ... import procs, wire
 from .. import child
-from .base import PARENT_FDS, Pipes, Started, UnitRequest
+from .base import PARENT_FDS, Pipes, Started, UnitRequest, import_for_children
+from .threads import fork_quietly
 
 
 class ForkProcess:
@@ -41,13 +42,14 @@ class ForkLauncher:
     def __init__(self, session: pytest.Session, capture_output: bool) -> None:
         self._session = session
         self._capture = capture_output
+        import_for_children()
 
     def start(self, request: UnitRequest) -> Started:
         pipes = Pipes(self._capture)
         sys.stdout.flush()
         sys.stderr.flush()
         parent = os.getpid()
-        pid = os.fork()
+        pid = fork_quietly()
         if pid == 0:  # the child never returns from here
             code = wire.EXIT_INTERNAL
             try:

@@ -1,10 +1,11 @@
 """forkserver: one server process, started before collection, forks a child per module.
 
-The server configures pytest once (plugins, conftests, configure hooks), imports the modules
-named in ``heavy_preload`` (torch, transformers...) and starts one session (``pytest_sessionstart``:
-the fixture manager), so each child pays only for collecting and running its own module. It never
+The server configures pytest once (plugins, conftests, configure hooks), starts one session
+(``pytest_sessionstart``: the fixture manager) and imports the modules named in ``heavy_preload``
+(torch, transformers...), so each child pays only for collecting and running its own module. It never
 runs a test itself and never creates a CUDA context, so its forks stay safe; before each fork it
-checks it is still single-threaded, and refuses otherwise.
+checks its threads by the parent's rule (``threads.py``: the idle thread ``import torch`` starts is
+fine, an OpenMP pool is not), and refuses otherwise.
 
 Protocol over a SOCK_SEQPACKET socket pair (message boundaries kept, fds passed with SCM_RIGHTS):
 parent -> server: {"path": request.json} + the child's fds; server -> parent: {"ready"}, then
@@ -25,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import traceback
 from typing import Any
 
@@ -41,10 +41,11 @@ from .base import (
     UnitRequest,
     child_args,
     child_options,
-    foreign_threads,
     fork_unsafe_reason,
+    import_for_children,
     release_parent_fds,
 )
+from .threads import fork_quietly, record_thread_baseline
 
 READY_TIMEOUT_S = 300.0  # preloading torch + transformers on a slow disk can take a while
 REPLY_TIMEOUT_S = 30.0
@@ -214,16 +215,6 @@ def _reap(sock: socket.socket) -> None:
         _send(sock, exit=pid, returncode=os.waitstatus_to_exitcode(status))
 
 
-def settled_threads(samples: int = 5, interval: float = 0.02) -> int:
-    """Threads the imports alone started (torch starts one), idle and harmless; some start a moment
-    after their import returns, so the most seen over a short while counts."""
-    seen = foreign_threads()
-    for _ in range(samples - 1):
-        time.sleep(interval)
-        seen = max(seen, foreign_threads())
-    return seen
-
-
 def preload(names: list[str]) -> list[str]:
     """Import each module; one that fails (a typo in heavy_preload) is named, once, by the parent,
     and the server goes on without it: preloading only saves time, the children import what they use."""
@@ -240,9 +231,10 @@ def serve(sock: socket.socket, payload: dict[str, Any]) -> None:
     child.enable_stack_dumps()
     try:
         config = child.configure(payload["options"], payload["args"])
-        failed = preload(payload["preload"])
         session = child.start_session(config)
-        imported_threads = settled_threads()
+        record_thread_baseline()  # as in the parent, at session start: plugins' threads are harmless
+        failed = preload(payload["preload"])
+        import_for_children()
     except BaseException as exc:
         traceback.print_exc()
         _send(sock, error=f"the forkserver could not start: {type(exc).__name__}: {exc}")
@@ -265,14 +257,14 @@ def serve(sock: socket.socket, payload: dict[str, Any]) -> None:
             return  # the parent closed its end: the session is over
         with open(json.loads(msg)["path"]) as fh:
             request = json.load(fh)
-        unsafe = fork_unsafe_reason(imported_threads)
+        unsafe = fork_unsafe_reason()
         if unsafe:
             for fd in fds:
                 os.close(fd)
             _send(sock, refused=f"the forkserver cannot fork safely: {unsafe}")
             continue
         server = os.getpid()
-        pid = os.fork()
+        pid = fork_quietly()
         if pid == 0:
             code = wire.EXIT_INTERNAL
             try:
