@@ -1,7 +1,7 @@
 """Fork from the parent whenever it is safe, never where a child would hang.
 
 ``import torch`` starts an idle native thread; a parallel torch op starts GNU OpenMP's pool, and a
-child forked after that waits forever in its first parallel op. ``launch/threads.py`` tells them
+child forked after that waits forever in its first parallel op. ``isolation/threads.py`` tells them
 apart. Checked twice: on a real process (the classifier before and after the pool starts), and in
 real sessions, where every test module imports torch and the heavy report names the start method.
 """
@@ -48,7 +48,8 @@ def start_methods(pytester: pytest.Pytester, *args: str) -> dict[str, str]:
 @NEEDS_TORCH
 def test_the_idle_thread_of_import_torch_allows_fork_and_the_openmp_pool_does_not():
     done = run_script("""
-        from pytest_heavy.isolation.launch import base, threads
+        from pytest_heavy.isolation import threads
+        from pytest_heavy.isolation.launch import base
         threads.record_thread_baseline()
         import torch
         print("after import:", len(threads.foreign_threads()), base.fork_unsafe_reason())
@@ -65,7 +66,8 @@ def test_the_idle_thread_of_import_torch_allows_fork_and_the_openmp_pool_does_no
 def test_a_python_thread_makes_fork_unsafe_until_it_ends():
     done = run_script("""
         import threading
-        from pytest_heavy.isolation.launch import base, threads
+        from pytest_heavy.isolation import threads
+        from pytest_heavy.isolation.launch import base
         threads.record_thread_baseline()
         print(base.fork_unsafe_reason())
         release = threading.Event()
@@ -85,7 +87,7 @@ def test_a_python_thread_makes_fork_unsafe_until_it_ends():
 def test_a_fork_the_rule_allowed_does_not_warn_even_under_warnings_as_errors():
     done = run_script("""
         import os, threading, warnings
-        from pytest_heavy.isolation.launch import threads
+        from pytest_heavy.isolation import threads
         warnings.simplefilter("error")
         release = threading.Event()
         threading.Thread(target=release.wait).start()

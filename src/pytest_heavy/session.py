@@ -30,10 +30,10 @@ class HeavySession:
         xdist = xdist_worker(self.config) or self.config.pluginmanager.has_plugin("dsession")
         if not isolation_possible(self.config, run) or xdist:  # with -n no child starts: no server either
             return
-        from .isolation import launch  # imported only by sessions that may isolate
+        from .isolation import threads
 
-        launch.record_thread_baseline()  # before any test module is imported: plugins' threads are known
-        if launch.wants_forkserver(run.settings):
+        threads.record_thread_baseline()  # before any test module is imported: plugins' threads are known
+        if run.settings.early_forkserver:
             from . import supervise
             from .isolation.launch.forkserver import ForkserverLauncher
 
@@ -84,7 +84,7 @@ class HeavySession:
             if run.forkserver is not None:
                 run.forkserver.close()
             raise
-        method = launch.resolve(run.settings, run.forkserver)
+        method = launch.resolve(run.settings)
         launchers = launch.Launchers(session, method, run.forkserver, note=self.note)
         Controller(session, run, launchers, peaks).run_units(units)
         return True

@@ -224,6 +224,12 @@ class Settings:
     cicd: bool
     child: bool
 
+    @property
+    def early_forkserver(self) -> bool:
+        """Whether the forkserver starts before collection, so that it preloads while pytest collects:
+        asked for by name, or under ``auto`` with ``heavy_preload`` as the fallback where fork is unsafe."""
+        return self.start == "forkserver" or (self.start == "auto" and bool(self.preload))
+
 
 def cicd_mode(env: dict[str, str] | None = None) -> bool:
     return (env if env is not None else os.environ).get("CICD", "").strip().lower() in ("1", "true", "yes")

@@ -2,7 +2,7 @@
 
 ``resolve`` turns ``auto`` into fork: the parent has collected every module and imported what they
 import (torch included), so its fork has nothing left to pay. Before each fork ``Launchers.start``
-checks that the parent holds no CUDA context and no thread a child would wait for (``threads.py``:
+checks that the parent holds no CUDA context and no thread a child would wait for (``../threads.py``:
 an OpenMP pool, a Python thread started since the session began); where it does, the child starts
 with the forkserver when ``heavy_preload`` is set (it has the heavy imports already), else with
 spawn, and the heavy table says why. Spawn is always available as the last fallback.
@@ -18,23 +18,15 @@ import pytest
 from ...settings import Settings
 from ...state import RUN
 from .base import Launcher, RefusedError, Started, UnitRequest, fork_unsafe_reason
-from .threads import record_thread_baseline
 
-__all__ = ["Launcher", "Launchers", "record_thread_baseline", "resolve", "wants_forkserver"]
+__all__ = ["Launcher", "Launchers", "resolve"]
 
 if TYPE_CHECKING:  # the launchers themselves are imported when a run needs them, not at session start
     from .forkserver import ForkserverLauncher
 
 
-def wants_forkserver(settings: Settings) -> bool:
-    """Whether to start the server before collection, so that it preloads while pytest collects:
-    by name, or under ``auto`` with ``heavy_preload`` as the fallback for when fork is unsafe."""
-    return settings.start == "forkserver" or (settings.start == "auto" and bool(settings.preload))
-
-
-def resolve(settings: Settings, forkserver: ForkserverLauncher | None = None) -> str:
-    """The method each child is tried with first: ``auto`` tries fork (``Launchers`` falls back).
-    ``forkserver`` no longer matters (plugin.py still passes it; drop both together)."""
+def resolve(settings: Settings) -> str:
+    """The method each child is tried with first: ``auto`` tries fork (``Launchers`` falls back)."""
     return "fork" if settings.start == "auto" else settings.start
 
 

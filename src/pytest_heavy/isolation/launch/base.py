@@ -12,7 +12,7 @@ import pytest
 
 from ... import cleanup, procs
 from ...wire import CHILD_OVERRIDES
-from .threads import thread_unsafe_reason
+from ..threads import thread_unsafe_reason
 
 
 @dataclass

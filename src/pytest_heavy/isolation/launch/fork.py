@@ -15,8 +15,8 @@ import pytest
 
 from ... import procs, wire
 from .. import child
+from ..threads import fork_quietly
 from .base import PARENT_FDS, Pipes, Started, UnitRequest, import_for_children
-from .threads import fork_quietly
 
 
 class ForkProcess:

@@ -34,6 +34,7 @@ import pytest
 
 from ... import procs, wire
 from .. import child
+from ..threads import fork_quietly, record_thread_baseline
 from .base import (
     Pipes,
     RefusedError,
@@ -45,7 +46,6 @@ from .base import (
     import_for_children,
     release_parent_fds,
 )
-from .threads import fork_quietly, record_thread_baseline
 
 READY_TIMEOUT_S = 300.0  # preloading torch + transformers on a slow disk can take a while
 REPLY_TIMEOUT_S = 30.0
