@@ -381,7 +381,7 @@ def test_environment_cwd_and_argv(ex: pytest.Pytester, cwd: str, monkeypatch: py
             "runner_names": [n for n in ("run", "faulthandler", "stacks", "main", "code") if n in dir()],
             "package": __package__, "spec": __spec__,
             "cwd": os.getcwd(), "argv": sys.argv, "name": __name__, "file": __file__, "path0": sys.path[0],
-            "pythonpath": os.environ["PYTHONPATH"].split(os.pathsep),
+            "pythonpath": os.environ.get("PYTHONPATH", "").split(os.pathsep),
             "alloc": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"), "flavour": os.environ.get("EXAMPLE_FLAVOUR"),
             "hardware": "PYTEST_HEAVY_HARDWARE" in os.environ, "own_session": os.getsid(0) == os.getpid(),
             "stdin": sys.stdin.read(), "executable": sys.executable,
