@@ -279,7 +279,7 @@ def test_doctor_into_a_closed_pipe_ends_quietly(tmp_path):
 def test_closest_marks_match_pytest_at_every_level(heavy_pytester: pytest.Pytester) -> None:
     """markers.closest (one walk per node, shared by tiers, gating, planning and limits) answers what
     pytest's own iter_markers does: the item's mark before its class's and module's, stacked decorators
-    included, and a mark added to the item later (gating's skip) is seen."""
+    included, and a mark added later to the item (gating's skip) or to its class is seen."""
     heavy_pytester.makepyfile('''
         import pytest
         from pytest_heavy import markers
@@ -304,6 +304,8 @@ def test_closest_marks_match_pytest_at_every_level(heavy_pytester: pytest.Pytest
 
             def test_class(self, request):
                 assert pytest_closest(request.node)["foo"].args == (2,)
+                request.node.parent.add_marker(pytest.mark.baz)  # on the class, after the item's answer
+                assert "baz" in pytest_closest(request.node)
 
         def test_module(request):
             assert pytest_closest(request.node)["foo"].args == (1,)

@@ -39,28 +39,29 @@ def register(config: pytest.Config, extra: tuple[str, ...] = ()) -> None:
             config.addinivalue_line("markers", f"{name}: project marker listed in a heavy_* ini key")
 
 
-_CLOSEST = pytest.StashKey[tuple[int, dict[str, pytest.Mark]]]()
+_CLOSEST = pytest.StashKey[tuple[int, dict[str, pytest.Mark], dict[str, pytest.Mark]]]()
 
 
 def closest(node: pytest.Item | pytest.Collector) -> dict[str, pytest.Mark]:
     """Each marker name on ``node`` with its closest mark (the item's own before its class's and module's).
 
-    Tiers, gating, planning and limits all ask, and walking every item's node chain is what reading
-    markers costs: each node's answer is kept in its stash and built from its parent's, so a module's
-    and a class's marks are read once for all their tests. A mark added to the node since (gating's
-    skip) changes ``own_markers``, and the next call rebuilds that node's answer.
+    Tiers, gating, planning and limits all ask, and building every item's answer from all the marks of
+    its node chain is what reading markers costs: each node's answer is kept in its stash and built
+    from its parent's, so a module's and a class's marks are read once for all their tests. It is
+    rebuilt when a mark was added to the node since (gating's skip changes ``own_markers``) or its
+    parent's answer changed.
     """
     own = node.own_markers
-    cached = node.stash.get(_CLOSEST, None)
-    if cached is not None and cached[0] == len(own):
-        return cached[1]
     inherited = closest(node.parent) if node.parent is not None else {}
+    cached = node.stash.get(_CLOSEST, None)
+    if cached is not None and cached[0] == len(own) and cached[1] is inherited:
+        return cached[2]
     found = inherited
     if own:
         found = dict(inherited)
         for mark in reversed(own):  # within a node the first mark is the closest, as in iter_markers
             found[mark.name] = mark
-    node.stash[_CLOSEST] = (len(own), found)
+    node.stash[_CLOSEST] = (len(own), inherited, found)
     return found
 
 

@@ -43,7 +43,7 @@ class HeavySession:
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        """Tiers and gating in one pass over the items, each item's markers read once (``closest``)."""
+        """Tiers, then gating: both read each item's markers through ``markers.closest``, built once."""
         run = self.run
         if run.settings.child:
             return

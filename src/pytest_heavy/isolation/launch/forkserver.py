@@ -286,7 +286,7 @@ def main() -> None:
         serve(sock, payload)
     finally:
         sock.close()
-    # The session is over and every child is reaped: skip the interpreter's teardown, which with torch
+    # The parent closed its end: the session is over. Skip the interpreter's teardown, which with torch
     # loaded takes about a second that the parent, waiting for this process to exit, would add to the run.
     sys.stderr.flush()
     os._exit(0)
