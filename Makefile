@@ -39,25 +39,28 @@ demo: $(STAMP) ## run pytest-heavy on the bundled sample project (docs/demo), CP
 demo-compare: $(STAMP) ## the demo suite isolated and in one process, peaks side by side
 	$(PY) docs/demo/compare.py $(PYTEST_ARGS)
 
-# The tiers run through `pytest-heavy tier NAME -- ARGS` (python -m pytest -m EXPR ARGS), which ends a tier
-# with no tests here with exit 0 and a line saying so, where plain pytest exits 5.
+# The tiers are defined once, in scripts/tier.sh, which tox's environments of the same names run too:
+# `pytest-heavy tier NAME -- ARGS` (python -m pytest -m EXPR ARGS) for the product's tiers, which ends a
+# tier with no tests here with exit 0 and a line saying so, where plain pytest exits 5.
+TIER := TIER_RUN=$(PY) bash scripts/tier.sh
+
 test: $(STAMP) ## the project's own test suite (what CI runs)
-	$(BIN)/pytest-heavy tier default -- -ra $(PYTEST_ARGS)
+	$(TIER) default $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## fast tier: no qualitative, no slow tests
-	$(BIN)/pytest-heavy tier fast -- $(PYTEST_ARGS)
+	$(TIER) fast $(PYTEST_ARGS)
 
 test-qualitative: $(STAMP) ## only the qualitative tests
-	$(BIN)/pytest-heavy tier qualitative -- -rs $(PYTEST_ARGS)
+	$(TIER) qualitative $(PYTEST_ARGS)
 
 test-slow: $(STAMP) ## only the slow tests
-	$(BIN)/pytest-heavy tier slow -- -rs $(PYTEST_ARGS)
+	$(TIER) slow $(PYTEST_ARGS)
 
 test-gpu: $(STAMP) ## GPU tier; starts MPS first on EXCLUSIVE_PROCESS GPUs when it can, stops it after
-	bash scripts/with-mps.sh $(BIN)/pytest-heavy tier gpu -- -rs test $(PYTEST_ARGS)
+	$(TIER) gpu $(PYTEST_ARGS)
 
 test-heavy: $(STAMP) ## heavy tier (real HF/vLLM backends, held-memory GPU modules), isolated
-	$(PY) -m pytest -rs --heavy-isolate always test/backends test/gpu $(PYTEST_ARGS)
+	$(TIER) heavy $(PYTEST_ARGS)
 
 $(OLDEST_VENV)/.installed: pyproject.toml
 	@test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
