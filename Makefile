@@ -19,12 +19,12 @@ STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 .PHONY: install demo demo-compare test test-fast test-qualitative test-slow test-gpu test-heavy test-oldest \
-        examples examples-split coverage mps-start mps-stop mps-status bench lint dist clean help
+        examples examples-split coverage mps-start mps-stop mps-status bench lint dist docs clean help
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade 'pip>=25.1'  # 25.1: --group (PEP 735 dependency groups)
-	$(PY) -m pip install -q -e . --group dev --group lint --group tox
+	$(PY) -m pip install -q -e . --group dev --group lint --group tox --group docs
 	@if [ "$(WITH_TORCH)" = 1 ]; then \
 	  $(PY) -m pip install -q '$(TORCH_SPEC)' && $(PY) -m pip install -q --group torch \
 	  || echo "make: torch could not be installed; the torch tests will be skipped"; fi
@@ -109,8 +109,12 @@ dist: $(STAMP) ## build the sdist and wheel into dist/ and check them with twine
 	@if tar tzf dist/*.tar.gz | grep -E '/(test|bench|docs)/'; then \
 	  echo "make dist: the sdist ships files it must not (above)"; exit 1; fi
 
-clean: ## remove .venv, caches and coverage output
-	rm -rf $(VENV) $(OLDEST_VENV) .pytest_cache htmlcov coverage.json .coverage .coverage.* .tox .heavy build dist src/*.egg-info
+# --strict: every warning fails the build, and mkdocs.yml's `validation` makes a broken link or anchor one.
+docs: $(STAMP) ## build the documentation site (mkdocs.yml, docs/) into site/, strict: a broken link fails
+	$(BIN)/mkdocs build --strict --site-dir site
+
+clean: ## remove .venv, caches, coverage output and the built site
+	rm -rf $(VENV) $(OLDEST_VENV) .pytest_cache htmlcov coverage.json .coverage .coverage.* .tox .heavy build dist site src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 help: ## list the targets
