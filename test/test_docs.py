@@ -20,6 +20,8 @@ README = ROOT / "README.md"
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^```.*?^```", re.S | re.M)
 TIERS = ("default", "fast", "qualitative", "slow", "gpu", "heavy")
+# A tier spelled outside scripts/tier.sh: a marker expression, or `pytest-heavy tier NAME --` itself.
+SPELLED_TIER = r"-m [\"']|-m (qualitative|slow|not)\b|tier (default|fast|qualitative|slow|gpu) --"
 
 
 def prose(path: Path) -> str:
@@ -89,8 +91,7 @@ def test_the_tiers_are_defined_once_and_make_and_tox_both_run_them() -> None:
         assert f"tier.sh {name} " in tox[f"testenv:{name}" if name != "default" else "testenv"]["commands"]
     # No tier's marker expression or report option is spelled outside scripts/tier.sh.
     for path in ("Makefile", "tox.ini"):
-        spelled = re.search(r"-m [\"']|-m (qualitative|slow|not)\b|tier (default|fast|qualitative|slow|gpu) --",
-                            (ROOT / path).read_text())
+        spelled = re.search(SPELLED_TIER, (ROOT / path).read_text())
         assert not spelled, f"{path} spells a tier itself: {spelled.group(0)!r}"
 
 
