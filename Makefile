@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 # The torch group: `make install WITH_TORCH=1`; TORCH_SPEC picks the torch requirement, and pip's own
-# PIP_INDEX_URL / PIP_EXTRA_INDEX_URL the index (README, "Dependencies": the CPU wheel).
+# PIP_INDEX_URL / PIP_EXTRA_INDEX_URL the index (docs/dependencies.md: the CPU wheel).
 WITH_TORCH ?= 0
 TORCH_SPEC ?= torch
 # test-oldest: the oldest supported pytest, in a virtual environment of its own.
