@@ -12,12 +12,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import queue
-import time
 from collections.abc import Callable, Mapping
 
 import pytest
 
-from .. import report, supervise, wire
+from .. import supervise, wire
 from ..gpu import guard
 from ..split.durations import ModulePeaks
 from ..state import Run
@@ -70,9 +69,8 @@ class Controller:
             raise
         finally:
             self.launchers.close()
-        if self.settings.packing and self.ready.t_first is not None:
-            wall = time.monotonic() - self.ready.t_first
-            self.run.schedule = report.schedule_line(self.run.records, wall, len(self.run.hardware.gpus))
+        if self.settings.packing:
+            self.run.schedule = self.ready.schedule_line(self.run.records)
         if self.interrupted:
             reraise(self.interrupted)  # a child's pytest.exit() or KeyboardInterrupt ends this session too
         if self.session.shouldfail:
@@ -147,7 +145,8 @@ class Controller:
         request = ur.request(env, max(maxfail - self.session.testsfailed, 1) if maxfail else 0)
         contexts = functools.partial(guard.context_pids, self.config) if ur.unit.gpu else None
         attempt = Attempt.launch(self.launchers, request, placement=ur.placement, settings=self.settings,
-                                 gpu=self.gpu, post=lambda *a: self.inbox.put((ur, *a)), contexts=contexts)
+                                 gpu=self.gpu, contexts=contexts,
+                                 post=lambda attempt, event: self.inbox.put((ur, attempt, event)))
         ur.launched(attempt.method, attempt.why, restart)
         self.running[ur] = attempt
         self.hook.pytest_heavy_unit_start(config=self.config, unit=ur.name, method=attempt.method,
@@ -157,10 +156,8 @@ class Controller:
 
     def replay_events(self, ur: UnitRun, attempt: Attempt | None, events: list[Replayable]) -> None:
         for event in events:
-            if isinstance(event, pytest.TestReport):
-                self.on_report(ur, attempt, event)
-            else:
-                getattr(self, f"on_{event['event']}")(ur, attempt, event)
+            kind = "report" if isinstance(event, pytest.TestReport) else event["event"]
+            getattr(self, f"on_{kind}")(ur, attempt, event)
 
     def on_logstart(self, ur: UnitRun, attempt: Attempt | None, event: wire.LogStart) -> None:
         self.replay.logstart(event)
@@ -177,8 +174,7 @@ class Controller:
         self.replay.warning(event)
 
     def on_interrupt(self, ur: UnitRun, attempt: Attempt | None, event: wire.Interrupt) -> None:
-        # pytest.exit() or Ctrl-C in a test: it ends without an outcome, the session once children stopped
-        self.interrupted = self.interrupted or event
+        self.interrupted = self.interrupted or event  # the test has no outcome; the session ends soon
 
     def on_exit(self, ur: UnitRun, attempt: Attempt) -> None:
         """A child is over: its result into the unit's books; then its tests: re-run, or reported."""
@@ -186,13 +182,11 @@ class Controller:
         ended = attempt.close(shared=bool(ur.shared_gpus))
         ur.took(ended)
         retry_alone = bool(ur.oom_held) and not self.stopping()
-        if ur.oom_held and not retry_alone:
-            self.replay_events(ur, attempt, ur.dropped())
+        self.replay_events(ur, attempt, [] if retry_alone else ur.dropped())  # OOM-dropped, not re-run
         broken = ended.current is not None or (ur.pending and not ended.stopped and not retry_alone)
         self.replay_events(ur, attempt, ur.crashed(ended))  # the test it died in, if any
         if retry_alone:  # ran out of GPU memory beside another child: once more, alone, first in the queue
-            self.ready.finished(ur)
-            self.ready.units.insert(0, ur.alone_after_oom())
+            self.ready.again_alone(ur)
         elif broken and ur.pending and ended.progress and not self.stopping():
             self.launch(ur, restart=True)  # a fresh child for the tests that had not run
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from .. import report
 from ..hardware import Hardware
 from .schedule import Scheduler
 from .units import UnitRun
@@ -32,3 +33,14 @@ class Ready:
 
     def finished(self, ur: UnitRun) -> None:
         self.scheduler.finished(ur.job)
+
+    def schedule_line(self, records: list[report.HeavyRecord]) -> str:
+        """The packing scheduler's line under the heavy table: wall time against one at a time."""
+        if self.t_first is None:
+            return ""
+        return report.schedule_line(records, time.monotonic() - self.t_first, len(self.hw.gpus))
+
+    def again_alone(self, ur: UnitRun) -> None:
+        """``ur``'s tests ran out of GPU memory beside another child: they run next, alone."""
+        self.finished(ur)
+        self.units.insert(0, ur.alone_after_oom())
