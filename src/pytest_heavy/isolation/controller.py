@@ -128,8 +128,8 @@ class Controller:
                     attempt.note(event)
                     self.replay_events(ur, attempt, ur.take(event))
                 ur, attempt, event = self.inbox.get_nowait()
-        self.stopping()
         for ur, attempt in list(self.running.items()):
+            self.stopping()  # told first, also when the end of the child before it stopped the session
             if attempt.watch():
                 self.on_exit(ur, attempt)
 
@@ -180,15 +180,12 @@ class Controller:
         """A child is over: its result into the unit's books; then its tests: re-run, or reported."""
         del self.running[ur]
         ended = attempt.close(shared=bool(ur.shared_gpus))
-        ur.took(ended)
-        retry_alone = bool(ur.oom_held) and not self.stopping()
-        self.replay_events(ur, attempt, [] if retry_alone else ur.dropped())  # OOM-dropped, not re-run
-        broken = ended.current is not None or (ur.pending and not ended.stopped and not retry_alone)
-        self.replay_events(ur, attempt, ur.crashed(ended))  # the test it died in, if any
-        if retry_alone:  # ran out of GPU memory beside another child: once more, alone, first in the queue
+        alone = bool(ur.oom_held) and not self.stopping()  # its tests that ran out of GPU memory: again
+        self.replay_events(ur, attempt, ur.took(ended, rerun_dropped=alone))
+        if alone:
             self.ready.again_alone(ur)
-        elif broken and ur.pending and ended.progress and not self.stopping():
-            self.launch(ur, restart=True)  # a fresh child for the tests that had not run
+        elif ur.pending and ended.restartable and not self.stopping():
+            self.launch(ur, restart=True)  # a fresh child for the tests that had not run: a crash costs one
         else:
             self.replay_events(ur, attempt, ur.unreached(ended))
             self.end_unit(ur)

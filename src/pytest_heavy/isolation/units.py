@@ -147,8 +147,10 @@ class UnitRun:
 
     # --- its child's end -------------------------------------------------------------------------------
 
-    def took(self, ended: Ended) -> None:
-        """A child is over: how it ended, its peaks, its leftovers and its GPU memory into the row."""
+    def took(self, ended: Ended, rerun_dropped: bool) -> list[Replayable]:
+        """A child is over: how it ended, its peaks, its leftovers and its GPU memory into the row. Returns
+        what to replay: the tests dropped after an OOM while sharing a GPU (unless they ``rerun_dropped``,
+        alone), and the failure of the test it died in."""
         record, peaks = self.record, ended.peaks
         self.statuses.append(ended.status)
         record.killed = [*record.killed, *ended.killed]
@@ -159,8 +161,9 @@ class UnitRun:
             record.add_gpu_peaks(peaks.gpu_per_device(self.placement.gpus or None))
         record.released = ended.released.text()
         record.gpu_before_mib, record.gpu_after_mib = ended.gpu_before_mib, ended.gpu_after_mib
+        return [*([] if rerun_dropped else self._dropped()), *self._crashed(ended)]
 
-    def crashed(self, ended: Ended) -> list[Replayable]:
+    def _crashed(self, ended: Ended) -> list[Replayable]:
         """The test that was running when its child died: the first missing phase fails, with the
         output the test had written so far (read from the dead child's capture files)."""
         nodeid = ended.current
@@ -181,7 +184,7 @@ class UnitRun:
             got[when] = not failing
         return [*events, wire.LogFinish(event="logfinish", nodeid=nodeid, location=item.location)]
 
-    def dropped(self) -> list[Replayable]:
+    def _dropped(self) -> list[Replayable]:
         """Tests dropped after an OOM that will not be re-run (the session is stopping): their events."""
         events: list[Replayable] = [*self.oom_held]
         self.oom_held = []

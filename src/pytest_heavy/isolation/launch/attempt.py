@@ -45,14 +45,20 @@ class Ended:
     gpu_before_mib: int | None
     gpu_after_mib: int | None
 
+    @property
+    def restartable(self) -> bool:
+        """It broke off after running at least one test (died in a test, or ended without being told
+        to stop): a fresh child may run the tests it left."""
+        return self.progress and (self.current is not None or not self.stopped)
+
 
 class Attempt:
     """One child process running (part of) a heavy unit."""
 
-    def __init__(self, started: Started, method: str, why: str, sup: supervise.Supervisor, unit: str,
+    def __init__(self, started: Started, method: str, why: str, sup: supervise.Supervisor, name: str,
                  settings: Settings, contexts: Contexts | None) -> None:
         self.started, self.method, self.why, self.sup = started, method, why, sup
-        self.unit, self.settings, self.contexts = unit, settings, contexts
+        self.name, self.settings, self.contexts = name, settings, contexts
         self.t0 = time.monotonic()
         self.eof = False  # the event stream ended
         self.done = False  # the child said all it had to say ('done', its last event)
@@ -192,9 +198,9 @@ class Attempt:
         """Why the test it was running fails: how it died, with its stderr's end and, unless it timed
         out, what its terminal reporter wrote during that test (``terminal``)."""
         if self.sup.timed_out:
-            return (f"{self.unit} timed out after {self.settings.timeout:g}s (--heavy-timeout) during "
+            return (f"{self.name} timed out after {self.settings.timeout:g}s (--heavy-timeout) during "
                     f"{self.current}; the child's Python stacks and stderr:\n{self.tail(100)}")
-        message = (f"child process for {self.unit} died with {self.status()} during {self.current}\n"
+        message = (f"child process for {self.name} died with {self.status()} during {self.current}\n"
                    f"{self.tail()}")
         if terminal:  # pytest-timeout's thread method dumps its stacks there, then exits
             message += "\nits terminal output during the test:\n" + "\n".join(terminal.splitlines()[-100:])
