@@ -56,7 +56,8 @@ def test_a_child_that_dies_in_setup_errors_that_test_only_and_the_row_counts_bot
     result = scripted.runpytest("-rA", "--junitxml", "junit.xml", "--heavy-report", "heavy.json")
     result.assert_outcomes(passed=2, errors=1)
     result.stdout.fnmatch_lines(["_*_ ERROR at setup of test_setup_crash _*_",
-                                 "child process for test_a.py died with SIGSEGV during test_a.py::test_setup_crash"])
+                                 "child process for test_a.py died with SIGSEGV during "
+                                 "test_a.py::test_setup_crash"])
     assert requests(scripted)[:2] == [["test_a.py::test_setup_crash", "test_a.py::test_two"],
                                       ["test_a.py::test_two"]]
     junit = (scripted.path / "junit.xml").read_text()
