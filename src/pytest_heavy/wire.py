@@ -55,13 +55,6 @@ class SpawnPayload(TypedDict):
     request: RunRequest
 
 
-class ServerRequest(RunRequest):
-    """A forkserver child's request file: the request, its environment and whether output is captured."""
-
-    env: dict[str, str]
-    capture: bool
-
-
 STOP = b"stop\n"  # the control pipe's one message: stop after the current test (EOF: the parent is gone)
 
 
