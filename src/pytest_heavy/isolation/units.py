@@ -105,8 +105,10 @@ class UnitRun:
 
     def _hold(self, event: wire.Message | None) -> list[Replayable]:
         if event is None or event["event"] in SESSION_EVENTS:
-            held: list[Replayable] = [*self.held]  # a test the child did not finish: its events count as
-            self.held = []  # they are; 'leftovers' and 'done' are about the child itself: its Attempt's
+            # A test the child did not finish, or that ended its session: its held events count as they
+            # are. 'leftovers' and 'done' are about the child itself: its Attempt took them.
+            held: list[Replayable] = [*self.held]
+            self.held = []
             return [*held, event] if event is not None and event["event"] == "interrupt" else held
         if event["event"] == "collecterror":
             self.collect_error = event["longrepr"]
