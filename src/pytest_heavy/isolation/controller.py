@@ -48,7 +48,7 @@ class Controller:
         runs = {unit.module: UnitRun(unit) for unit in units if unit.module is not None}
         reorders = self.ready.scheduler.reorders  # every heavy module ready at once: the scheduler orders
         if reorders:
-            self.ready.units = list(runs.values())
+            self.ready.add(*runs.values())
         try:
             for unit in units:
                 if self.stopping():
@@ -59,7 +59,7 @@ class Controller:
                 if reorders:
                     self.fill()
                     continue
-                self.ready.units.append(ur := runs[unit.module])
+                self.ready.add(ur := runs[unit.module])
                 self.start_soon(self.ready.units.__contains__, ur)  # collection order: it starts first
             self.start_soon(lambda: bool(self.ready.units or self.running))  # OOM re-runs come late
             self.wait_all()

@@ -18,6 +18,10 @@ class Ready:
         self.units: list[UnitRun] = []  # in the order the loop released them; OOM re-runs go first
         self.t_first: float | None = None  # when the first child started
 
+    def add(self, *units: UnitRun) -> None:
+        """``units`` are ready to start, after those already waiting."""
+        self.units += units
+
     def pop(self, running: list[UnitRun]) -> UnitRun | None:
         """The unit the scheduler places now, taken off the queue and placed beside ``running``, or None."""
         picked = self.scheduler.pick([ur.job for ur in self.units]) if self.units else None
