@@ -17,6 +17,9 @@ from ..hardware import Hardware
 from ..markers import closest
 from ..settings import Settings
 
+# What plan() reads of a test that is not skipped, worked out once: its marks, and whether one implies a GPU.
+_Facts = tuple[dict[str, pytest.Mark], bool]
+
 
 @dataclass
 class Unit:
@@ -39,10 +42,6 @@ class Unit:
             mark = marks.get("requires_gpu")
             self.gpus = max(self.gpus, gpu_count(mark) if mark else 1)
         self.heavy_ram = self.heavy_ram or "requires_heavy_ram" in marks
-
-
-# What plan() reads of a test that is not skipped, worked out once: its marks, and whether one implies a GPU.
-_Facts = tuple[dict[str, pytest.Mark], bool]
 
 
 def module_of(item: pytest.Item) -> str:
