@@ -31,10 +31,10 @@ def slow_reason(config: pytest.Config, settings: Settings) -> str | None:
     return None if slow_is_selected(config, settings) else SLOW_DESELECTED
 
 
-def deselect_slow(config: pytest.Config, settings: Settings, items: list[pytest.Item]) -> None:
-    """Drop slow tests from ``items`` in place, reporting them as deselected."""
+def deselect_slow(config: pytest.Config, settings: Settings, items: list[pytest.Item]) -> int:
+    """Drop slow tests from ``items`` in place, reporting them as deselected; how many were dropped."""
     if slow_is_selected(config, settings):
-        return
+        return 0
     keep: list[pytest.Item] = []
     drop: list[pytest.Item] = []
     for item in items:
@@ -42,6 +42,18 @@ def deselect_slow(config: pytest.Config, settings: Settings, items: list[pytest.
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+    return len(drop)
+
+
+def summary(tr: pytest.TerminalReporter, deselected: int) -> None:
+    """One line, also under ``-q`` (where the header's tier line is hidden), saying which tests the tiers
+    left out, by which rule, and how to include them: pytest's own "N deselected" does not say why."""
+    if not deselected:
+        return
+    tests = "test" if deselected == 1 else "tests"
+    tr.write_line(f"pytest-heavy: {deselected} slow {tests} deselected by the default tier "
+                  "(heavy_skip_slow_by_default); run only them with -m slow, or include them with "
+                  "--heavy-run-slow or heavy_skip_slow_by_default = false")
 
 
 def describe(config: pytest.Config, settings: Settings) -> str:

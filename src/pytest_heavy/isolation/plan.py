@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from ..gating import gpu_count, gpu_marker
 from ..hardware import Hardware
-from ..markers import closest
+from ..markers import Needs, closest, module_of, needs
 from ..settings import Settings
+from .schedule.base import Job
 
 
 @dataclass
@@ -27,21 +27,26 @@ class Unit:
     gpu: bool = False  # holds GPU-marked tests routed because of EXCLUSIVE_PROCESS
     gpus: int = 0  # GPUs its tests use: requires_gpu(count=N), 1 for another GPU or isolation marker
     heavy_ram: bool = False  # holds requires_heavy_ram tests: counts against the RAM budget when packing
+    ram_gib: float = 0.0  # the largest RAM amount its tests' marks ask for
+    vram_gib: float = 0.0  # the largest VRAM amount its tests' marks ask for
 
-    def add(self, item: pytest.Item, settings: Settings) -> None:
-        """Take ``item`` into the unit, and what it needs (unless it is skipped) into the unit's demand."""
+    def add(self, item: pytest.Item, item_needs: Needs | None) -> None:
+        """Take ``item`` into the unit, and what it needs (None: it is skipped) into the unit's demand."""
         self.items.append(item)
-        if _skipped(item):
+        if item_needs is None:
             return
-        marks = closest(item)
-        if gpu_marker(marks, settings) or "requires_gpu_isolation" in marks:
-            mark = marks.get("requires_gpu")
-            self.gpus = max(self.gpus, gpu_count(mark) if mark else 1)
-        self.heavy_ram = self.heavy_ram or "requires_heavy_ram" in marks
+        if item_needs.gpus or item_needs.gpu_isolation:
+            self.gpus = max(self.gpus, item_needs.gpus or 1)
+        if item_needs.ram_gib is not None:
+            self.heavy_ram = True
+            self.ram_gib = max(self.ram_gib, item_needs.ram_gib)
+        self.vram_gib = max(self.vram_gib, item_needs.vram_gib or 0.0)
 
-
-def module_of(item: pytest.Item) -> str:
-    return item.nodeid.split("::", 1)[0]
+    def job(self) -> Job:
+        """What the scheduler is handed for this unit's child."""
+        assert self.module is not None, "only a module unit runs in a child"
+        return Job(self.module, gpus=self.gpus, heavy_ram=self.heavy_ram, routed=self.gpu,
+                   ram_mib=self.ram_gib * 1024, vram_mib=self.vram_gib * 1024)
 
 
 def _skipped(item: pytest.Item) -> bool:
@@ -57,35 +62,41 @@ def isolation_blocker(config: pytest.Config) -> str | None:
 
 
 def plan(items: list[pytest.Item], settings: Settings, hw: Hardware) -> list[Unit] | None:
-    """Units in collection order, or None when everything runs in the parent as usual."""
+    """Units in collection order, or None when everything runs in the parent as usual.
+
+    Each item's needs record (``markers.needs``, read and checked at collection) is looked up once here.
+    """
     if settings.isolate == "never":
         return None
     route_gpu = hw.parent_trap_risk
     heavy: dict[str, bool] = {}  # module -> holds routed GPU tests
+    read: list[Needs | None] = []  # each item's needs; None: skipped
     for item in items:
         if _skipped(item):
+            read.append(None)
             continue
-        marker_names = closest(item)
+        found = needs(item, settings)
+        read.append(found)
         # An example already runs in a process of its own: isolation markers add nothing but a second one.
         own_process = getattr(item, "runs_in_own_process", False)
-        if not own_process and any(m in marker_names for m in settings.isolate_markers):
+        if not own_process and found.isolate:
             heavy.setdefault(module_of(item), False)
-        if route_gpu and gpu_marker(marker_names, settings):
+        if route_gpu and found.gpu_marker:
             heavy[module_of(item)] = True
     if not heavy or (settings.isolate == "auto" and len(heavy) < 2 and not any(heavy.values())):
         return None
     units: list[Unit] = []
     by_module: dict[str, Unit] = {}
-    for item in items:
+    for item, item_needs in zip(items, read, strict=True):
         module = module_of(item)
-        if module in heavy and not _skipped(item):
+        if module in heavy and item_needs is not None:
             unit = by_module.get(module)
             if unit is None:
                 unit = by_module[module] = Unit(module=module, gpu=heavy[module])
                 units.append(unit)
-            unit.add(item, settings)
+            unit.add(item, item_needs)
             continue
         if not units or units[-1].module is not None:
             units.append(Unit())
-        units[-1].add(item, settings)
+        units[-1].add(item, item_needs)
     return units

@@ -14,7 +14,7 @@ import pytest
 from .. import procs, supervise
 from ..report import HeavyRecord
 from .launch.base import Started, UnitRequest, release_parent_fds
-from .schedule import Job, Placement, Scheduler
+from .schedule import Placement, Scheduler
 
 if TYPE_CHECKING:
     from ..hardware import Hardware
@@ -174,7 +174,7 @@ class UnitRun:
         self.record = HeavyRecord(unit=self.name, kind="module", start_method="", tests=len(self.pending))
         self.t0 = time.monotonic()
         # Scheduling (isolation/schedule): what it needs, where it runs, whom it shared a GPU with.
-        self.job = Job(self.name, gpus=unit.gpus, heavy_ram=unit.heavy_ram, routed=unit.gpu)
+        self.job = unit.job()
         self.placement = Placement()
         self.shared_gpus: set[int] = set()  # NVML indices of GPUs where another child ran beside it
         # While it may share a GPU, each test's events are held until its logfinish (replay.py), so that

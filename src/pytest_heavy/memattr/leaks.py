@@ -26,7 +26,7 @@ import pytest
 
 from .. import cleanup, markers
 from ..examples.item import ExampleItem
-from ..isolation.plan import module_of
+from ..markers import module_of
 from ..state import Run
 from .sampler import Reading, read_tree
 
