@@ -7,7 +7,9 @@ Each behaviour is checked with real pytest sessions (pytester); GPU machines are
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -460,3 +462,73 @@ def test_find_leaks_is_read_into_the_frozen_settings(heavy_pytester: pytest.Pyte
     result = heavy_pytester.runpytest("-s", "--heavy-find-leaks", "--heavy-isolate=always")
     result.stdout.fnmatch_lines(["settings: isolate=never find_leaks=True"])
     assert result.ret == 0
+
+
+# --- docs/migrating.md: its commands run, and keep every outcome -------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+MIGRATING = REPO / "docs" / "migrating.md"
+
+
+def doc_commands(marker: str) -> list[str]:
+    """The ``$ `` lines of the console block that follows ``<!-- marker -->`` in docs/migrating.md."""
+    text = MIGRATING.read_text()
+    block = text[text.index(f"<!-- {marker} -->"):].split("```console\n", 1)[1].split("```", 1)[0]
+    return [line[2:] for line in block.splitlines() if line.startswith("$ ")]
+
+
+def run_doc_command(line: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """A documented command as a shell would run it: leading VAR=value words, then pytest or pytest-heavy
+    from this interpreter."""
+    words = line.split()
+    env = dict(env)
+    while "=" in words[0]:
+        key, _, value = words.pop(0).partition("=")
+        env[key] = value
+    program = {"pytest": [sys.executable, "-m", "pytest"],
+               "pytest-heavy": [sys.executable, "-m", "pytest_heavy.cli"]}
+    return subprocess.run([*program[words[0]], *words[1:]], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+@pytest.fixture
+def migration(pytester: pytest.Pytester) -> tuple[Path, Path, dict[str, str]]:
+    """Copies of both sides, and an environment in which neither sees a GPU: the hand-written side asks
+    nvidia-smi (a stand-in that lists none comes first on PATH), pytest-heavy is told gpus=0."""
+    root = pytester.path
+    for side in ("before", "after"):
+        shutil.copytree(REPO / "docs" / "migrating" / side, root / side)
+    bin_dir = root / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\nexit 0\n")  # lists no GPU
+    smi.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("CICD", "PYTEST_ADDOPTS", "RUN_SLOW")}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTEST_HEAVY_ASSUME"] = "gpus=0"
+    env["PYTEST_ADDOPTS"] = "-p no:randomly -p no:cacheprovider"
+    return root / "before", root / "after", env
+
+
+def test_the_migration_keeps_every_outcome_and_its_commands_run(
+        migration: tuple[Path, Path, dict[str, str]]) -> None:
+    before, after, env = migration
+    commands = doc_commands("same outcomes before and after")
+    assert len(commands) >= 4
+    for line in commands:
+        ran = {}
+        for side in (before, after):
+            proc = run_doc_command(f"{line} -vv", side, env)
+            assert proc.returncode == 0, f"{side.name}: {line}\n{proc.stdout}\n{proc.stderr}"
+            got = {m.group(1): m.group(2) for out in proc.stdout.splitlines()
+                   if (m := re.match(r"(\S+::\S+) (PASSED|FAILED|SKIPPED|ERROR)", out))}
+            ran[side.name] = (got, proc.stdout)
+        assert ran["before"][0] == ran["after"][0], line
+        assert len(ran["after"][0]) >= 9, line
+    out = ran["after"][1]  # the last command, in after/: the ImportError example skipped with a reason
+    assert ("SKIPPED [1] docs/examples/needs_plugin.py:1: ImportError: requires the X plugin framework "
+            "(heavy_examples_skip_on: ImportError)") in out
+    for line in doc_commands("after only"):
+        proc = run_doc_command(line, after, env)
+        assert proc.returncode == 0, proc.stderr
+        assert "registers itself" not in proc.stdout  # the configuration resolved every clash
+        assert "require_gpu              skipped: needs a GPU (require_gpu)" in proc.stdout
