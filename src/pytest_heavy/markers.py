@@ -115,12 +115,8 @@ class Needs:
     packages: tuple[tuple[str, str], ...] = ()  # (marker, package the marker needs importable)
     isolate: bool = False  # carries a heavy_isolate_markers marker: its module runs in a child
     gpu_isolation: bool = False  # requires_gpu_isolation: its child takes a GPU when packed
-    qualitative: bool = False
-    slow: bool = False
-
-    @property
-    def heavy_ram(self) -> bool:
-        return self.ram_gib is not None
+    qualitative: bool = False  # CICD=1 skips it
+    slow: bool = False  # the default tier deselects it
 
 
 def _amount(mark: pytest.Mark, keys: tuple[str, ...], what: str, example: str) -> object:
@@ -184,19 +180,17 @@ def read_needs(by_name: Mapping[str, pytest.Mark], settings: Settings) -> Needs:
     Every amount-bearing mark is read here, whether or not this machine or run will look at it
     (``--heavy-ignore-gpu-check``, no GPU), so a typo fails the same way everywhere.
     """
-    fields: dict[str, object] = {}
-    gpu = next((m for m in gpu_markers(settings) if m in by_name), None)
-    if gpu is not None:
-        fields["gpu_marker"] = gpu
-        fields["gpus"] = 1
+    gpu_marker = next((m for m in gpu_markers(settings) if m in by_name), None)
+    gpus, gpus_marker = (1 if gpu_marker else 0), "requires_gpu"
     if "requires_gpu" in by_name:
-        fields["gpus"] = amount(by_name["requires_gpu"])
-    if "requires_vram" in by_name:
-        fields["vram_gib"] = amount(by_name["requires_vram"])
+        gpus = int(amount(by_name["requires_gpu"]) or 1)
+    vram_gib = amount(by_name["requires_vram"]) if "requires_vram" in by_name else None
+    vram_marker = "requires_vram"
+    ram_gib, ram_marker, ram_default = None, "requires_heavy_ram", False
     if "requires_heavy_ram" in by_name:
-        ram = amount(by_name["requires_heavy_ram"])
-        fields["ram_gib"] = settings.ram_gib if ram is None else ram
-        fields["ram_default"] = ram is None
+        ram_gib = amount(by_name["requires_heavy_ram"])
+        ram_default = ram_gib is None
+        ram_gib = settings.ram_gib if ram_gib is None else ram_gib
     for name, kind in settings.resource_markers:
         if name not in by_name:
             continue
@@ -206,16 +200,17 @@ def read_needs(by_name: Mapping[str, pytest.Mark], settings: Settings) -> Needs:
             raise NeedsError(f"{name} (heavy_resource_markers: {kind}) expects an amount, e.g. {name}(2); "
                              f"got {_shown(mark)}")
         if kind == "gpus":
-            fields["gpus"], fields["gpus_marker"] = max(int(fields.get("gpus", 1)), _count(mark, value)), name  # type: ignore[call-overload]
+            gpus, gpus_marker = max(gpus, _count(mark, value)), name
         elif kind == "vram":
-            fields["vram_gib"], fields["vram_marker"] = _gib(mark, value, f"{name}(24)"), name
+            vram_gib, vram_marker = _gib(mark, value, f"{name}(24)"), name
         else:
-            fields["ram_gib"], fields["ram_marker"] = _gib(mark, value, f"{name}(64)"), name
-            fields["ram_default"] = False
-    packages = tuple((m, p) for m, p in settings.marker_packages if m in by_name)
-    return Needs(packages=packages, isolate=any(m in by_name for m in settings.isolate_markers),
+            ram_gib, ram_marker, ram_default = _gib(mark, value, f"{name}(64)"), name, False
+    return Needs(gpu_marker=gpu_marker, gpus=gpus, gpus_marker=gpus_marker, vram_gib=vram_gib,
+                 vram_marker=vram_marker, ram_gib=ram_gib, ram_marker=ram_marker, ram_default=ram_default,
+                 packages=tuple((m, p) for m, p in settings.marker_packages if m in by_name),
+                 isolate=any(m in by_name for m in settings.isolate_markers),
                  gpu_isolation="requires_gpu_isolation" in by_name,
-                 qualitative="qualitative" in by_name, slow="slow" in by_name, **fields)  # type: ignore[arg-type]
+                 qualitative="qualitative" in by_name, slow="slow" in by_name)
 
 
 _NEEDS = pytest.StashKey[Needs]()

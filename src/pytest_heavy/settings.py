@@ -103,7 +103,7 @@ def add_options(parser: pytest.Parser) -> None:
                     help="write the heavy-modules table as JSON")
     group.addoption("--heavy-assume", default=None, metavar="SPEC",
                     help="plan for another machine, e.g. gpus=1x80GiB,ram=128GiB,"
-                         "compute_mode=exclusive_process,mps=off (env PYTEST_HEAVY_ASSUME)")
+                         "compute_mode=exclusive_process,mps=off,apple_mps=on (env PYTEST_HEAVY_ASSUME)")
     group.addoption("--heavy-split", default=None, metavar="i/N",
                     help="keep subset i of N (1-based), balanced by recorded durations")
     group.addoption("--heavy-split-by", choices=("item", "module"), default=None,

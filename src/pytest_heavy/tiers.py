@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from .markers import closest
+from .markers import needs_or_usage_error
 from .settings import Settings
 
 SLOW_DESELECTED = "deselected by default (run with -m slow or --heavy-run-slow)"
@@ -38,7 +38,7 @@ def deselect_slow(config: pytest.Config, settings: Settings, items: list[pytest.
     keep: list[pytest.Item] = []
     drop: list[pytest.Item] = []
     for item in items:
-        (drop if "slow" in closest(item) else keep).append(item)
+        (drop if needs_or_usage_error(item, settings).slow else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep

@@ -70,14 +70,14 @@ def doctor_document(pytest_args: list[str]) -> dict[str, Any]:
         "tiers": {name: f'pytest -m "{expr}"' if expr else "pytest (qualitative included, slow deselected)"
                   for name, expr in tier_markexprs(gpu_markers).items()},  # gpu: every marker implying a GPU
         "markers": verdicts,
-        "amounts": amounts_here(settings, hw),
+        "amounts": amounts_here(hw),
         "clashes": clashes(config, settings),
     }
 
 
-def amounts_here(settings: Settings, hw: Hardware) -> dict[str, float]:
+def amounts_here(hw: Hardware) -> dict[str, float]:
     """The largest amounts the amount-bearing markers may ask for and still run here."""
-    return {"gpus": len(hw.gpus) if hw.gpus or settings.ignore_gpu_check else 0,
+    return {"gpus": len(hw.gpus),
             "vram_gib": round(max((g.total_gib for g in hw.gpus), default=0.0), 1),
             "ram_gib": round(hw.ram_total_mib / 1024, 1)}
 
@@ -159,8 +159,9 @@ def doctor(args: argparse.Namespace) -> int:
     for name, cmd in doc["tiers"].items():
         print(f"  {name:12} {cmd}")
     amounts = doc["amounts"]
-    print(f"amounts here: requires_gpu(count<={amounts['gpus']}), "
-          f"requires_vram(gib<={amounts['vram_gib']:g}), requires_heavy_ram(gib<={amounts['ram_gib']:g})")
+    gpu_amounts = (f"requires_gpu(count<={amounts['gpus']}), requires_vram(gib<={amounts['vram_gib']:g})"
+                   if amounts["gpus"] else "no GPU here")
+    print(f"amounts here: {gpu_amounts}, requires_heavy_ram(gib<={amounts['ram_gib']:g})")
     if doc["clashes"]:
         print("markers the project registers itself, which pytest-heavy gives a meaning by default:")
         for c in doc["clashes"]:
