@@ -76,6 +76,8 @@ def test_header_markers_arguments_and_options() -> None:
     ("timeout=__import__('os').getcwd()", "is not a literal"),
     ("requires_vram(big)", "arguments of requires_vram: 'big' is not a literal"),
     ("requires_vram('lots')", "requires_vram expects a number of GiB"),
+    ("requires_heavy_ram(gib='lots')", "requires_heavy_ram expects a number of GiB"),
+    ("requires_gpu(count=0)", "requires_gpu expects a whole number of GPUs >= 1"),
     ("requires_vram(**opts)", "**kwargs is not allowed"),
     ("pytest.mark.slow", "is not a marker"),
     ("slow, 3", "'3' is not a marker"),

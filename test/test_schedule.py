@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from pytest_heavy import hardware
+from pytest_heavy import assume, hardware
 from pytest_heavy.isolation.schedule import Job, Placement
 from pytest_heavy.isolation.schedule.count import CountScheduler
 from pytest_heavy.isolation.schedule.packing import PackingScheduler
@@ -23,7 +23,7 @@ GIB = 1024
 
 def machine(spec: str) -> hardware.Hardware:
     probed = hardware.Hardware(cpus=8, ram_total_mib=64 * GIB, ram_available_mib=64 * GIB)
-    return hardware.apply_assume(probed, hardware.parse_assume(spec))
+    return assume.apply_assume(probed, assume.parse_assume(spec))
 
 
 def packer(spec: str, peaks: dict[str, ModulePeaks], ram_need_gib: float = 48) -> PackingScheduler:

@@ -22,14 +22,11 @@ from __future__ import annotations
 import gc
 import sys
 from collections.abc import Generator
-from typing import TYPE_CHECKING
 
 import pytest
 
-from .gating import gpu_markers
-
-if TYPE_CHECKING:
-    from .state import Run
+from .markers import gpu_markers
+from .settings import Settings
 
 
 def cuda_initialized() -> bool:
@@ -87,7 +84,8 @@ class Cleanup:
                 collect()
 
 
-def register(config: pytest.Config, run: Run) -> None:
-    if run.settings.cleanup:
-        heavy = {*run.settings.isolate_markers, *gpu_markers(run.settings), "requires_heavy_ram"}
+def register(config: pytest.Config, settings: Settings) -> None:
+    if settings.cleanup:
+        ram = (name for name, kind in settings.resource_markers if kind == "ram")
+        heavy = {*settings.isolate_markers, *gpu_markers(settings), "requires_heavy_ram", *ram}
         config.pluginmanager.register(Cleanup(heavy), "heavy-cleanup")

@@ -5,8 +5,8 @@ library, so a pytest parent that probes stays safe to fork and never occupies a 
 EXCLUSIVE_PROCESS mode. The snapshot is taken once per session and handed to child processes as
 JSON (``PYTEST_HEAVY_HARDWARE``), so children never probe again.
 
-``--heavy-assume SPEC`` replaces parts of the probe to plan a run for another machine; it is also
-how CPU-only CI exercises the GPU paths.
+``--heavy-assume SPEC`` (``assume.py``, the parser) replaces parts of the probe to plan a run for
+another machine; it is also how CPU-only CI exercises the GPU paths.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import dataclasses
 import json
 import os
 import platform
-import re
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -108,89 +107,6 @@ class Hardware:
         data["gpus"] = tuple(GPU(**g) for g in data.get("gpus", ()))
         data["assumed"] = tuple(data.get("assumed", ()))
         return cls(**data)
-
-
-class AssumeError(ValueError):
-    """A malformed --heavy-assume spec; the message names the field."""
-
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(TiB|TB|GiB|GB|MiB|MB|T|G|M)?\s*$", re.IGNORECASE)
-_UNIT_MIB = {"t": 1024 * 1024, "tb": 1024 * 1024, "tib": 1024 * 1024, "g": 1024, "gb": 1024, "gib": 1024,
-             "m": 1, "mb": 1, "mib": 1}
-
-
-def parse_size_mib(text: str, what: str) -> int:
-    """'80GiB' -> 81920. Plain numbers are GiB, the unit users think in for GPUs and RAM."""
-    m = _SIZE.match(text)
-    if not m:
-        raise AssumeError(f"{what}: expected a size such as 80GiB or 512MiB, got {text!r}")
-    unit = (m.group(2) or "gib").lower()
-    return int(float(m.group(1)) * _UNIT_MIB[unit])
-
-
-def _parse_gpus(value: str, compute_mode: str) -> tuple[GPU, ...]:
-    value = value.strip().lower()
-    if value in ("0", "none", "no", "off"):
-        return ()
-    m = re.match(r"^(\d+)\s*x\s*(.+)$", value)
-    count, size = (int(m.group(1)), m.group(2)) if m else (1, value)
-    total = parse_size_mib(size, "gpus")
-    return tuple(GPU(index=i, uuid=f"GPU-assumed-{i}", name="assumed GPU", total_mib=total, used_mib=0,
-                     compute_mode=compute_mode) for i in range(count))
-
-
-_ASSUME_FIELDS = ("gpus", "ram", "compute_mode", "mps", "cpus", "driver")
-
-
-def parse_assume(spec: str) -> dict[str, str]:
-    """Split 'gpus=1x80GiB,ram=128GiB,...' and check every field name and value."""
-    fields: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        key, sep, value = part.partition("=")
-        key = key.strip().lower()
-        if not sep:
-            raise AssumeError(f"{part!r}: expected FIELD=VALUE (fields: {', '.join(_ASSUME_FIELDS)})")
-        if key not in _ASSUME_FIELDS:
-            raise AssumeError(f"unknown field {key!r} (fields: {', '.join(_ASSUME_FIELDS)})")
-        fields[key] = value.strip()
-    if "compute_mode" in fields:
-        mode = fields["compute_mode"].lower()
-        if mode not in COMPUTE_MODES.values():
-            choices = ", ".join(COMPUTE_MODES.values())
-            raise AssumeError(f"compute_mode: expected one of {choices}, got {mode!r}")
-        fields["compute_mode"] = mode
-    if "mps" in fields and fields["mps"].lower() not in ("on", "off", "1", "0", "true", "false", "yes", "no"):
-        raise AssumeError(f"mps: expected on or off, got {fields['mps']!r}")
-    if "cpus" in fields and not fields["cpus"].isdigit():
-        raise AssumeError(f"cpus: expected a whole number, got {fields['cpus']!r}")
-    if "gpus" in fields:
-        _parse_gpus(fields["gpus"], "default")
-    if "ram" in fields:
-        parse_size_mib(fields["ram"], "ram")
-    return fields
-
-
-def apply_assume(hw: Hardware, fields: dict[str, str]) -> Hardware:
-    """The probe with the assumed fields replaced."""
-    changes: dict[str, Any] = {"assumed": tuple(fields)}
-    mode = fields.get("compute_mode")
-    if "gpus" in fields:
-        gpus = _parse_gpus(fields["gpus"], mode or "default")
-        changes["gpus"] = gpus
-        changes["gpu_reason"] = "" if gpus else "--heavy-assume gpus=0"
-    elif mode:
-        changes["gpus"] = tuple(dataclasses.replace(g, compute_mode=mode) for g in hw.gpus)
-    if "ram" in fields:
-        ram = parse_size_mib(fields["ram"], "ram")
-        changes["ram_total_mib"] = changes["ram_available_mib"] = ram
-    if "mps" in fields:
-        changes["mps"] = fields["mps"].lower() in ("on", "1", "true", "yes")
-        changes["mps_detail"] = "assumed"
-    if "cpus" in fields:
-        changes["cpus"] = int(fields["cpus"])
-    if "driver" in fields:
-        changes["driver"] = fields["driver"]
-    return dataclasses.replace(hw, **changes)
 
 
 # --- the real probe -------------------------------------------------------------------------------
@@ -365,15 +281,14 @@ def ram_mib() -> tuple[int, int]:
         return vm.total >> 20, vm.available >> 20
 
 
-def probe(assume: str | None = None) -> Hardware:
-    """Probe the machine once; fields named in ``assume`` are taken from the spec instead."""
-    fields = parse_assume(assume) if assume else {}
+def probe(gpus_assumed: bool = False) -> Hardware:
+    """Probe the machine once; with ``gpus_assumed`` (``--heavy-assume gpus=...``) NVML is not asked."""
     gpus: tuple[GPU, ...]
-    if "gpus" in fields:
+    if gpus_assumed:
         gpus, reason, driver = (), "", ""
     else:
         gpus, reason, driver = probe_gpus()
-    mps_pid, mps_detail = mps.daemon_pid() if gpus or "gpus" in fields else (None, "no GPU")
+    mps_pid, mps_detail = mps.daemon_pid() if gpus or gpus_assumed else (None, "no GPU")
     ram_total, ram_available = ram_mib()
     try:
         cpus = len(os.sched_getaffinity(0))
@@ -390,7 +305,7 @@ def probe(assume: str | None = None) -> Hardware:
         ram_available_mib=ram_available,
         cpus=cpus,
     )
-    return apply_assume(hw, fields) if fields else hw
+    return hw
 
 
 def from_env() -> Hardware | None:

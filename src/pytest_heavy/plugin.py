@@ -33,7 +33,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not on:
         config.stash[DISABLED] = why
         return
-    from . import cleanup, hardware, markers
+    from . import assume, cleanup, hardware, markers
     from .examples import plugin as examples
     from .gpu import guard, mps
     from .memattr import plugin as memattr
@@ -42,20 +42,21 @@ def pytest_configure(config: pytest.Config) -> None:
     from .state import RUN, Run
 
     settings = load(config)
-    markers.register(config, settings.gpu_markers + settings.isolate_markers)
+    markers.register(config, markers.configured(settings))
     hw = hardware.from_env() if settings.child else None
     if hw is None:
         mps.adopt(os.environ)  # before the probe, which then sees the daemon, and before any CUDA client
         try:
-            hw = hardware.probe(settings.assume or None)
-        except hardware.AssumeError as exc:
+            hw = assume.probe(settings.assume or None)
+        except assume.AssumeError as exc:
             source = "--heavy-assume" if config.option.heavy_assume else ASSUME_ENV
             raise pytest.UsageError(f"{source} {settings.assume!r}: {exc}") from None
     run = config.stash[RUN] = Run(settings=settings, hardware=hw)
     config.pluginmanager.register(HeavySession(config, run), "heavy-session")
     # Concerns that keep per-session state register a plugin object of their own, when they have work.
-    for concern in (split, examples, guard, cleanup, memattr):
+    for concern in (split, examples, guard, memattr):
         concern.register(config, run)
+    cleanup.register(config, settings)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

@@ -15,19 +15,23 @@ def counted(n: int, reason: str) -> str:
     return f"{n} {reason}"
 
 
-def gated_summary(tr: pytest.TerminalReporter, gated: dict[str, list[str]]) -> None:
-    """Tests skipped by gating, grouped by reason: a section with -rs, one line otherwise."""
-    if not gated:
+def gated_summary(tr: pytest.TerminalReporter, gated: dict[str, list[str]], theirs: int = 0) -> None:
+    """Tests skipped by gating, grouped by reason: a section with -rs, one line otherwise. Only skips
+    that carry our reason count; ``theirs`` gated tests were skipped first by the project's own marks."""
+    if not gated and not theirs:
         return
     total = sum(len(ids) for ids in gated.values())
     parts = [counted(len(ids), reason) for reason, ids in sorted(gated.items(), key=lambda kv: -len(kv[1]))]
+    also = (f"{theirs} more would be gated but the project's own skip marks skipped them first "
+            "(their reasons are the project's)") if theirs else ""
     chars = tr.reportchars if hasattr(tr, "reportchars") else ""
     if "s" in chars or "a" in chars or "A" in chars:
         tr.write_sep("-", "gated tests (pytest-heavy)")
-        for part in parts:
+        for part in [*parts, also] if also else parts:
             tr.write_line(part)
     else:
-        tr.write_line(f"pytest-heavy: {total} gated: {'; '.join(parts)} (-rs for details)")
+        tail = f"; {also}" if also else ""
+        tr.write_line(f"pytest-heavy: {total} gated: {'; '.join(parts) or 'none'}{tail} (-rs for details)")
 
 
 @dataclass

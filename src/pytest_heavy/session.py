@@ -47,15 +47,17 @@ class HeavySession:
         run = self.run
         if run.settings.child:
             return
-        tiers.deselect_slow(self.config, run.settings, items)
+        run.tier_deselected = tiers.deselect_slow(self.config, run.settings, items)
+        reasons: dict[str, str] = {}
         for item in items:
-            try:
-                reason = gating.verdict(markers.closest(item), run.settings, run.hardware)
-            except ValueError as exc:
-                raise pytest.UsageError(f"{item.nodeid}: {exc}") from None
+            needs = markers.needs_or_usage_error(item, run.settings)
+            reason = gating.verdict(needs, run.settings, run.hardware)
             if reason is not None:
                 item.add_marker(pytest.mark.skip(reason=reason))
-                run.gated.setdefault(gating.reason_group(reason), []).append(item.nodeid)
+                reasons[item.nodeid] = reason
+        if reasons:
+            run.gated = gating.GatedReports(reasons)
+            self.config.pluginmanager.register(run.gated, "heavy-gated")
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool | None:
@@ -102,7 +104,9 @@ class HeavySession:
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         run = self.run
-        report.gated_summary(terminalreporter, run.gated)
+        if run.gated is not None:
+            report.gated_summary(terminalreporter, run.gated.gated, len(run.gated.theirs))
+        tiers.summary(terminalreporter, run.tier_deselected)
         report.heavy_table(terminalreporter, run.records, run.schedule)
         heavy_workers = run.settings.workers > 1 or run.settings.packing
         report.xdist_line(terminalreporter, run.in_xdist_workers, heavy_workers)

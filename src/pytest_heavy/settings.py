@@ -39,7 +39,14 @@ INI: dict[str, tuple[str, str, object]] = {
                               ["requires_heavy_ram", "requires_gpu_isolation", "vllm"]),
     "heavy_gpu_markers": ("markers that imply a GPU (gated, routed)", "args",
                           ["requires_gpu", "huggingface", "vllm"]),
-    "heavy_ram_gib": ("GiB of host RAM that requires_heavy_ram needs", "scalar", "48"),
+    "heavy_ram_gib": ("GiB of host RAM a requires_heavy_ram mark without an amount needs", "scalar", "48"),
+    "heavy_resource_markers": ("MARKER=ram|vram|gpus lines: project markers whose first argument is an "
+                               "amount (GiB of RAM, GiB of VRAM, GPUs), read like requires_heavy_ram(gib), "
+                               "requires_vram(gib), requires_gpu(count)", "linelist", []),
+    "heavy_marker_packages": ("MARKER=PACKAGE lines: a test with the marker is skipped where the package "
+                              "cannot be imported (empty: no package gating)", "linelist", ["vllm=vllm"]),
+    "heavy_apple_mps_is_gpu": ("a GPU marker asking for one GPU (no VRAM amount) runs on Apple silicon's "
+                               "MPS device", "scalar", False),
     "heavy_skip_slow_by_default": ("deselect slow tests unless -m names slow or --heavy-run-slow", "scalar",
                                    True),
     "heavy_env": ("KEY=VALUE lines added to children's environment", "linelist", []),
@@ -51,7 +58,12 @@ INI: dict[str, tuple[str, str, object]] = {
     "heavy_examples_dirs": ("directories whose `# pytest:` scripts run as tests", "args", ["docs/examples"]),
     "heavy_examples_cwd": ("examples' working directory: rootdir or file", "scalar", "rootdir"),
     "heavy_example_timeout_s": ("seconds an example may run", "scalar", "600"),
-    "heavy_optional_modules": ("modules whose absence skips an example", "args", []),
+    "heavy_optional_modules": ("modules whose absence skips an example (also when an ImportError wraps it)",
+                               "args", []),
+    "heavy_examples_skip_on": ("lines: an exception class name (ImportError), optionally ': REGEX' its "
+                               "message must match, or exit=N: what else skips an example", "linelist", []),
+    "heavy_example_ids": ("an example's test name: example (x.py::example) or file (x.py::x.py)", "scalar",
+                          "example"),
     "heavy_durations_path": ("JSON file of test durations --heavy-split reads and --heavy-store-durations "
                              "writes", "scalar", ".test_durations"),
     "heavy_workers": ("heavy modules run at once: a number, or auto (packed onto GPUs and RAM by recorded "
@@ -91,7 +103,7 @@ def add_options(parser: pytest.Parser) -> None:
                     help="write the heavy-modules table as JSON")
     group.addoption("--heavy-assume", default=None, metavar="SPEC",
                     help="plan for another machine, e.g. gpus=1x80GiB,ram=128GiB,"
-                         "compute_mode=exclusive_process,mps=off (env PYTEST_HEAVY_ASSUME)")
+                         "compute_mode=exclusive_process,mps=off,apple_mps=on (env PYTEST_HEAVY_ASSUME)")
     group.addoption("--heavy-split", default=None, metavar="i/N",
                     help="keep subset i of N (1-based), balanced by recorded durations")
     group.addoption("--heavy-split-by", choices=("item", "module"), default=None,
@@ -213,13 +225,20 @@ class Settings:
     preload: tuple[str, ...]
     release_timeout: float
     vram_tolerance_mib: int
+    resource_markers: tuple[tuple[str, str], ...]  # (project marker, "ram" | "vram" | "gpus")
+    marker_packages: tuple[tuple[str, str], ...]  # (marker, package it needs)
+    apple_mps_is_gpu: bool
     examples_dirs: tuple[str, ...]
     examples_cwd: str
     example_timeout: float
     optional_modules: tuple[str, ...]
+    examples_skip_on: tuple[str, ...]  # validated lines of heavy_examples_skip_on
+    example_ids: str  # "example" or "file"
     durations_path: str
     store_durations: bool  # --heavy-store-durations: also write the committed file, not only the cache
     junit_properties: bool
+    report_html: str  # --heavy-report-html
+    find_leaks: bool  # --heavy-find-leaks (in the parent: one process, isolation off)
     cleanup: bool
     cicd: bool
     child: bool
@@ -291,6 +310,41 @@ def _env_lines(lines: list[str]) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+RESOURCE_KINDS = ("ram", "vram", "gpus")
+
+
+def _pairs(config: pytest.Config, key: str,
+           values: tuple[str, ...] | None = None) -> tuple[tuple[str, str], ...]:
+    """``NAME=VALUE`` lines (``NAME = VALUE`` too); with ``values``, VALUE must be one of them."""
+    pairs = []
+    for line in _list(config, key):
+        name, sep, text = (part.strip() for part in line.partition("="))
+        if not sep or not name.isidentifier() or not text or (values is not None and text not in values):
+            expected = f"MARKER={'|'.join(values)}" if values else "MARKER=PACKAGE"
+            raise pytest.UsageError(f"ini {key} line {line!r}: expected {expected}")
+        pairs.append((name, text))
+    return tuple(pairs)
+
+
+def _skip_rules(config: pytest.Config) -> tuple[str, ...]:
+    """heavy_examples_skip_on lines, checked here so that a typo is a usage error, not a failing example."""
+    rules = []
+    for line in _list(config, "heavy_examples_skip_on"):
+        head, _, pattern = (part.strip() for part in line.partition(":"))
+        if re.fullmatch(r"exit\s*=\s*\d+", head) and not pattern:
+            rules.append(head.replace(" ", ""))
+            continue
+        if not head.isidentifier():
+            raise pytest.UsageError(f"ini heavy_examples_skip_on line {line!r}: expected an exception class "
+                                    "name (ImportError), 'NAME: REGEX' or exit=N")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise pytest.UsageError(f"ini heavy_examples_skip_on line {line!r}: bad pattern: {exc}") from None
+        rules.append(f"{head}: {pattern}" if pattern else head)
+    return tuple(rules)
+
+
 def load(config: pytest.Config) -> Settings:
     """Read every option and ini key; raise UsageError naming the first bad one."""
     opt = config.option
@@ -298,6 +352,9 @@ def load(config: pytest.Config) -> Settings:
     isolate = opt.heavy_isolate or _choice(config, "heavy_isolate", ISOLATE_CHOICES)
     if cicd and opt.heavy_isolate is None and isolate == "auto":
         isolate = "always"
+    find_leaks = bool(opt.heavy_find_leaks) and not wire.in_child()
+    if find_leaks:
+        isolate = "never"  # the leak finder watches every module in this one process, on purpose
     workers, packing = parse_workers(config)
     timeout = opt.heavy_timeout if opt.heavy_timeout is not None else _number(config, "heavy_timeout_s")
     if not (math.isfinite(timeout) and timeout >= 0):
@@ -325,13 +382,20 @@ def load(config: pytest.Config) -> Settings:
         preload=tuple(_list(config, "heavy_preload")),
         release_timeout=_number(config, "heavy_release_timeout_s"),
         vram_tolerance_mib=int(_number(config, "heavy_vram_tolerance_mib", int)),
+        resource_markers=_pairs(config, "heavy_resource_markers", RESOURCE_KINDS),
+        marker_packages=_pairs(config, "heavy_marker_packages"),
+        apple_mps_is_gpu=_bool(config, "heavy_apple_mps_is_gpu"),
         examples_dirs=tuple(_list(config, "heavy_examples_dirs")),
         examples_cwd=cwd,
         example_timeout=_number(config, "heavy_example_timeout_s"),
         optional_modules=tuple(_list(config, "heavy_optional_modules")),
+        examples_skip_on=_skip_rules(config),
+        example_ids=_choice(config, "heavy_example_ids", ("example", "file")),
         durations_path=str(_scalar(config, "heavy_durations_path")).strip(),
         store_durations=bool(opt.heavy_store_durations),
         junit_properties=bool(opt.heavy_junit_properties) or _bool(config, "heavy_junit_properties"),
+        report_html=opt.heavy_report_html or "",
+        find_leaks=find_leaks,
         cleanup=cleanup == "always" or (cleanup == "auto" and cicd),
         cicd=cicd,
         child=wire.in_child(),

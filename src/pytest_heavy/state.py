@@ -12,6 +12,7 @@ from .report import HeavyRecord
 from .settings import Settings
 
 if TYPE_CHECKING:
+    from .gating import GatedReports
     from .memory import GpuReader
 
 
@@ -19,7 +20,8 @@ if TYPE_CHECKING:
 class Run:
     settings: Settings
     hardware: Hardware
-    gated: dict[str, list[str]] = field(default_factory=dict)  # reason group -> node ids skipped
+    gated: GatedReports | None = None  # the tests gating skipped, counted by the reason they report
+    tier_deselected: int = 0  # slow tests the tiers deselected
     records: list[HeavyRecord] = field(default_factory=list)  # heavy table rows, in finishing order
     report_extra: dict[str, Any] = field(default_factory=dict)  # more top-level keys of --heavy-report
     schedule: str = ""  # the packing scheduler's summary line under the heavy table

@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from .markers import closest
+from .markers import needs_or_usage_error
 from .settings import Settings
 
 SLOW_DESELECTED = "deselected by default (run with -m slow or --heavy-run-slow)"
@@ -31,17 +31,29 @@ def slow_reason(config: pytest.Config, settings: Settings) -> str | None:
     return None if slow_is_selected(config, settings) else SLOW_DESELECTED
 
 
-def deselect_slow(config: pytest.Config, settings: Settings, items: list[pytest.Item]) -> None:
-    """Drop slow tests from ``items`` in place, reporting them as deselected."""
+def deselect_slow(config: pytest.Config, settings: Settings, items: list[pytest.Item]) -> int:
+    """Drop slow tests from ``items`` in place, reporting them as deselected; how many were dropped."""
     if slow_is_selected(config, settings):
-        return
+        return 0
     keep: list[pytest.Item] = []
     drop: list[pytest.Item] = []
     for item in items:
-        (drop if "slow" in closest(item) else keep).append(item)
+        (drop if needs_or_usage_error(item, settings).slow else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+    return len(drop)
+
+
+def summary(tr: pytest.TerminalReporter, deselected: int) -> None:
+    """One line, also under ``-q`` (where the header's tier line is hidden), saying which tests the tiers
+    left out, by which rule, and how to include them: pytest's own "N deselected" does not say why."""
+    if not deselected:
+        return
+    tests = "test" if deselected == 1 else "tests"
+    tr.write_line(f"pytest-heavy: {deselected} slow {tests} deselected by the default tier "
+                  "(heavy_skip_slow_by_default); run only them with -m slow, or include them with "
+                  "--heavy-run-slow or heavy_skip_slow_by_default = false")
 
 
 def describe(config: pytest.Config, settings: Settings) -> str:

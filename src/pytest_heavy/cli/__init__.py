@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from .. import gating, hardware, markers, tiers
-from ..settings import ENABLE_ENV, enabled, load
+from .. import assume, gating, markers, tiers
+from ..hardware import Hardware
+from ..settings import ENABLE_ENV, Settings, enabled, load, value
 from . import mps, plan, split
 
 EXIT_USAGE = 2  # argparse's status for usage errors, used for every usage error of this command
@@ -39,14 +40,19 @@ def tier_markexprs(gpu_markers: list[str]) -> dict[str, str | None]:
 def doctor_document(pytest_args: list[str]) -> dict[str, Any]:
     settings, config = _settings(pytest_args)
     on, why = enabled(config)
-    hw = hardware.probe(settings.assume or None)
-    gpu_markers = sorted(set(gating.gpu_markers(settings)))
-    names = sorted(markers.documented() | set(gpu_markers) | set(settings.isolate_markers))
+    hw = assume.probe(settings.assume or None)
+    gpu_markers = sorted(set(markers.gpu_markers(settings)))
+    names = sorted(markers.documented() | set(markers.configured(settings)) | set(gpu_markers))
+    amounts = {name: kind for name, kind in settings.resource_markers}
     verdicts: dict[str, dict[str, Any]] = {}
     for name in names:
         decorator = getattr(pytest.mark, name)  # the public API: pytest.Mark(...) is private
-        mark = (decorator(1) if name == "requires_vram" else decorator).mark
-        reason = gating.verdict({mark.name: mark}, settings, hw)
+        # An amount-bearing marker is shown with its smallest amount (RAM: ini heavy_ram_gib);
+        # "amounts" below says how far each goes here.
+        needs_amount = name == "requires_vram" or name in amounts
+        amount = settings.ram_gib if amounts.get(name) == "ram" else 1
+        mark = (decorator(amount) if needs_amount else decorator).mark
+        reason = gating.verdict(markers.read_needs({mark.name: mark}, settings), settings, hw)
         if reason is None and name == "slow":
             reason = tiers.slow_reason(config, settings)  # a tier's deselection, which doctor shows too
         verdicts[name] = {"runs": reason is None, "reason": reason,
@@ -64,7 +70,59 @@ def doctor_document(pytest_args: list[str]) -> dict[str, Any]:
         "tiers": {name: f'pytest -m "{expr}"' if expr else "pytest (qualitative included, slow deselected)"
                   for name, expr in tier_markexprs(gpu_markers).items()},  # gpu: every marker implying a GPU
         "markers": verdicts,
+        "amounts": amounts_here(hw),
+        "clashes": clashes(config, settings),
     }
+
+
+def amounts_here(hw: Hardware) -> dict[str, float]:
+    """The largest amounts the amount-bearing markers may ask for and still run here."""
+    return {"gpus": len(hw.gpus),
+            "vram_gib": round(max((g.total_gib for g in hw.gpus), default=0.0), 1),
+            "ram_gib": round(hw.ram_total_mib / 1024, 1)}
+
+
+def _registered(config: pytest.Config) -> dict[str, str]:
+    """The markers the project registers itself (ini ``markers`` lines): name -> its help text."""
+    found = {}
+    for line in config.getini("markers"):
+        spec, _, help_ = line.partition(":")
+        found[spec.split("(")[0].strip()] = help_.strip()
+    return found
+
+
+def _ini_line(key: str, values: list[str]) -> str:
+    return f"{key} = {' '.join(values)}".rstrip()
+
+
+def clashes(config: pytest.Config, settings: Settings) -> list[dict[str, str]]:
+    """Markers the project registers itself that pytest-heavy gives a meaning by default, each with the
+    one ini line that takes that meaning away (only where the project has not set the key itself).
+
+    A project that names a backend ``vllm`` may run some of its tests on CPU, or talk to vLLM through a
+    server; its own registration says the marker is its own, and nothing else in a run would.
+    """
+    found = []
+    for name, help_ in sorted(_registered(config).items()):
+        rules: list[tuple[str, str, list[str]]] = []  # (ini key, what the default does, its new value)
+        if name in settings.gpu_markers:
+            rules.append(("heavy_gpu_markers", "implies a GPU (gated, routed)",
+                          [m for m in settings.gpu_markers if m != name]))
+        if name in settings.isolate_markers:
+            rules.append(("heavy_isolate_markers", "isolates its module in a child process",
+                          [m for m in settings.isolate_markers if m != name]))
+        packages = [f"{m}={p}" for m, p in settings.marker_packages]
+        for marker, package in settings.marker_packages:
+            if marker == name:
+                rules.append(("heavy_marker_packages", f"needs the {package} package importable here",
+                              [p for p in packages if p != f"{marker}={package}"]))
+        if name == "slow" and settings.skip_slow_by_default:
+            rules.append(("heavy_skip_slow_by_default", "is deselected by default", ["false"]))
+        for key, does, new in rules:
+            if value(config, key) is None:  # the project's own setting is deliberate
+                found.append({"marker": name, "registered": help_, "default": does, "key": key,
+                              "ini": _ini_line(key, new)})
+    return found
 
 
 def doctor(args: argparse.Namespace) -> int:
@@ -72,7 +130,7 @@ def doctor(args: argparse.Namespace) -> int:
         return doctor_plan(args)
     try:
         doc = doctor_document(args.pytest_args)
-    except (pytest.UsageError, hardware.AssumeError) as exc:
+    except (pytest.UsageError, assume.AssumeError) as exc:
         print(f"pytest-heavy doctor: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.json:
@@ -100,6 +158,15 @@ def doctor(args: argparse.Namespace) -> int:
     print("tiers:")
     for name, cmd in doc["tiers"].items():
         print(f"  {name:12} {cmd}")
+    amounts = doc["amounts"]
+    gpu_amounts = (f"requires_gpu(count<={amounts['gpus']}), requires_vram(gib<={amounts['vram_gib']:g})"
+                   if amounts["gpus"] else "no GPU here")
+    print(f"amounts here: {gpu_amounts}, requires_heavy_ram(gib<={amounts['ram_gib']:g})")
+    if doc["clashes"]:
+        print("markers the project registers itself, which pytest-heavy gives a meaning by default:")
+        for c in doc["clashes"]:
+            print(f"  {c['marker']} (registered: {c['registered'] or 'no help text'!r}) {c['default']}; "
+                  f"if that is not its meaning here, set: {c['ini']}")
     print("markers here:")
     for name, v in doc["markers"].items():
         flags = ", ".join(f for f, on in (("isolated", v["isolated"]), ("GPU", v["gpu"])) if on)
@@ -111,7 +178,7 @@ def doctor(args: argparse.Namespace) -> int:
 def doctor_plan(args: argparse.Namespace) -> int:
     try:
         doc, error = plan.plan_document(args.pytest_args)
-    except (pytest.UsageError, hardware.AssumeError) as exc:
+    except (pytest.UsageError, assume.AssumeError) as exc:
         error, doc = str(exc), None
     if doc is None:
         print(f"pytest-heavy doctor --plan: {error}", file=sys.stderr)
@@ -128,7 +195,7 @@ def tier(args: argparse.Namespace) -> int:
     gpu_markers: list[str] = []
     if args.name == "gpu":  # the only tier whose expression depends on the configuration
         try:
-            gpu_markers = sorted(set(gating.gpu_markers(_settings(args.pytest_args)[0])))
+            gpu_markers = sorted(set(markers.gpu_markers(_settings(args.pytest_args)[0])))
         except pytest.UsageError as exc:
             print(f"pytest-heavy tier: {exc}", file=sys.stderr)
             return EXIT_USAGE

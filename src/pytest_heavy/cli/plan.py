@@ -48,7 +48,7 @@ class _Collector:
             self.error = str(exc)
             return
         units = plan.plan(session.items, run.settings, run.hardware) or []
-        jobs = [Job(u.module, gpus=u.gpus, heavy_ram=u.heavy_ram, routed=u.gpu) for u in units if u.module]
+        jobs = [u.job() for u in units if u.module]
         scheduler = make(dataclasses.replace(run.settings, packing=True), run.hardware, peaks)
         hw = run.hardware
         planned = simulate(scheduler, jobs, peaks, lambda p: p.indices(hw))

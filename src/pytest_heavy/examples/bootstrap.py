@@ -1,11 +1,11 @@
 """What runs inside an example's interpreter before its file, and what pytest prepares for it.
 
-The example runs as ``python -c BOOTSTRAP <optional> <stacks fd> <code fd or -> <file> *args``. The
-bootstrap must add close to nothing to ``python <file>``: it imports nothing the interpreter has not
-loaded already (runpy, signal and pkgutil cost ~14 ms), and it does not compile the file either when
-pytest did: the first ``compile()`` in a fresh interpreter builds the ``ast`` module's types (1-2 ms),
-while unmarshalling the code object pytest compiled (with the child's optimization level) costs
-microseconds. Both descriptors are anonymous files (memfd where there is one).
+The example runs as ``python -c BOOTSTRAP <optional> <skip rules> <stacks fd> <code fd or -> <file>
+*args``. The bootstrap must add close to nothing to ``python <file>``: it imports nothing the
+interpreter has not loaded already (runpy, signal and pkgutil cost ~14 ms), and it does not compile the
+file either when pytest did: the first ``compile()`` in a fresh interpreter builds the ``ast`` module's
+types (1-2 ms), while unmarshalling the code object pytest compiled (with the child's optimization
+level) costs microseconds. Both descriptors are anonymous files (memfd where there is one).
 """
 
 from __future__ import annotations
@@ -23,13 +23,35 @@ EXIT_SKIP = 77  # the automake convention: "this test cannot run here"
 
 # It registers faulthandler on STACK_SIGNAL (stacks go to a file, so stderr stays the example's own),
 # then runs the code the way `python <file>` does: sys.argv[0], sys.path[0], a fresh __main__ module;
-# its names stay out of the example's globals and its frames out of tracebacks. A missing optional
-# module exits 77 with the reason last.
+# its names stay out of the example's globals and its frames out of tracebacks. An exception that
+# means "skip" exits 77 with the reason last: an ImportError whose chain (``raise ImportError(...) from
+# e`` sets __cause__, raising inside ``except`` sets __context__) holds a ModuleNotFoundError for an
+# optional module, or an exception a heavy_examples_skip_on line names ("Class" or "Class: regex";
+# any class in its MRO counts, so ImportError covers ModuleNotFoundError).
 BOOTSTRAP = f"""\
 import faulthandler, marshal, os, sys
-def run(optional, stacks, compiled, path):
+def skip_reason(exc, optional, rules):
+    seen, chain = exc, set()
+    while isinstance(exc, ImportError) and seen is not None and id(seen) not in chain:
+        chain.add(id(seen))
+        missing = seen.name if isinstance(seen, ModuleNotFoundError) else None
+        for m in optional.split(","):
+            if missing and (m == missing or m.startswith(missing + ".")):
+                return "optional dependency " + m + " not installed"
+        seen = seen.__cause__ or seen.__context__
+    names = {{c.__name__ for c in type(exc).__mro__}}
+    for rule in filter(None, rules.split("\\n")):
+        name, _, pattern = rule.partition(": ")
+        if name in names:
+            if pattern:
+                import re
+                if not re.search(pattern, str(exc)):
+                    continue
+            return type(exc).__name__ + ": " + str(exc) + " (heavy_examples_skip_on: " + rule + ")"
+    return None
+def run(optional, rules, stacks, compiled, path):
     faulthandler.register({int(wire.STACK_SIGNAL)}, file=int(stacks), all_threads=True)
-    sys.argv[:] = sys.argv[4:]
+    sys.argv[:] = sys.argv[5:]
     sys.path[0] = os.path.dirname(os.path.realpath(path))
     main = type(sys)("__main__")
     main.__file__, main.__cached__, main.__builtins__ = path, None, __builtins__
@@ -45,16 +67,15 @@ def run(optional, stacks, compiled, path):
     except (SystemExit, KeyboardInterrupt):
         raise
     except BaseException as exc:
-        missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
-        wanted = [m for m in optional.split(",") if missing and (m == missing or m.startswith(missing + "."))]
+        reason = skip_reason(exc, optional, rules)
         tb = exc.__traceback__
         while tb is not None and tb.tb_frame.f_code.co_filename != path:
             tb = tb.tb_next
         sys.excepthook(type(exc), exc.with_traceback(tb), tb)
-        if wanted:
-            sys.stderr.write("optional dependency " + wanted[0] + " not installed\\n")
-        sys.exit({EXIT_SKIP} if wanted else 1)
-run(*sys.argv[1:5])
+        if reason:
+            sys.stderr.write(" ".join(reason.split()) + "\\n")
+        sys.exit({EXIT_SKIP} if reason else 1)
+run(*sys.argv[1:6])
 """
 
 

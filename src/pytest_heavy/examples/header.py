@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from .. import gating
+from ..markers import NeedsError, amount
 
 HEADER_RE = re.compile(r"#\s*pytest:(.*)$")
 SKIP_OPTIONS = ("skip", "skip_always")
@@ -118,11 +118,10 @@ def _marker(node: ast.expr) -> pytest.MarkDecorator:
         message = exc.msg if isinstance(exc, pytest.fail.Exception) else str(exc)
         raise HeaderError(f"marker {name!r}: {message}") from None
     mark = decorator.with_args(*args, **kwargs)
-    if name == "requires_vram":  # checked here so a bad size is reported at the header's line
-        try:
-            gating.vram_gib(mark.mark)
-        except ValueError as exc:
-            raise HeaderError(str(exc)) from None
+    try:  # our amounts are checked here, so that a bad one is reported at the header's line
+        amount(mark.mark)
+    except NeedsError as exc:
+        raise HeaderError(str(exc)) from None
     return mark
 
 

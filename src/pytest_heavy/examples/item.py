@@ -18,9 +18,10 @@ from typing import IO, Any
 
 import pytest
 
-from .. import gating, markers, memory, procs, supervise, wire
+from .. import markers, memory, procs, supervise, wire
 from ..gpu import guard
 from ..report import HeavyRecord
+from ..settings import Settings
 from ..state import RUN, Run
 from .bootstrap import BOOTSTRAP, EXIT_SKIP, anonymous_file, compiled
 from .header import Header
@@ -52,7 +53,7 @@ class ExampleItem(pytest.Item):
         run = self.config.stash[RUN]
         timeout = self.header.timeout if self.header.timeout is not None else run.settings.example_timeout
         live = self.config.getoption("capture") == "no"
-        gpu_example = gating.gpu_marker(markers.names(self), run.settings) is not None
+        gpu_example = markers.needs(self, run.settings).gpu_marker is not None
         refusal = guard.refusal(self.config, f"example {self.nodeid}") if gpu_example else None
         if refusal:
             raise ExampleFailure(refusal)
@@ -68,7 +69,7 @@ class ExampleItem(pytest.Item):
         if sup.killed and not sup.timed_out:
             self.add_report_section("call", "leftover processes",
                                     "\n".join(f"killed: {victim}" for victim in sup.killed))
-        self._outcome(sup, stacks, timeout, err.tail(STDERR_LINES) or "(empty)")
+        self._outcome(sup, stacks, timeout, err.tail(STDERR_LINES) or "(empty)", run.settings)
 
     def _run(self, run: Run, timeout: float, live: bool, record: HeavyRecord,
              gpu_example: bool) -> tuple[supervise.Supervisor, str, procs.Drain, procs.Drain]:
@@ -125,7 +126,8 @@ class ExampleItem(pytest.Item):
         code = compiled(self.path, env)
         code_fd = anonymous_file(code) if code is not None else None
         fds = (stacks_fd,) if code_fd is None else (stacks_fd, code_fd)
-        argv = [sys.executable, "-c", BOOTSTRAP, ",".join(settings.optional_modules), str(stacks_fd),
+        rules = "\n".join(r for r in settings.examples_skip_on if not r.startswith("exit="))
+        argv = [sys.executable, "-c", BOOTSTRAP, ",".join(settings.optional_modules), rules, str(stacks_fd),
                 "-" if code_fd is None else str(code_fd), str(self.path)]
         try:
             return subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -134,8 +136,10 @@ class ExampleItem(pytest.Item):
             if code_fd is not None:
                 os.close(code_fd)  # the child has its own copy, and closes it once read
 
-    def _outcome(self, sup: supervise.Supervisor, stacks: str, timeout: float, tail: str) -> None:
-        """Pass, skip (exit 77: reason = last stderr line) or fail with the status and stderr's tail."""
+    def _outcome(self, sup: supervise.Supervisor, stacks: str, timeout: float, tail: str,
+                 settings: Settings) -> None:
+        """Pass, skip (exit 77, or an exit heavy_examples_skip_on names: reason = last stderr line) or fail
+        with the status and stderr's tail."""
         stderr_tail = f"last {STDERR_LINES} lines of stderr:\n{tail}"
         if sup.timed_out:
             source = (f"header timeout={timeout:g}" if self.header.timeout is not None
@@ -152,8 +156,11 @@ class ExampleItem(pytest.Item):
         returncode = sup.proc.poll()
         if returncode == 0:
             return
-        if returncode == EXIT_SKIP:
+        skip_exits = {int(r[len("exit="):]) for r in settings.examples_skip_on if r.startswith("exit=")}
+        if returncode == EXIT_SKIP or returncode in skip_exits:
             reason = next((line.strip() for line in reversed(tail.splitlines()) if line.strip()), "")
+            if returncode != EXIT_SKIP:
+                reason = f"{reason} (exit {returncode}: heavy_examples_skip_on)".strip()
             # Raised with the item's location (the header line), as pytest's own skip markers do.
             raise pytest.skip.Exception(reason or f"exit {EXIT_SKIP} (skip) with nothing on stderr",
                                         _use_item_location=True)

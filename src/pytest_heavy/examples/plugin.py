@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from ..state import Run
+from ..state import RUN, Run
 
 
 class ExamplesPlugin:
@@ -46,7 +46,9 @@ class ExamplesPlugin:
 
 
 class ExampleFile(pytest.File):
-    """An example script: one item, ``<path>::example``; the header is parsed here, never the code."""
+    """An example script: one item, ``<path>::example`` (or ``<path>::<file name>`` with
+    ``heavy_example_ids = file``, the id hand-written runners give); the header is parsed here, never the
+    code."""
 
     def __init__(self, *, header_line: int, header_text: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -69,7 +71,8 @@ class ExampleFile(pytest.File):
         from . import item as runner  # the runner's imports are paid only where there are examples
 
         runner.count_reports(self.config)
-        item = runner.ExampleItem.from_parent(self, name="example", header=header)
+        name = self.path.name if self.config.stash[RUN].settings.example_ids == "file" else "example"
+        item = runner.ExampleItem.from_parent(self, name=name, header=header)
         for mark in header.marks:
             item.add_marker(mark)
         if header.skip is not None:

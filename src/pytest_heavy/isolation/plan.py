@@ -12,13 +12,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from ..gating import gpu_count, gpu_marker
 from ..hardware import Hardware
-from ..markers import closest
+from ..markers import Needs, closest, module_of, needs
 from ..settings import Settings
-
-# What plan() reads of a test that is not skipped, worked out once: its marks, and whether one implies a GPU.
-_Facts = tuple[dict[str, pytest.Mark], bool]
+from .schedule.base import Job
 
 
 @dataclass
@@ -30,22 +27,26 @@ class Unit:
     gpu: bool = False  # holds GPU-marked tests routed because of EXCLUSIVE_PROCESS
     gpus: int = 0  # GPUs its tests use: requires_gpu(count=N), 1 for another GPU or isolation marker
     heavy_ram: bool = False  # holds requires_heavy_ram tests: counts against the RAM budget when packing
+    ram_gib: float = 0.0  # the largest RAM amount its tests' marks ask for
+    vram_gib: float = 0.0  # the largest VRAM amount its tests' marks ask for
 
-    def add(self, item: pytest.Item, facts: _Facts | None) -> None:
-        """Take ``item`` into the unit, and what it needs (``facts``; None: it is skipped) into the
-        unit's demand."""
+    def add(self, item: pytest.Item, item_needs: Needs | None) -> None:
+        """Take ``item`` into the unit, and what it needs (None: it is skipped) into the unit's demand."""
         self.items.append(item)
-        if facts is None:
+        if item_needs is None:
             return
-        marks, gpu = facts
-        if gpu or "requires_gpu_isolation" in marks:
-            mark = marks.get("requires_gpu")
-            self.gpus = max(self.gpus, gpu_count(mark) if mark else 1)
-        self.heavy_ram = self.heavy_ram or "requires_heavy_ram" in marks
+        if item_needs.gpus or item_needs.gpu_isolation:
+            self.gpus = max(self.gpus, item_needs.gpus or 1)
+        if item_needs.ram_gib is not None:
+            self.heavy_ram = True
+            self.ram_gib = max(self.ram_gib, item_needs.ram_gib)
+        self.vram_gib = max(self.vram_gib, item_needs.vram_gib or 0.0)
 
-
-def module_of(item: pytest.Item) -> str:
-    return item.nodeid.split("::", 1)[0]
+    def job(self) -> Job:
+        """What the scheduler is handed for this unit's child."""
+        assert self.module is not None, "only a module unit runs in a child"
+        return Job(self.module, gpus=self.gpus, heavy_ram=self.heavy_ram, routed=self.gpu,
+                   ram_mib=self.ram_gib * 1024, vram_mib=self.vram_gib * 1024)
 
 
 def isolation_blocker(config: pytest.Config) -> str | None:
@@ -56,37 +57,41 @@ def isolation_blocker(config: pytest.Config) -> str | None:
 
 
 def plan(items: list[pytest.Item], settings: Settings, hw: Hardware) -> list[Unit] | None:
-    """Units in collection order, or None when everything runs in the parent as usual."""
+    """Units in collection order, or None when everything runs in the parent as usual.
+
+    Each item's needs record (``markers.needs``, read and checked at collection) is looked up once here.
+    """
     if settings.isolate == "never":
         return None
     route_gpu = hw.parent_trap_risk
     heavy: dict[str, bool] = {}  # module -> holds routed GPU tests
-    facts: dict[pytest.Item, _Facts] = {}  # tests not skipped (unconditionally: gating adds such marks)
+    read: list[Needs | None] = []  # each item's needs; None: skipped
     for item in items:
-        marks = closest(item)
-        if "skip" in marks:
+        if "skip" in closest(item):  # unconditionally skipped (gating adds such marks): not worth a child
+            read.append(None)
             continue
-        facts[item] = marks, gpu_marker(marks, settings) is not None
+        found = needs(item, settings)
+        read.append(found)
         # An example already runs in a process of its own: isolation markers add nothing but a second one.
         own_process = getattr(item, "runs_in_own_process", False)
-        if not own_process and any(m in marks for m in settings.isolate_markers):
+        if not own_process and found.isolate:
             heavy.setdefault(module_of(item), False)
-        if route_gpu and facts[item][1]:
+        if route_gpu and found.gpu_marker:
             heavy[module_of(item)] = True
     if not heavy or (settings.isolate == "auto" and len(heavy) < 2 and not any(heavy.values())):
         return None
     units: list[Unit] = []
     by_module: dict[str, Unit] = {}
-    for item in items:
+    for item, item_needs in zip(items, read, strict=True):
         module = module_of(item)
-        if module in heavy and item in facts:
+        if module in heavy and item_needs is not None:
             unit = by_module.get(module)
             if unit is None:
                 unit = by_module[module] = Unit(module=module, gpu=heavy[module])
                 units.append(unit)
-            unit.add(item, facts[item])
+            unit.add(item, item_needs)
             continue
         if not units or units[-1].module is not None:
             units.append(Unit())
-        units[-1].add(item, facts.get(item))
+        units[-1].add(item, item_needs)
     return units

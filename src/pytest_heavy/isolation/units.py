@@ -20,7 +20,7 @@ from ..report import HeavyRecord
 from . import oom
 from ._reprs import failure_repr
 from .launch.base import UnitRequest
-from .schedule import Job, Placement
+from .schedule import Placement
 
 if TYPE_CHECKING:
     from ..hardware import Hardware
@@ -49,7 +49,7 @@ class UnitRun:
         self.record = HeavyRecord(unit=self.name, kind="module", start_method="", tests=len(self.pending))
         self.t0: float | None = None  # when its first child was placed (not when it was queued)
         # Scheduling (isolation/schedule): what it needs, where it runs, whom it shared a GPU with.
-        self.job = Job(self.name, gpus=unit.gpus, heavy_ram=unit.heavy_ram, routed=unit.gpu)
+        self.job = unit.job()
         self.placement = Placement()
         self.shared_gpus: set[int] = set()  # NVML indices of GPUs where another child ran beside it
         # While it may share a GPU, each test's events are held until its logfinish, so that a test

@@ -22,7 +22,7 @@ import pytest
 
 from .. import cleanup, markers
 from ..examples.item import ExampleItem
-from ..isolation.plan import module_of
+from ..markers import module_of
 from ..state import Run
 from .leakgraph import Holder, holders, large_objects, mib_text
 from .sampler import Reading, read_tree

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from ..hardware import AssumeError, parse_size_mib
+from ..assume import AssumeError, parse_size_mib
 from ..markers import closest
 
 if TYPE_CHECKING:

@@ -37,10 +37,8 @@ MEASURE_NAME = "heavy-memattr"
 
 def register(config: pytest.Config, run: Run) -> None:
     config.addinivalue_line("markers", f"{limits.MARKER}(rss, vram): {limits.HELP}")
-    find_leaks = bool(config.option.heavy_find_leaks) and not run.settings.child
-    if find_leaks:
-        run.settings = dataclasses.replace(run.settings, isolate="never")  # one process, on purpose
-    asked = bool(run.settings.report_path or config.option.heavy_report_html or find_leaks)
+    find_leaks = run.settings.find_leaks  # settings.load has turned isolation off for it
+    asked = bool(run.settings.report_path or run.settings.report_html or find_leaks)
     measure = Measure(run, asked)
     if asked or run.settings.child:  # else its per-test hooks wait for a test with a limit
         config.pluginmanager.register(measure, MEASURE_NAME)
@@ -168,7 +166,7 @@ class Measure:
                                "process": "parent" if data.get("pid") == os.getpid() else "child", **data})
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        path = session.config.option.heavy_report_html
+        path = self.run.settings.report_html
         if path and not self.run.settings.child:
             from . import html
 

@@ -19,6 +19,8 @@ class Job:
     heavy_ram: bool = False  # requires_heavy_ram: its RSS counts against the RAM budget
     routed: bool = False  # GPU tests routed into a child by the parent trap (one such child at a time)
     alone: bool = False  # must have its GPUs to itself: a re-run after an OOM while sharing
+    ram_mib: float = 0.0  # RAM its marks ask for (requires_heavy_ram(gib=)); 0: ini heavy_ram_gib
+    vram_mib: float = 0.0  # the GPU size its marks ask for (requires_vram): only GPUs that large take it
 
 
 @dataclass(frozen=True)

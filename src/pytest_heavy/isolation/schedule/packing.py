@@ -2,15 +2,17 @@
 
 The rules (README, "Parallel heavy tier"):
 
-- a GPU module's child is pinned to as many GPUs as it needs (``requires_gpu(count=N)``, else 1);
+- a GPU module's child is pinned to as many GPUs as it needs (``requires_gpu(count=N)``, else 1), of
+  those at least as large as its marks ask (``requires_vram(gib)``) where enough are;
 - a GPU takes several children only where it allows several processes (compute mode DEFAULT, or MPS
   running), and only while the recorded peaks of the children on it, each plus the release tolerance
   (``heavy_vram_tolerance_mib``), fit in what it had free at the probe; in EXCLUSIVE_PROCESS without
   MPS (and PROHIBITED) it takes one;
 - a module without a recorded GPU peak runs alone on its GPUs, and nobody joins it, until a run has
   recorded one; so does a module re-run after an OOM while sharing (``Job.alone``);
-- ``requires_heavy_ram`` modules run side by side while their recorded RSS peaks (``heavy_ram_gib``
-  for one never recorded) add up to no more than the RAM available at the probe;
+- ``requires_heavy_ram`` modules run side by side while their recorded RSS peaks (for one never
+  recorded, the largest amount its marks ask for, ``requires_heavy_ram(gib=64)``, else ``heavy_ram_gib``)
+  add up to no more than the RAM available at the probe;
 - children without a GPU: at most one per CPU;
 - order: re-runs after an OOM first, then modules never recorded (the unknown may be long), then the
   longest recorded wall time first (LPT); a job that does not fit now lets a later one start
@@ -77,7 +79,9 @@ class PackingScheduler:
 
     def rss_need_mib(self, job: Job) -> float:
         record = self.peaks.get(job.name)
-        return record.rss_mib if record is not None else float(self.ram_need_mib)
+        if record is not None:
+            return record.rss_mib
+        return job.ram_mib or float(self.ram_need_mib)
 
     def place(self, job: Job) -> Placement | None:
         if job.heavy_ram and not self.ram_fits(job):
@@ -87,8 +91,10 @@ class PackingScheduler:
             return Placement() if cpu_children < max(self.hw.cpus, 1) else None
         need = self.gpu_need_mib(job)
         exclusive = job.alone or need is None
-        fits = [i for i in range(len(self.hw.gpus)) if self.gpu_fits(i, need, exclusive)]
+        large = [i for i, g in enumerate(self.hw.gpus) if g.total_mib >= job.vram_mib]
         wanted = min(job.gpus, len(self.hw.gpus))  # more than exist (--heavy-ignore-gpu-check): all of them
+        candidates = large if len(large) >= wanted else range(len(self.hw.gpus))  # none large enough: ignored
+        fits = [i for i in candidates if self.gpu_fits(i, need, exclusive)]
         if len(fits) < wanted:
             return None
         # Spread: the GPU with the fewest children, then the most room, then the lowest index.

@@ -1,0 +1,2 @@
+# pytest: require_gpu
+print("generated on the GPU")

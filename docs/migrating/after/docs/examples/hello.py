@@ -1,0 +1,2 @@
+# pytest:
+print("hello")

@@ -1,0 +1,2 @@
+# pytest:
+raise ImportError("requires the X plugin framework")

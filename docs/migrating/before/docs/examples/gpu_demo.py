@@ -1,0 +1,2 @@
+# example: require_gpu
+print("generated on the GPU")

@@ -1,0 +1,2 @@
+# example
+raise ImportError("requires the X plugin framework")
