@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from .gpu import mps
+from . import mps_detect
 
 HARDWARE_ENV = "PYTEST_HEAVY_HARDWARE"
 
@@ -373,7 +373,7 @@ def probe(assume: str | None = None) -> Hardware:
         gpus, reason, driver = (), "", ""
     else:
         gpus, reason, driver = probe_gpus()
-    mps_pid, mps_detail = mps.daemon_pid() if gpus or "gpus" in fields else (None, "no GPU")
+    mps_pid, mps_detail = mps_detect.daemon_pid() if gpus or "gpus" in fields else (None, "no GPU")
     ram_total, ram_available = ram_mib()
     try:
         cpus = len(os.sched_getaffinity(0))

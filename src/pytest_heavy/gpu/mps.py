@@ -1,11 +1,10 @@
-"""NVIDIA MPS: detection for the hardware probe, and control of a per-user daemon.
+"""NVIDIA MPS: control of a per-user daemon (finding one, which the hardware probe does, is mps_detect.py).
 
-Detection (``pipe_dir``, ``daemon_pid``) only reads the file system and the process table: it never
-talks to the daemon, so probing stays cheap and safe. The control commands wrap
-``nvidia-cuda-mps-control``, whose protocol is small: ``-d`` starts a daemon in the background that
-serves ``$CUDA_MPS_PIPE_DIRECTORY/control`` and writes ``nvidia-cuda-mps-control.pid`` there; any
-other run reads commands from stdin (``get_server_list``, ``quit``) and prints the daemon's answers,
-or "Cannot find MPS control daemon process" with exit status 1 when none serves the directory.
+The control commands wrap ``nvidia-cuda-mps-control``, whose protocol is small: ``-d`` starts a
+daemon in the background that serves ``$CUDA_MPS_PIPE_DIRECTORY/control`` and writes
+``nvidia-cuda-mps-control.pid`` (``PID_FILE``) there; any other run reads commands from stdin
+(``get_server_list``, ``quit``) and prints the daemon's answers, or "Cannot find MPS control daemon
+process" with exit status 1 when none serves the directory.
 
 Every call to the binary has a timeout, and stop only stops a daemon this tool started (recorded in
 a state file beside the pid file) unless forced: a daemon someone else started may serve other jobs.
@@ -26,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-DEFAULT_PIPE_DIR = "/tmp/nvidia-mps"  # the driver's default, where CUDA clients look without the variable
-CONTROL_BINARY = "nvidia-cuda-mps-control"
-PID_FILE = "nvidia-cuda-mps-control.pid"  # written by the daemon, removed when it quits
+from ..mps_detect import CONTROL_BINARY, DEFAULT_PIPE_DIR, find_daemon, pipe_dir
+from ..mps_detect import PID_FILE as PID_FILE  # re-exported: what a caller of the control needs to know
+
 STATE_FILE = "pytest-heavy-mps.json"  # ours: which daemon this tool started
 NOT_RUNNING = "Cannot find MPS control daemon process"
 # The control socket lives at PIPE/control; AF_UNIX paths longer than this make the daemon fail to bind
@@ -41,73 +40,6 @@ EXIT_MISSING = 3
 EXIT_PERMISSION = 4
 EXIT_FOREIGN = 5
 EXIT_REFUSED = 6
-
-
-def pipe_dir(env: dict[str, str] | None = None) -> Path:
-    """The pipe directory CUDA clients use: CUDA_MPS_PIPE_DIRECTORY or the driver's default."""
-    return Path((env if env is not None else os.environ).get("CUDA_MPS_PIPE_DIRECTORY") or DEFAULT_PIPE_DIR)
-
-
-def daemon_pid(env: dict[str, str] | None = None) -> tuple[int | None, str]:
-    """(pid of a live control daemon serving our pipe directory, or None; a detail line)."""
-    pipes = pipe_dir(env)
-    proc = find_daemon(pipes)
-    if proc is not None:
-        return proc.pid, f"MPS control daemon pid {proc.pid} ({pipes})"
-    if (pipes / "control").exists():
-        return None, f"stale MPS pipe directory {pipes}: no live {CONTROL_BINARY}"
-    return None, f"no MPS control pipe in {pipes}"
-
-
-def _is_control_daemon(proc: Any) -> bool:
-    """Whether a psutil process is the control binary (by name, or by path for interpreted stand-ins).
-
-    The kernel keeps 15 characters of a process name; psutil restores the full name from argv[0],
-    which for a script run through its interpreter names the interpreter, so argv[1] is checked too.
-    """
-    import psutil
-
-    try:
-        if proc.name() == CONTROL_BINARY:
-            return True
-        return any(Path(arg).name == CONTROL_BINARY for arg in proc.cmdline()[:2])
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return False
-
-
-def find_daemon(pipes: Path) -> Any | None:
-    """The live control daemon serving ``pipes`` (a psutil.Process), found through its pid file.
-
-    When there is no pid file, a control binary process whose environment names ``pipes`` counts
-    too (processes of other users hide their environment and are then not matched).
-    """
-    try:
-        pid = int((pipes / PID_FILE).read_text().strip())
-    except (OSError, ValueError):
-        pid = None
-    if pid is None and not (pipes / "control").exists():
-        return None  # no daemon: every session start on a machine without MPS ends here, psutil unloaded
-    import psutil
-
-    if pid is not None:
-        try:
-            proc = psutil.Process(pid)
-        except psutil.NoSuchProcess:
-            return None
-        return proc if _is_control_daemon(proc) and proc.status() != psutil.STATUS_ZOMBIE else None
-    for proc in psutil.process_iter(["name"]):
-        if not _is_control_daemon(proc):
-            continue
-        try:
-            served = proc.environ().get("CUDA_MPS_PIPE_DIRECTORY") or DEFAULT_PIPE_DIR
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-        if Path(served).resolve() == pipes.resolve():
-            return proc
-    return None
-
-
-# --- daemon control (``pytest-heavy mps start|stop|status``, cli/mps.py) --------------------------
 
 
 class MpsError(Exception):

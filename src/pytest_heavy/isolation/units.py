@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 import pytest
 
-from .. import procs, supervise
+from .. import draining, procs, supervise
 from ..report import HeavyRecord
 from .launch.base import Started, UnitRequest, release_parent_fds
 from .schedule import Job, Placement, Scheduler
@@ -42,8 +42,8 @@ class Attempt:
         self.inodes = procs.pipe_inodes(started.events, started.stdout, started.stderr)  # who holds them?
         self.captured: dict[str, str] = {}  # set by close(): the dead child's last test's output
         self.terminal = ""  # and what its terminal reporter wrote during that test
-        self.out = procs.Drain(started.stdout) if started.stdout else None
-        self.err = procs.Drain(started.stderr) if started.stderr else None
+        self.out = draining.Drain(started.stdout) if started.stdout else None
+        self.err = draining.Drain(started.stderr) if started.stderr else None
 
     @property
     def pid(self) -> int:
@@ -88,7 +88,7 @@ class Attempt:
         if self.exited_at is not None and not said_all and now - self.exited_at > supervise.STREAM_GRACE_S:
             self.drain(now)
         if said_all and self.exited_at is None:
-            if procs.wait(self.started.process, supervise.EXIT_GRACE_S) is None:
+            if draining.wait(self.started.process, supervise.EXIT_GRACE_S) is None:
                 self.sup.end()
             self.exited_at = time.monotonic()
         return (self.eof or self.done) and self.exited_at is not None
