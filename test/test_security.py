@@ -8,7 +8,6 @@ and files are handed to it with ``chown``. Elsewhere those tests skip, saying wh
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
