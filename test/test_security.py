@@ -8,6 +8,7 @@ and files are handed to it with ``chown``. Elsewhere those tests skip, saying wh
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -159,3 +160,108 @@ def test_the_daemon_does_not_inherit_secrets(env):
     mps.stop(env)
     assert b"CUDA_VISIBLE_DEVICES=0" in environ and f"CUDA_MPS_PIPE_DIRECTORY={dirs.pipe}".encode() in environ
     assert not [v for v in environ if v.startswith((b"HF_TOKEN=", b"AWS_SECRET_ACCESS_KEY="))]
+
+
+# --- stores: no write through a planted link, finite numbers only -----------------------------------
+
+INI = "[pytest]\nheavy_ram_gib = 4\nheavy_durations_path = ci/durations.json\n"
+
+
+@pytest.fixture
+def store_pytester(heavy_pytester: pytest.Pytester) -> pytest.Pytester:
+    heavy_pytester.makeini(INI)
+    heavy_pytester.makepyfile(test_one="def test_one(): pass\n")
+    (heavy_pytester.path / "ci").mkdir()
+    return heavy_pytester
+
+
+def test_the_store_never_writes_through_a_link_at_its_temporary_name(store_pytester, tmp_path_factory):
+    """The temporary name used to be ``.<name>.<pid>.tmp``: a link planted there (the session runs in
+    this process, so the pid is known) was followed and the file it names overwritten."""
+    victim = tmp_path_factory.mktemp("victim") / "precious.txt"
+    victim.write_text("mine\n")
+    committed = store_pytester.path / "ci" / "durations.json"
+    for name in ("durations.json", "durations.json.peaks.json"):
+        (committed.parent / f".{name}.{os.getpid()}.tmp").symlink_to(victim)
+    store_pytester.runpytest("--heavy-store-durations").assert_outcomes(passed=1)
+    assert victim.read_text() == "mine\n"
+    assert not committed.is_symlink() and "test_one.py::test_one" in json.loads(committed.read_text())
+
+
+def test_the_committed_file_replaces_a_link_at_its_name(store_pytester, tmp_path_factory):
+    victim = tmp_path_factory.mktemp("victim") / "precious.txt"
+    victim.write_text("mine\n")
+    committed = store_pytester.path / "ci" / "durations.json"
+    victim.write_text("{}\n")  # a durations file, so it is merged into, not refused
+    committed.symlink_to(victim)
+    store_pytester.runpytest("--heavy-store-durations").assert_outcomes(passed=1)
+    assert victim.read_text() == "{}\n" and not committed.is_symlink()
+
+
+def test_the_split_snapshot_never_writes_through_a_link_at_its_temporary_name(
+        store_pytester, tmp_path_factory, monkeypatch):
+    from pytest_heavy.split.durations import SNAPSHOT_ENV
+
+    victim = tmp_path_factory.mktemp("victim") / "precious.txt"
+    victim.write_text("mine\n")
+    snapshot = store_pytester.path / "run" / "durations.json"
+    snapshot.parent.mkdir()
+    (snapshot.parent / f".durations.json.{os.getpid()}.tmp").symlink_to(victim)
+    monkeypatch.setenv(SNAPSHOT_ENV, str(snapshot))
+    store_pytester.runpytest("--heavy-split=1/1").assert_outcomes(passed=1)
+    assert victim.read_text() == "mine\n" and json.loads(snapshot.read_text()) == {}
+
+
+@pytest.mark.parametrize("text", ['{"test_one.py::test_one": Infinity}', '{"test_one.py::test_one": 1e400}',
+                                  '{"test_one.py::test_one": NaN}', '{"test_one.py::test_one": 1e308}',
+                                  "[" * 100_000 + "]" * 100_000])
+def test_bad_numbers_and_deep_nesting_in_the_durations_file_are_usage_errors(store_pytester, text):
+    committed = store_pytester.path / "ci" / "durations.json"
+    committed.write_text(text)
+    result = store_pytester.runpytest("--heavy-split=1/2")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: --heavy-split: {committed}: *"])
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
+@pytest.mark.parametrize("text", ['{"test_one.py": {"wall_s": Infinity, "rss_mib": 1}}',
+                                  '{"test_one.py": {"wall_s": 1, "rss_mib": NaN}}',
+                                  '{"test_one.py": {"wall_s": 1, "rss_mib": 1, "gpu_mib": [1e400]}}'])
+def test_bad_numbers_in_the_peaks_file_are_usage_errors(store_pytester, text):
+    peaks = store_pytester.path / "ci" / "durations.json.peaks.json"
+    peaks.write_text(text)
+    store_pytester.makepyfile(test_one="import pytest\npytestmark = pytest.mark.requires_gpu_isolation\n"
+                                       "def test_one(): pass\n")
+    result = store_pytester.runpytest_subprocess("--heavy-workers=auto", "--heavy-isolate=always",
+                                                 "--heavy-assume", "gpus=1x80GiB,ram=16GiB")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: --heavy-workers auto: {peaks}: test_one.py: *"])
+
+
+@pytest.mark.parametrize("value", [1e12, 1e308])
+def test_doctor_plan_prints_no_inf_or_nan(store_pytester, value):
+    """1e308 per module used to add up to an "inf" makespan; it is refused now, and the largest value
+    accepted (1e12) still sums to a finite one."""
+    store_pytester.makepyfile(**{f"test_gpu{i}": "import pytest\n@pytest.mark.requires_gpu_isolation\n"
+                                 "def test_g(): pass\n" for i in range(3)})
+    peaks = {f"test_gpu{i}.py": {"wall_s": value, "rss_mib": 1, "gpu_mib": [1]} for i in range(3)}
+    (store_pytester.path / "ci" / "durations.json.peaks.json").write_text(json.dumps(peaks))
+    result = subprocess.run([sys.executable, "-m", "pytest_heavy.cli", "doctor", "--plan"],
+                            cwd=store_pytester.path, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTEST_HEAVY_ASSUME": "gpus=1x80GiB,ram=16GiB"})
+    output = (result.stdout + result.stderr).replace(str(store_pytester.path), "<project>").lower()
+    assert "inf" not in output and "nan" not in output
+    if value == 1e12:
+        assert result.returncode == 0 and "against 3000000000000.0s one at a time" in result.stdout, output
+    else:
+        assert result.returncode != 0 and "durations.json.peaks.json: test_gpu" in result.stderr, output
+
+
+def test_an_absurd_gpu_count_is_refused_at_once(heavy_pytester):
+    heavy_pytester.makepyfile(test_one="def test_one(): pass\n")
+    result = heavy_pytester.runpytest("--heavy-assume", "gpus=100000000x1GiB")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*gpus: 100000000 GPUs is more than any machine has (at most 1024)*"])
+    result = heavy_pytester.runpytest("--heavy-assume", "ram=1" + "0" * 400 + "GiB")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*ram: * is more than any machine has*"])

@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +28,9 @@ import pytest
 CACHE_KEY = "heavy/durations"
 PEAKS_CACHE_KEY = "heavy/peaks"
 PEAKS_SUFFIX = ".peaks.json"  # the committed peaks file: the durations file's name plus this
+# Above any real measurement (seconds or MiB), and low enough that sums over a whole suite stay finite:
+# JSON's Infinity, NaN and 1e400 (which Python reads as inf) are refused, and so is 1e308.
+LARGEST = 1e12
 
 
 T = TypeVar("T")
@@ -35,12 +40,16 @@ class DurationsError(Exception):
     """A durations file that is not a JSON object of {node id: seconds}."""
 
 
+def measurement(value: object) -> bool:
+    """A finite number from 0 to ``LARGEST`` (not a bool, which JSON would let through as 0 or 1)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and 0 <= value <= LARGEST)
+
+
 def as_durations(data: object, source: str) -> dict[str, float]:
-    if not isinstance(data, dict) or not all(
-        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
-        for k, v in data.items()
-    ):
-        raise DurationsError(f"{source}: expected a JSON object of {{node id: seconds}}")
+    if not isinstance(data, dict) or not all(isinstance(k, str) and measurement(v) for k, v in data.items()):
+        raise DurationsError(f"{source}: expected a JSON object of {{node id: seconds}}, each a finite "
+                             f"number from 0 to {LARGEST:g}")
     return {k: float(v) for k, v in data.items()}
 
 
@@ -49,6 +58,8 @@ def _json(text: str, source: str) -> object:
         return json.loads(text)
     except ValueError as exc:
         raise DurationsError(f"{source}: not JSON ({exc})") from None
+    except RecursionError:
+        raise DurationsError(f"{source}: not a durations file (JSON nested too deeply)") from None
 
 
 def parse_durations(text: str, source: str) -> dict[str, float]:
@@ -96,12 +107,10 @@ class ModulePeaks:
 
     @classmethod
     def from_json(cls, data: object, source: str) -> ModulePeaks:
-        def number(v: object) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
-
         gpu = data.get("gpu_mib") if isinstance(data, dict) else None
-        if not (isinstance(data, dict) and number(data.get("wall_s")) and number(data.get("rss_mib"))
-                and (gpu is None or (isinstance(gpu, list) and all(number(v) for v in gpu)))):
+        if not (isinstance(data, dict) and measurement(data.get("wall_s"))
+                and measurement(data.get("rss_mib"))
+                and (gpu is None or (isinstance(gpu, list) and all(measurement(v) for v in gpu)))):
             raise DurationsError(f"{source}: expected {{module: {{wall_s, rss_mib, gpu_mib}}}}, got {data!r}")
         return cls(float(data["wall_s"]), float(data["rss_mib"]),  # type: ignore[arg-type]
                    None if gpu is None else tuple(float(v) for v in gpu))
@@ -127,12 +136,27 @@ def dump_peaks(peaks: dict[str, ModulePeaks]) -> str:
     return json.dumps({k: v.to_json() for k, v in peaks.items()}, indent=2, sort_keys=True) + "\n"
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Readers (other subsets collecting) never see a half-written file."""
+def write_atomically(path: Path, text: str) -> None:
+    """Readers (other subsets collecting) never see a half-written file, and nobody can choose where it
+    goes: the temporary file has a fresh name (``mkstemp``, exclusive create) in the target's directory,
+    and ``os.replace`` then swaps it in, replacing a link planted at ``path`` instead of writing through.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            os.fchmod(out.fileno(), 0o666 & ~_umask())  # what open() would have made: a committed file
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 class Store:
@@ -159,7 +183,9 @@ class Store:
         if self.cache is None:
             yield
             return
-        with open(self.cache.mkdir("heavy") / "durations.lock", "a") as handle:
+        lock = self.cache.mkdir("heavy") / "durations.lock"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+        with os.fdopen(os.open(lock, flags, 0o644), "a") as handle:
             # Some shared file systems refuse locks (ENOLCK); a lost record is better than a failed run.
             with contextlib.suppress(OSError):
                 fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
@@ -169,7 +195,7 @@ class Store:
         assert self.cache is not None
         try:
             return parse(self.cache.get(key, {}), f"cache {key}")
-        except DurationsError:
+        except (DurationsError, RecursionError):
             return {}  # a damaged cache entry is re-recorded, as pytest does with its own keys
 
     def read(self) -> dict[str, float]:
@@ -220,4 +246,4 @@ class Store:
 
 def _write_if_changed(path: Path, text: str) -> None:
     if not path.exists() or path.read_text(encoding="utf-8") != text:
-        _write_atomically(path, text)
+        write_atomically(path, text)

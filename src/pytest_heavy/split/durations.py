@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import os
+import tempfile
 from pathlib import Path
 
 from ..records import ModulePeaks as ModulePeaks  # re-exported: its import path before records.py existed
@@ -25,20 +26,22 @@ def snapshot(path: Path, store: Store) -> dict[str, float]:
 
     Without it, a subset starting after another finished would see that one's fresh records, compute a
     different partition and run tests twice or not at all. ``os.link`` fails when the file exists, so
-    exactly one publisher wins, and it read the store before any subset could finish.
+    exactly one publisher wins, and it read the store before any subset could finish. The file to link
+    has a fresh name (``mkstemp``), and ``link`` never writes through a link planted at ``path``.
     """
     if path.exists():
         return read_durations(path)
     durations = store.read()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(dump_durations(durations), encoding="utf-8")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(dump_durations(durations))
         os.link(tmp, path)
     except FileExistsError:
         durations = read_durations(path)
     finally:
-        tmp.unlink()
+        os.unlink(tmp)
     return durations
 
 
