@@ -265,3 +265,52 @@ def test_an_absurd_gpu_count_is_refused_at_once(heavy_pytester):
     result = heavy_pytester.runpytest("--heavy-assume", "ram=1" + "0" * 400 + "GiB")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*ram: * is more than any machine has*"])
+
+
+# --- what crosses from a child to the parent, and from a child to what its tests start ---------------
+
+METHODS = ["spawn", "fork", "forkserver"]
+ISOLATED = "import pytest\npytestmark = pytest.mark.requires_heavy_ram\n"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_childs_warning_category_is_never_imported_into_the_parent(heavy_pytester, method):
+    """The parent used to import whatever module a child named as a warning's category."""
+    heavy_pytester.makepyfile(
+        onlychild="class LibWarning(FutureWarning):\n    pass\n",
+        conftest="import sys\nfrom pytest_heavy import wire\n"
+                 "def pytest_sessionfinish(session):\n"
+                 "    if not wire.in_child():\n"
+                 "        open('parent-modules.txt', 'w').write(str('onlychild' in sys.modules))\n",
+        test_a=ISOLATED + "import warnings\ndef test_warns():\n"
+                          "    import onlychild\n"
+                          "    warnings.warn('from the library', onlychild.LibWarning)\n",
+        test_b=ISOLATED + "def test_b(): pass\n")
+    result = heavy_pytester.runpytest_subprocess("--heavy-start", method, "-W", "error::DeprecationWarning")
+    result.assert_outcomes(passed=2, warnings=1)
+    result.stdout.fnmatch_lines(["*FutureWarning: from the library*"])  # its nearest base the parent has
+    assert (heavy_pytester.path / "parent-modules.txt").read_text() == "False"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_child_marker_does_not_reach_what_tests_start(heavy_pytester, method, tmp_path_factory):
+    """A nested pytest of a project that never opted in stays off (it came up enabled, as a child)."""
+    other = tmp_path_factory.mktemp("other")
+    (other / "test_other.py").write_text("import pytest\n@pytest.mark.slow\ndef test_slow(): pass\n")
+    heavy_pytester.makepyfile(
+        test_a=ISOLATED + f"""
+import os, subprocess, sys
+from pytest_heavy import wire
+
+def test_nested():
+    assert wire.in_child()  # this process still knows what it is
+    assert 'PYTEST_HEAVY_CHILD' not in os.environ and 'PYTEST_HEAVY_HARDWARE' not in os.environ
+    env = {{k: v for k, v in os.environ.items() if k not in ('PYTEST_ADDOPTS', 'PYTEST_HEAVY_ASSUME')}}
+    done = subprocess.run([sys.executable, '-m', 'pytest', '-p', 'no:cacheprovider', '-rs', {str(other)!r}],
+                          cwd={str(other)!r}, env=env, capture_output=True, text=True)
+    assert 'heavy: off' in done.stdout, done.stdout
+    assert '1 passed' in done.stdout, done.stdout
+""",
+        test_b=ISOLATED + "def test_b(): pass\n")
+    result = heavy_pytester.runpytest_subprocess("--heavy-start", method)
+    result.assert_outcomes(passed=2)

@@ -9,10 +9,10 @@ Kept free of package imports: the child side, the launchers and the parent all r
 from __future__ import annotations
 
 import enum
-import importlib
 import json
 import os
 import signal
+import sys
 import threading
 import warnings
 from collections.abc import Iterator, Mapping
@@ -40,9 +40,25 @@ CHILD_OVERRIDES: dict[str, Any] = {
 }
 
 
-def in_child(env: Mapping[str, str] = os.environ) -> bool:
-    """Whether this process is an isolated child (started by a pytest-heavy parent)."""
+HARDWARE_ENV = "PYTEST_HEAVY_HARDWARE"  # the parent's probe, as JSON (hardware.HARDWARE_ENV; read there)
+_claimed = False  # this process took the child marker out of its environment (claim_child_markers)
+
+
+def in_child(env: Mapping[str, str] | None = None) -> bool:
+    """Whether this process (or ``env``) is an isolated child, started by a pytest-heavy parent."""
+    if env is None:
+        return _claimed or os.environ.get(CHILD_ENV) == "1"
     return env.get(CHILD_ENV) == "1"
+
+
+def claim_child_markers() -> None:
+    """Take the child marker and the parent's hardware out of ``os.environ``, once the child has read
+    them (configured): they say "this process is a pytest-heavy child", which is true of this process
+    only. Left there, every process its tests start inherits them, and a nested pytest of an unrelated
+    project that never opted in comes up enabled, with this machine's hardware, as a child."""
+    global _claimed
+    _claimed = os.environ.pop(CHILD_ENV, None) == "1" or _claimed
+    os.environ.pop(HARDWARE_ENV, None)
 
 
 # --- events ----------------------------------------------------------------------------------------
@@ -111,20 +127,33 @@ def serialize_warning(wm: warnings.WarningMessage) -> dict[str, Any]:
         "message": str(message),
         "category_module": wm.category.__module__,
         "category_name": wm.category.__qualname__,
+        # The category's bases by name, most specific first: the parent resolves the first one it has.
+        "category_bases": [[c.__module__, c.__qualname__] for c in wm.category.__mro__[1:]
+                           if issubclass(c, Warning)],
         "filename": wm.filename,
         "lineno": wm.lineno,
         "is_instance": isinstance(message, Warning),
     }
 
 
+def _loaded_category(module: str, qualname: str) -> type[Warning] | None:
+    """The warning class ``module.qualname`` if the parent has imported that module already, else None.
+
+    Never imports: a module only an isolated test imported (torch, vLLM) would otherwise be loaded into
+    the pytest parent by a child's warning, which is what isolation exists to prevent (and the child's
+    data would choose what the parent imports).
+    """
+    found: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return found if isinstance(found, type) and issubclass(found, Warning) else None
+
+
 def deserialize_warning(data: dict[str, Any]) -> warnings.WarningMessage:
-    """The parent's copy of a child's warning; unknown categories fall back to UserWarning."""
-    try:
-        category = getattr(importlib.import_module(data["category_module"]), data["category_name"])
-        if not (isinstance(category, type) and issubclass(category, Warning)):
-            raise TypeError(category)
-    except Exception:
-        category = UserWarning
+    """The parent's copy of a child's warning: its category if the parent has it loaded, else its
+    nearest loaded base (a library's FutureWarning subclass stays a FutureWarning), else UserWarning."""
+    names = [(data["category_module"], data["category_name"]), *map(tuple, data.get("category_bases", ()))]
+    category = next(filter(None, (_loaded_category(m, q) for m, q in names)), UserWarning)
     message: Any = data["message"]
     if data.get("is_instance"):
         try:

@@ -33,6 +33,7 @@ from ..wire import (
     STACK_SIGNAL,
     Event,
     Sender,
+    claim_child_markers,
     serialize_warning,
 )
 
@@ -303,6 +304,7 @@ def main() -> int:
     events_fd, control_fd, *captured = (int(x) for x in os.environ.pop(FDS_ENV).split(","))
     sender = Sender(events_fd)
     config = configure(payload["options"], payload["args"])
+    claim_child_markers()  # read by configure; not for what the tests start
     if captured:
         own_output(config, captured)
     try:

@@ -199,6 +199,7 @@ def _child(session: pytest.Session, sock: socket.socket, request: dict[str, Any]
             os.close(fd)
     os.environ.clear()
     os.environ.update(request["env"])
+    wire.claim_child_markers()  # the server's config is configured: not for what the tests start
     child.enable_stack_dumps()
     sender = wire.Sender(events_fd)
     return child.finish(sender, child.run_session(config, request, sender, control_fd, session))
