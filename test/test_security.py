@@ -8,12 +8,17 @@ and files are handed to it with ``chown``. Elsewhere those tests skip, saying wh
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+import signal
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -294,7 +299,8 @@ def test_a_childs_warning_category_is_never_imported_into_the_parent(heavy_pytes
 
 @pytest.mark.parametrize("method", METHODS)
 def test_the_child_marker_does_not_reach_what_tests_start(heavy_pytester, method, tmp_path_factory):
-    """A nested pytest of a project that never opted in stays off (it came up enabled, as a child)."""
+    """A nested pytest of a project that never opted in stays off (it came up enabled, as a child):
+    the marker it inherits names the child, not itself."""
     other = tmp_path_factory.mktemp("other")
     (other / "test_other.py").write_text("import pytest\n@pytest.mark.slow\ndef test_slow(): pass\n")
     heavy_pytester.makepyfile(
@@ -303,8 +309,7 @@ import os, subprocess, sys
 from pytest_heavy import wire
 
 def test_nested():
-    assert wire.in_child()  # this process still knows what it is
-    assert 'PYTEST_HEAVY_CHILD' not in os.environ and 'PYTEST_HEAVY_HARDWARE' not in os.environ
+    assert wire.in_child() and 'PYTEST_HEAVY_HARDWARE' not in os.environ
     env = {{k: v for k, v in os.environ.items() if k not in ('PYTEST_ADDOPTS', 'PYTEST_HEAVY_ASSUME')}}
     done = subprocess.run([sys.executable, '-m', 'pytest', '-p', 'no:cacheprovider', '-rs', {str(other)!r}],
                           cwd={str(other)!r}, env=env, capture_output=True, text=True)
@@ -314,3 +319,139 @@ def test_nested():
         test_b=ISOLATED + "def test_b(): pass\n")
     result = heavy_pytester.runpytest_subprocess("--heavy-start", method)
     result.assert_outcomes(passed=2)
+
+
+# --- ending processes: a reused pid is not the session it used to lead -------------------------------
+
+NS_LAST_PID = Path("/proc/sys/kernel/ns_last_pid")
+
+
+def take_pid(pid: int, argv: list[str], **popen: object) -> subprocess.Popen[bytes]:
+    """Start ``argv`` with exactly ``pid`` (the kernel hands out ns_last_pid + 1), as a reused pid."""
+    if not NS_LAST_PID.exists() or not os.access(NS_LAST_PID, os.W_OK):
+        pytest.skip("choosing a new process's pid needs a writable /proc/sys/kernel/ns_last_pid (root)")
+    for _ in range(200):  # other processes on the machine may take it first
+        NS_LAST_PID.write_text(str(pid - 1))
+        proc = subprocess.Popen(argv, **popen)  # type: ignore[call-overload]
+        if proc.pid == pid:
+            return proc
+        proc.kill()
+        proc.wait()
+    pytest.skip(f"pid {pid} kept being taken by other processes")
+
+
+def reaped_session_leader() -> tuple[int, psutil.Process]:
+    """A session leader of ours, seen while it ran (as the tree monitor sees it), then reaped."""
+    leader = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    seen = psutil.Process(leader.pid)
+    # Creation times tick in 1/100 s: a process started in the same tick would pass for this one (a real
+    # pid comes back only after the whole pid space was handed out, not within milliseconds).
+    time.sleep(0.05)
+    leader.kill()
+    leader.wait()
+    return leader.pid, seen
+
+
+def session(sid: int) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) == sid:
+                found.append(proc)
+        except OSError:
+            continue
+    return found
+
+
+def end_session(leader: subprocess.Popen[bytes]) -> None:
+    if leader.poll() is None:
+        os.killpg(leader.pid, signal.SIGKILL)
+    leader.wait()
+
+
+STRANGER = ["setsid", "sh", "-c", "sleep 30 & wait"]  # leads a session; its sleep is a member
+
+
+@as_root
+def test_leftovers_of_a_reaped_leader_spare_a_new_session_on_its_pid():
+    from pytest_heavy import procs
+
+    sid, seen = reaped_session_leader()
+    stranger = take_pid(sid, STRANGER, user=NOBODY, group=NOBODY)
+    try:
+        members: list[psutil.Process] = []
+        while len(members) < 2:  # the stranger and its sleep, both in session ``sid``
+            members = session(sid)
+        assert procs.kill_leftovers(sid, [seen]) == []
+        assert all(p.is_running() for p in members)
+    finally:
+        end_session(stranger)
+
+
+def unread(fd: int) -> int:
+    """Bytes written to a pipe that its reader has not read yet."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+@as_root
+def test_the_examples_watchdog_spares_a_new_session_on_a_reaped_examples_pid():
+    from pytest_heavy.examples.watchdog import Watchdog
+
+    dog = Watchdog()
+    example = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    dog.watch(example.pid)
+    assert dog.proc.stdin is not None
+    while unread(dog.proc.stdin.fileno()):  # the watchdog took the announcement (and noted the start)
+        pass
+    time.sleep(0.05)  # start times tick in 1/100 s (see reaped_session_leader)
+    example.kill()
+    example.wait()  # pytest dies before it withdraws the pid, and init reaped the example
+    stranger = take_pid(example.pid, STRANGER, user=NOBODY, group=NOBODY)
+    try:
+        while len(session(stranger.pid)) < 2:
+            pass
+        dog.proc.stdin.close()  # what the watchdog sees when pytest dies
+        assert dog.proc.wait(timeout=30) == 0
+        assert stranger.poll() is None and len(session(stranger.pid)) == 2
+    finally:
+        end_session(stranger)
+
+
+# --- reports name only this run's processes --------------------------------------------------------
+
+LINGERS = """
+import pytest, pynvml
+pytestmark = [pytest.mark.requires_gpu, pytest.mark.requires_gpu_isolation]
+
+def test_allocate():
+    pynvml.fake_allocate(1024, linger_s=30)  # outlives the child: not released in time
+"""
+
+
+@as_root
+def test_memory_not_released_names_only_this_runs_processes(heavy_pytester, monkeypatch):
+    """Another user's GPU process is counted, never named: its command line may hold secrets."""
+    stranger = subprocess.Popen(["sleep", "600"], user=NOBODY, group=NOBODY)
+    try:
+        device = {"uuid": "GPU-aaaaaaaa-1111-2222-3333-444444444444", "name": "NVIDIA Fake",
+                  "total_mib": 16384, "used_mib": 0, "compute_mode": 0,
+                  "processes": [{"pid": stranger.pid, "used_mib": 700}]}
+        path = [str(FAKES), os.environ.get("PYTHONPATH")]
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, path)))
+        monkeypatch.setenv("FAKE_PYNVML", json.dumps({"devices": [device]}))
+        monkeypatch.setenv("FAKE_PYNVML_STATE", str(heavy_pytester.path / "allocations.jsonl"))
+        monkeypatch.setenv("PYTEST_HEAVY_ASSUME", "ram=16GiB")
+        monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(heavy_pytester.path / "no-mps"))
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        heavy_pytester.makeini("[pytest]\nheavy_ram_gib = 4\nheavy_release_timeout_s = 0\n")
+        heavy_pytester.makepyfile(test_a=LINGERS, test_b=LINGERS.replace("1024", "512"))
+        result = heavy_pytester.runpytest_subprocess("-p", "pynvml", "--heavy-report", "heavy.json")
+        result.assert_outcomes(passed=2)
+        rows = json.loads((heavy_pytester.path / "heavy.json").read_text())["modules"]
+        released = [row["released"] for row in rows]
+        assert any("1 other process 700 MiB" in text for text in released), released
+        assert not any(f"pid {stranger.pid}" in text for text in released), released
+        assert f"pid {stranger.pid}" not in result.stdout.str() and "sleep 600" not in result.stdout.str()
+    finally:
+        stranger.kill()
+        stranger.wait()

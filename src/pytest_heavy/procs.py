@@ -85,12 +85,20 @@ def pipe_holders(inodes: Iterable[int]) -> list[psutil.Process]:
     return found
 
 
-def session_members(sid: int) -> list[psutil.Process]:
+def session_members(sid: int, leader: psutil.Process | None = None) -> list[psutil.Process]:
     """Live processes whose session id is ``sid`` (orphans keep it when reparented).
+
+    ``leader`` is the psutil handle of the session's leader taken while it was ours (it carries its
+    creation time). Once the leader was reaped its pid is free, and a process that got the same pid
+    and called ``setsid`` leads a session with the same id: when another process holds that pid now,
+    the session is not ours and nobody is listed. (The kernel keeps a session's id from being reused
+    while any member of it lives, so members never mix two sessions.)
 
     One ``getsid`` per pid; a ``psutil.Process`` (which reads /proc) only for members: after every
     example and child, and usually there are none.
     """
+    if leader is not None and not leader.is_running() and psutil.pid_exists(sid):
+        return []  # the pid, so the session id, belongs to someone else now
     found = []
     for pid in psutil.pids():
         try:
@@ -104,10 +112,13 @@ def session_members(sid: int) -> list[psutil.Process]:
 def kill_leftovers(sid: int, seen: Iterable[psutil.Process] = (), exclude: int | None = None) -> list[str]:
     """SIGKILL what is left of a child's session and of the descendants seen while it ran.
 
-    ``seen`` covers grandchildren that started a session of their own. psutil checks each process's
-    creation time, so a reused pid is never killed by mistake. Returns who was killed.
+    ``seen`` covers grandchildren that started a session of their own; the leader among them (its pid
+    is ``sid``) tells whether the session id was reused since (``session_members``). psutil checks each
+    process's creation time, so a reused pid is never killed by mistake. Returns who was killed.
     """
-    victims: dict[int, psutil.Process] = {p.pid: p for p in session_members(sid)}
+    seen = list(seen)
+    leader = next((p for p in seen if p.pid == sid), None)
+    victims: dict[int, psutil.Process] = {p.pid: p for p in session_members(sid, leader)}
     for proc in seen:
         if proc.pid not in victims and proc.is_running() and _alive(proc):
             victims[proc.pid] = proc

@@ -39,6 +39,7 @@ def child_environment(settings: Settings, hw: Hardware, *, isolated: bool) -> di
     env = dict(os.environ)
     env.setdefault("PYTORCH_CUDA_ALLOC_CONF", DEFAULT_ALLOC_CONF)
     env[HARDWARE_ENV] = hw.to_json()
+    env.pop(wire.CHILD_PID_ENV, None)  # a parent that runs inside another's child: its children are its own
     if isolated:
         env[wire.CHILD_ENV] = "1"
     env.update(dict(settings.env))
@@ -96,7 +97,8 @@ class Supervisor:
         own = {self.proc.pid, *self.monitor.peaks.seen}
         return memory.wait_released(self.gpu, self.baseline_gpu, settings.vram_tolerance_mib,
                                     settings.release_timeout, pids=pids, positions=self.positions,
-                                    shared=memory.Shared(own, self.foreign_at_start) if shared else None)
+                                    shared=memory.Shared(own, self.foreign_at_start) if shared else None,
+                                    own=own)
 
 
 def dump_stacks(proc: draining.Process, written: Callable[[], int]) -> None:

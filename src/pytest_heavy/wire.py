@@ -41,23 +41,25 @@ CHILD_OVERRIDES: dict[str, Any] = {
 
 
 HARDWARE_ENV = "PYTEST_HEAVY_HARDWARE"  # the parent's probe, as JSON (hardware.HARDWARE_ENV; read there)
-_claimed = False  # this process took the child marker out of its environment (claim_child_markers)
+# The pid of the process the child marker belongs to, set by the child itself once it is configured.
+CHILD_PID_ENV = "PYTEST_HEAVY_CHILD_PID"
 
 
 def in_child(env: Mapping[str, str] | None = None) -> bool:
-    """Whether this process (or ``env``) is an isolated child, started by a pytest-heavy parent."""
-    if env is None:
-        return _claimed or os.environ.get(CHILD_ENV) == "1"
-    return env.get(CHILD_ENV) == "1"
+    """Whether this process is an isolated child, started by a pytest-heavy parent: it has the child
+    marker, and the marker was not inherited from a child (``claim_child_markers``)."""
+    env = os.environ if env is None else env
+    owner = env.get(CHILD_PID_ENV)
+    return env.get(CHILD_ENV) == "1" and (owner is None or owner == str(os.getpid()))
 
 
 def claim_child_markers() -> None:
-    """Take the child marker and the parent's hardware out of ``os.environ``, once the child has read
-    them (configured): they say "this process is a pytest-heavy child", which is true of this process
-    only. Left there, every process its tests start inherits them, and a nested pytest of an unrelated
-    project that never opted in comes up enabled, with this machine's hardware, as a child."""
-    global _claimed
-    _claimed = os.environ.pop(CHILD_ENV, None) == "1" or _claimed
+    """Called by a child once it is configured: the marker now names this process, and the parent's
+    hardware leaves the environment. Every process the tests start inherits the environment; a nested
+    pytest of an unrelated project that never opted in used to come up enabled, as a child, with this
+    machine's hardware. It now finds a marker naming another process and stays off."""
+    if os.environ.get(CHILD_ENV) == "1":
+        os.environ[CHILD_PID_ENV] = str(os.getpid())
     os.environ.pop(HARDWARE_ENV, None)
 
 
