@@ -39,7 +39,10 @@ def child_environment(settings: Settings, hw: Hardware, *, isolated: bool) -> di
     env = dict(os.environ)
     env.setdefault("PYTORCH_CUDA_ALLOC_CONF", DEFAULT_ALLOC_CONF)
     env[HARDWARE_ENV] = hw.to_json()
-    env.pop(wire.CHILD_PID_ENV, None)  # a parent that runs inside another's child: its children are its own
+    # The child marker is never passed on as it is here (this process may be a child itself): a new
+    # isolated child gets a fresh one, an example none.
+    env.pop(wire.CHILD_ENV, None)
+    env.pop(wire.CHILD_PID_ENV, None)
     if isolated:
         env[wire.CHILD_ENV] = "1"
     env.update(dict(settings.env))
