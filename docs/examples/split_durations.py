@@ -10,7 +10,8 @@ suite is split. Every pytest process of a split run computes this same partition
 import sys
 from pathlib import Path
 
-from pytest_heavy.split.durations import partition, read_durations
+from pytest_heavy.records import read_durations
+from pytest_heavy.split.durations import partition
 
 SAMPLE = {  # a suite with a few heavy modules and many quick tests
     "test/backends/test_huggingface.py::test_generation": 41.0,

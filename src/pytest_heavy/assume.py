@@ -22,6 +22,8 @@ class AssumeError(ValueError):
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(TiB|TB|GiB|GB|MiB|MB|T|G|M)?\s*$", re.IGNORECASE)
 _UNIT_MIB = {"t": 1024 * 1024, "tb": 1024 * 1024, "tib": 1024 * 1024, "g": 1024, "gb": 1024, "gib": 1024,
              "m": 1, "mb": 1, "mib": 1}
+MAX_ASSUMED_GPUS = 1024
+MAX_ASSUMED_MIB = float(1 << 40)  # an exbibyte
 
 
 def parse_size_mib(text: str, what: str) -> int:
@@ -30,7 +32,10 @@ def parse_size_mib(text: str, what: str) -> int:
     if not m:
         raise AssumeError(f"{what}: expected a size such as 80GiB or 512MiB, got {text!r}")
     unit = (m.group(2) or "gib").lower()
-    return int(float(m.group(1)) * _UNIT_MIB[unit])
+    mib = float(m.group(1)) * _UNIT_MIB[unit]
+    if not mib < MAX_ASSUMED_MIB:  # 1e400 reads as inf
+        raise AssumeError(f"{what}: {text!r} is more than any machine has (at most {MAX_ASSUMED_MIB:g} MiB)")
+    return int(mib)
 
 
 def _parse_gpus(value: str, compute_mode: str) -> tuple[GPU, ...]:
@@ -39,6 +44,8 @@ def _parse_gpus(value: str, compute_mode: str) -> tuple[GPU, ...]:
         return ()
     m = re.match(r"^(\d+)\s*x\s*(.+)$", value)
     count, size = (int(m.group(1)), m.group(2)) if m else (1, value)
+    if count > MAX_ASSUMED_GPUS:  # each one is an object, and every placement walks them all
+        raise AssumeError(f"gpus: {count} GPUs is more than any machine has (at most {MAX_ASSUMED_GPUS})")
     total = parse_size_mib(size, "gpus")
     return tuple(GPU(index=i, uuid=f"GPU-assumed-{i}", name="assumed GPU", total_mib=total, used_mib=0,
                      compute_mode=compute_mode) for i in range(count))

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from .gpu import mps
+from . import mps_detect
 
 HARDWARE_ENV = "PYTEST_HEAVY_HARDWARE"
 
@@ -288,7 +288,7 @@ def probe(gpus_assumed: bool = False) -> Hardware:
         gpus, reason, driver = (), "", ""
     else:
         gpus, reason, driver = probe_gpus()
-    mps_pid, mps_detail = mps.daemon_pid() if gpus or gpus_assumed else (None, "no GPU")
+    mps_pid, mps_detail = mps_detect.daemon_pid() if gpus or gpus_assumed else (None, "no GPU")
     ram_total, ram_available = ram_mib()
     try:
         cpus = len(os.sched_getaffinity(0))

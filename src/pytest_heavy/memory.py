@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -201,14 +201,41 @@ class Release:
         return f"NO: {self.held_mib} MiB held by {who}"
 
 
+def holders(usage: dict[int, int], own: set[int]) -> list[str]:
+    """Who holds GPU memory, for reports (terminal, JSON, HTML, all readable by others): this run's
+    processes (``own``, pytest and its descendants) by pid and command line, everyone else's only as a
+    count and a sum. Another user's command line can hold paths, tokens or a job's name."""
+    ours = own | run_pids()
+    named, others, other_mib = [], 0, 0
+    for pid, mib in sorted(usage.items()):
+        if pid not in ours:
+            others, other_mib = others + 1, other_mib + mib
+            continue
+        try:
+            named.append(f"{procs.describe(psutil.Process(pid))} {mib} MiB")
+        except psutil.Error:
+            named.append(f"pid {pid} {mib} MiB")
+    if others:
+        named.append(f"{others} other process{'es' if others > 1 else ''} {other_mib} MiB")
+    return named
+
+
+def run_pids() -> set[int]:
+    """This pytest process and every live descendant of it."""
+    me = psutil.Process()
+    return {me.pid, *(p.pid for p in me.children(recursive=True))}
+
+
 def wait_released(gpu: GpuReader | None, baseline_mib: int | None, tolerance_mib: int,
                   timeout: float, poll: float = 0.2, pids: set[int] | None = None,
-                  positions: Sequence[int] | None = None, shared: Shared | None = None) -> Release:
+                  positions: Sequence[int] | None = None, shared: Shared | None = None,
+                  own: Collection[int] = ()) -> Release:
     """Poll until device memory is within ``tolerance_mib`` of ``baseline_mib`` and none of ``pids``
     is still a compute process (its CUDA context is gone), or ``timeout`` passes.
 
     ``positions``: only these GPUs (the child's own; all by default). ``shared``: the child shared its
     GPUs; what the other processes there hold now, less what they held when it started, is not its own.
+    ``own``: the supervised process and its descendants, named in the result when they hold memory.
     """
     if gpu is None or baseline_mib is None:
         return Release(ok=None)
@@ -222,11 +249,6 @@ def wait_released(gpu: GpuReader | None, baseline_mib: int | None, tolerance_mib
         if used <= baseline_mib + tolerance_mib and not listed:
             return Release(ok=True, seconds=waited)
         if waited >= timeout:
-            holders = []
-            for pid, mib in sorted(gpu.process_usage_mib().items()):
-                try:
-                    holders.append(f"{procs.describe(psutil.Process(pid))} {mib} MiB")
-                except psutil.Error:
-                    holders.append(f"pid {pid} {mib} MiB")
-            return Release(ok=False, seconds=waited, held_mib=max(used - baseline_mib, 0), holders=holders)
+            return Release(ok=False, seconds=waited, held_mib=max(used - baseline_mib, 0),
+                           holders=holders(gpu.process_usage_mib(), {*own, *(pids or ())}))
         time.sleep(poll)

@@ -17,6 +17,7 @@ from . import hooks
 from .settings import ASSUME_ENV, ENABLE_ENV, add_options, enabled, load
 
 DISABLED = pytest.StashKey[str]()  # what kept pytest-heavy off, for the one header line
+MPS_IGNORED = pytest.StashKey[str]()  # a per-user MPS directory or daemon left alone: not this user's
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -45,7 +46,9 @@ def pytest_configure(config: pytest.Config) -> None:
     markers.register(config, markers.configured(settings))
     hw = hardware.from_env() if settings.child else None
     if hw is None:
-        mps.adopt(os.environ)  # before the probe, which then sees the daemon, and before any CUDA client
+        # Before the probe, which then sees the daemon, and before any CUDA client.
+        if (ignored := mps.adopt(os.environ)) is not None:
+            config.stash[MPS_IGNORED] = ignored
         try:
             hw = assume.probe(settings.assume or None)
         except assume.AssumeError as exc:
@@ -61,7 +64,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     why = config.stash.get(DISABLED, None)
-    if why is None:
-        return []  # on: the session object says what the probe saw
+    if why is None:  # on: the session object says what the probe saw
+        ignored = config.stash.get(MPS_IGNORED, None)
+        return [] if ignored is None else [f"heavy: {ignored}"]
     return [f"heavy: off ({why}); enable with heavy_enabled = true in the pytest configuration, "
             f"a --heavy-* option or {ENABLE_ENV}=1"]

@@ -12,7 +12,7 @@ import pytest
 
 from . import gating, markers, report, tiers
 from .isolation import plan
-from .split.durations import DurationsError, ModulePeaks, Store
+from .records import DurationsError, ModulePeaks, Store
 from .state import Run
 
 

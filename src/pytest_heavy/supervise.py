@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import psutil
 
-from . import memory, procs, wire
+from . import draining, memory, procs, wire
 from .hardware import HARDWARE_ENV, Hardware
 from .settings import Settings
 
@@ -39,6 +39,10 @@ def child_environment(settings: Settings, hw: Hardware, *, isolated: bool) -> di
     env = dict(os.environ)
     env.setdefault("PYTORCH_CUDA_ALLOC_CONF", DEFAULT_ALLOC_CONF)
     env[HARDWARE_ENV] = hw.to_json()
+    # The child marker is never passed on as it is here (this process may be a child itself): a new
+    # isolated child gets a fresh one, an example none.
+    env.pop(wire.CHILD_ENV, None)
+    env.pop(wire.CHILD_PID_ENV, None)
     if isolated:
         env[wire.CHILD_ENV] = "1"
     env.update(dict(settings.env))
@@ -48,7 +52,7 @@ def child_environment(settings: Settings, hw: Hardware, *, isolated: bool) -> di
 class Supervisor:
     """One supervised process: its tree monitor, the end sequence, and the GPU memory it held."""
 
-    def __init__(self, proc: procs.Process, gpu: memory.GpuReader | None, baseline_gpu: int | None,
+    def __init__(self, proc: draining.Process, gpu: memory.GpuReader | None, baseline_gpu: int | None,
                  label: str, positions: Sequence[int] | None = None, foreign_at_start: int = 0,
                  just_started: bool = False, threaded: bool = True) -> None:
         self.proc = proc
@@ -75,7 +79,7 @@ class Supervisor:
         self.terminated = terminate(self.proc, self.seen(), self.label)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
-            procs.wait(self.proc, None)
+            draining.wait(self.proc, None)
 
     def time_out(self, written: Callable[[], int] | None) -> None:
         self.timed_out = True
@@ -86,7 +90,7 @@ class Supervisor:
         peaks = self.monitor.stop()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
-            procs.wait(self.proc, None)
+            draining.wait(self.proc, None)
         self.killed += procs.kill_leftovers(self.proc.pid, [*peaks.seen.values(), *also])
         return peaks
 
@@ -96,10 +100,11 @@ class Supervisor:
         own = {self.proc.pid, *self.monitor.peaks.seen}
         return memory.wait_released(self.gpu, self.baseline_gpu, settings.vram_tolerance_mib,
                                     settings.release_timeout, pids=pids, positions=self.positions,
-                                    shared=memory.Shared(own, self.foreign_at_start) if shared else None)
+                                    shared=memory.Shared(own, self.foreign_at_start) if shared else None,
+                                    own=own)
 
 
-def dump_stacks(proc: procs.Process, written: Callable[[], int]) -> None:
+def dump_stacks(proc: draining.Process, written: Callable[[], int]) -> None:
     """Ask the process's faulthandler for every thread's stack; wait until the dump stops growing."""
     try:
         proc.send_signal(wire.STACK_SIGNAL)
@@ -115,7 +120,7 @@ def dump_stacks(proc: procs.Process, written: Callable[[], int]) -> None:
         size = current
 
 
-def terminate(proc: procs.Process, seen: Iterable[psutil.Process], label: str) -> list[str]:
+def terminate(proc: draining.Process, seen: Iterable[psutil.Process], label: str) -> list[str]:
     """SIGTERM the process's session and every descendant seen; wait a grace period for them.
 
     Survivors are SIGKILLed afterwards (``Supervisor.end`` and ``reap``). Returns who was signalled.
@@ -137,7 +142,7 @@ def terminate(proc: procs.Process, seen: Iterable[psutil.Process], label: str) -
         except psutil.Error:
             continue
     deadline = time.monotonic() + TERM_GRACE_S
-    procs.wait(proc, TERM_GRACE_S)
+    draining.wait(proc, TERM_GRACE_S)
     # psutil waits only for the others: it must never reap ``proc``, whose status its owner reads.
     psutil.wait_procs(list(victims.values()),
                       timeout=max(0.0, deadline - time.monotonic()))

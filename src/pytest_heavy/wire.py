@@ -10,10 +10,10 @@ Kept free of package imports: the child side, the launchers and the parent all r
 from __future__ import annotations
 
 import enum
-import importlib
 import json
 import os
 import signal
+import sys
 import threading
 import warnings
 from collections.abc import Iterator, Mapping
@@ -32,9 +32,27 @@ EXIT_PARENT_GONE = 3  # a child whose control pipe closed: nobody listens to its
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a forked child that failed before or after running its tests
 
 
-def in_child(env: Mapping[str, str] = os.environ) -> bool:
-    """Whether this process is an isolated child (started by a pytest-heavy parent)."""
-    return env.get(CHILD_ENV) == "1"
+HARDWARE_ENV = "PYTEST_HEAVY_HARDWARE"  # the parent's probe, as JSON (hardware.HARDWARE_ENV; read there)
+# The pid of the process the child marker belongs to, set by the child itself once it is configured.
+CHILD_PID_ENV = "PYTEST_HEAVY_CHILD_PID"
+
+
+def in_child(env: Mapping[str, str] | None = None) -> bool:
+    """Whether this process is an isolated child, started by a pytest-heavy parent: it has the child
+    marker, and the marker was not inherited from a child (``claim_child_markers``)."""
+    env = os.environ if env is None else env
+    owner = env.get(CHILD_PID_ENV)
+    return env.get(CHILD_ENV) == "1" and (owner is None or owner == str(os.getpid()))
+
+
+def claim_child_markers() -> None:
+    """Called by a child once it is configured: the marker now names this process, and the parent's
+    hardware leaves the environment. Every process the tests start inherits the environment; a nested
+    pytest of an unrelated project that never opted in used to come up enabled, as a child, with this
+    machine's hardware. It now finds a marker naming another process and stays off."""
+    if os.environ.get(CHILD_ENV) == "1":
+        os.environ[CHILD_PID_ENV] = str(os.getpid())
+    os.environ.pop(HARDWARE_ENV, None)
 
 
 # --- parent -> child ------------------------------------------------------------------------------
@@ -183,20 +201,33 @@ def serialize_warning(wm: warnings.WarningMessage) -> dict[str, Any]:
         "message": str(message),
         "category_module": wm.category.__module__,
         "category_name": wm.category.__qualname__,
+        # The category's bases by name, most specific first: the parent resolves the first one it has.
+        "category_bases": [[c.__module__, c.__qualname__] for c in wm.category.__mro__[1:]
+                           if issubclass(c, Warning)],
         "filename": wm.filename,
         "lineno": wm.lineno,
         "is_instance": isinstance(message, Warning),
     }
 
 
+def _loaded_category(module: str, qualname: str) -> type[Warning] | None:
+    """The warning class ``module.qualname`` if the parent has imported that module already, else None.
+
+    Never imports: a module only an isolated test imported (torch, vLLM) would otherwise be loaded into
+    the pytest parent by a child's warning, which is what isolation exists to prevent (and the child's
+    data would choose what the parent imports).
+    """
+    found: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return found if isinstance(found, type) and issubclass(found, Warning) else None
+
+
 def deserialize_warning(data: dict[str, Any]) -> warnings.WarningMessage:
-    """The parent's copy of a child's warning; unknown categories fall back to UserWarning."""
-    try:
-        category = getattr(importlib.import_module(data["category_module"]), data["category_name"])
-        if not (isinstance(category, type) and issubclass(category, Warning)):
-            raise TypeError(category)
-    except Exception:
-        category = UserWarning
+    """The parent's copy of a child's warning: its category if the parent has it loaded, else its
+    nearest loaded base (a library's FutureWarning subclass stays a FutureWarning), else UserWarning."""
+    names = [(data["category_module"], data["category_name"]), *map(tuple, data.get("category_bases", ()))]
+    category = next(filter(None, (_loaded_category(m, q) for m, q in names)), UserWarning)
     message: Any = data["message"]
     if data.get("is_instance"):
         try:

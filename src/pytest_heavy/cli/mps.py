@@ -55,7 +55,9 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "mps", help="start, stop or inspect an NVIDIA MPS control daemon for this user",
         description="Per-user MPS control daemon. Directories: CUDA_MPS_PIPE_DIRECTORY and "
-                    "CUDA_MPS_LOG_DIRECTORY, else $TMPDIR/nvidia-mps-$USER and $TMPDIR/nvidia-mps-$USER-log. "
+                    "CUDA_MPS_LOG_DIRECTORY, else $TMPDIR/nvidia-mps-USER and $TMPDIR/nvidia-mps-USER-log "
+                    "(USER: your real uid's name); another user's directory or daemon is never used or "
+                    "stopped. "
                     f"Exit status: 0 done, {mps.EXIT_FAILED} failed, {mps.EXIT_MISSING} binary missing, "
                     f"{mps.EXIT_PERMISSION} permission denied, {mps.EXIT_FOREIGN} another user's daemon, "
                     f"{mps.EXIT_REFUSED} stop refused (not started here; use --force).")
@@ -65,7 +67,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--timeout", type=float, default=10.0, metavar="S",
                    help="seconds to wait for the daemon to answer (default 10)")
     p = sub.add_parser("stop", help="stop the daemon this tool started")
-    p.add_argument("--force", action="store_true", help="also stop a daemon of yours this tool did not start")
+    p.add_argument("--force", action="store_true",
+                   help="also stop a daemon of yours this tool did not start (never another user's)")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S",
                    help="seconds to wait for the daemon to exit (default 10)")
     p = sub.add_parser("status", help="daemon pid, servers and directories")

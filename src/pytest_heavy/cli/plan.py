@@ -17,7 +17,7 @@ import pytest
 
 from ..isolation import plan
 from ..isolation.schedule import Job, Placement, make
-from ..split.durations import DurationsError, ModulePeaks, Store
+from ..records import DurationsError, ModulePeaks, Store
 from ..state import RUN
 
 

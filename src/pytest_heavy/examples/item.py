@@ -18,7 +18,7 @@ from typing import IO, Any
 
 import pytest
 
-from .. import markers, memory, procs, supervise, wire
+from .. import draining, markers, memory, procs, supervise, wire
 from ..gpu import guard
 from ..report import HeavyRecord
 from ..settings import Settings
@@ -72,7 +72,7 @@ class ExampleItem(pytest.Item):
         self._outcome(sup, stacks, timeout, err.tail(STDERR_LINES) or "(empty)", run.settings)
 
     def _run(self, run: Run, timeout: float, live: bool, record: HeavyRecord,
-             gpu_example: bool) -> tuple[supervise.Supervisor, str, procs.Drain, procs.Drain]:
+             gpu_example: bool) -> tuple[supervise.Supervisor, str, draining.Drain, draining.Drain]:
         """Start the example, wait (bounded), end its whole tree, and fill in its table row."""
         gpu = run.gpu()
         record.gpu_before_mib = gpu.device_used_mib() if gpu else None
@@ -89,12 +89,12 @@ class ExampleItem(pytest.Item):
             assert proc.stdout is not None and proc.stderr is not None
             pipes = procs.pipe_inodes(proc.stdout, proc.stderr)
             # Read and sampled by this thread while it waits: no thread to start for a short example.
-            out = procs.Drain(proc.stdout, keep=not live, echo=_binary(sys.stdout) if live else None,
+            out = draining.Drain(proc.stdout, keep=not live, echo=_binary(sys.stdout) if live else None,
                               threaded=False)
-            err = procs.Drain(proc.stderr, keep=not live, echo=_binary(sys.stderr) if live else None,
+            err = draining.Drain(proc.stderr, keep=not live, echo=_binary(sys.stderr) if live else None,
                               threaded=False)
             try:
-                if procs.wait(proc, timeout or None, (out, err), sup.monitor.tick) is None:
+                if draining.wait(proc, timeout or None, (out, err), sup.monitor.tick) is None:
                     out.background()  # the end sequence has waits of its own
                     err.background()
                     sup.time_out(lambda: os.fstat(stacks_fd).st_size)
@@ -177,18 +177,19 @@ def _binary(text_stream: Any) -> IO[bytes] | None:
     return getattr(text_stream, "buffer", None)
 
 
-def _end(sup: supervise.Supervisor, pipes: list[int], out: procs.Drain, err: procs.Drain) -> memory.Peaks:
+def _end(sup: supervise.Supervisor, pipes: list[int], out: draining.Drain,
+         err: draining.Drain) -> memory.Peaks:
     """End what is left of the example's tree (also on Ctrl-C) and let its output drain.
 
     Nothing of its session outlives the run, nor a daemon that left it and still holds its output
     pipes. Those holders are looked for in /proc (milliseconds) only when the output has not reached
     EOF within ``EOF_WAIT_S``: once every write end is closed, nobody can hold them.
     """
-    procs.pump((out, err), supervise.EOF_WAIT_S)
+    draining.pump((out, err), supervise.EOF_WAIT_S)
     held = out.reading() or err.reading()
     holders = [p for p in procs.pipe_holders(pipes) if p.pid != sup.proc.pid] if held else []
     peaks = sup.reap(holders)
-    procs.pump((out, err), 5)  # a grandchild holding the pipes is dead now: the drains reach EOF
+    draining.pump((out, err), 5)  # a grandchild holding the pipes is dead now: the drains reach EOF
     return peaks
 
 

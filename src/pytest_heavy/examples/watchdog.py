@@ -8,6 +8,11 @@ pid is announced when it starts and withdrawn once it was reaped. When the pipe 
 (pytest exited or was killed) it SIGKILLs every process in the session of each example still announced
 (each example leads a session of its own), then exits. At the end of a session nothing is announced
 any more and pytest ends the watchdog.
+
+A pid outlives its process: once pytest is gone, init reaps the examples and their pids (so their
+session ids) may be taken by anyone's new session. So the watchdog notes each example's start time
+(``/proc/PID/stat``) when it is announced, and leaves a session alone whose id is now held by a process
+that started at another time.
 """
 
 from __future__ import annotations
@@ -20,14 +25,23 @@ import sys
 # session, so Ctrl-C in the terminal reaches pytest (which ends the examples itself), not the watchdog.
 WATCHDOG = """\
 import os, sys
-running = set()
+def started(pid):
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+running = {}
 for line in sys.stdin.buffer:
     pid = int(line)
     if pid > 0:
-        running.add(pid)
+        running[pid] = started(pid)
     else:
-        running.discard(-pid)
-for sid in running:
+        running.pop(-pid, None)
+for sid, when in running.items():
+    now = started(sid)
+    if now is not None and now != when:
+        continue  # the pid was reused: someone else's session
     try:
         os.killpg(sid, 9)
     except OSError:

@@ -1,5 +1,6 @@
-"""The GPU's process-level state: the parent's CUDA context (guard.py) and NVIDIA MPS (mps.py).
+"""The GPU's process-level state: the parent's CUDA context (guard.py) and NVIDIA MPS control (mps.py).
 
-Empty on purpose: ``hardware`` imports ``gpu.mps`` for its probe, and ``gpu.guard`` imports ``state``,
-which imports ``hardware``; importing the package must not pull in both.
+Empty on purpose: ``gpu.guard`` imports ``state``, which imports ``hardware``; importing the package
+must not pull it in. Finding an MPS daemon, which the hardware probe needs, is ``mps_detect.py``
+beside ``hardware.py``, below this package.
 """

@@ -1,14 +1,17 @@
-"""NVIDIA MPS: detection for the hardware probe, and control of a per-user daemon.
+"""NVIDIA MPS: control of a per-user daemon (finding one, which the hardware probe does, is mps_detect.py).
 
-Detection (``pipe_dir``, ``daemon_pid``) only reads the file system and the process table: it never
-talks to the daemon, so probing stays cheap and safe. The control commands wrap
-``nvidia-cuda-mps-control``, whose protocol is small: ``-d`` starts a daemon in the background that
-serves ``$CUDA_MPS_PIPE_DIRECTORY/control`` and writes ``nvidia-cuda-mps-control.pid`` there; any
-other run reads commands from stdin (``get_server_list``, ``quit``) and prints the daemon's answers,
-or "Cannot find MPS control daemon process" with exit status 1 when none serves the directory.
+The control commands wrap ``nvidia-cuda-mps-control``, whose protocol is small: ``-d`` starts a
+daemon in the background that serves ``$CUDA_MPS_PIPE_DIRECTORY/control`` and writes
+``nvidia-cuda-mps-control.pid`` (``PID_FILE``) there; any other run reads commands from stdin
+(``get_server_list``, ``quit``) and prints the daemon's answers, or "Cannot find MPS control daemon
+process" with exit status 1 when none serves the directory.
 
 Every call to the binary has a timeout, and stop only stops a daemon this tool started (recorded in
 a state file beside the pid file) unless forced: a daemon someone else started may serve other jobs.
+Nothing here adopts, talks to, stops or writes into what another user controls: their directory, a
+symbolic link, a directory others may write, or a daemon running as them (``mps_detect.distrust``),
+even with ``--force``. The daemon starts with a minimal environment (``daemon_environment``): it
+outlives the shell that started it, and has no use for the tokens that shell holds.
 """
 
 from __future__ import annotations
@@ -26,9 +29,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-DEFAULT_PIPE_DIR = "/tmp/nvidia-mps"  # the driver's default, where CUDA clients look without the variable
-CONTROL_BINARY = "nvidia-cuda-mps-control"
-PID_FILE = "nvidia-cuda-mps-control.pid"  # written by the daemon, removed when it quits
+from ..mps_detect import (
+    CONTROL_BINARY,
+    DEFAULT_PIPE_DIR,
+    directory_problem,
+    distrust,
+    find_daemon,
+    pipe_dir,
+    user_name,
+)
+from ..mps_detect import PID_FILE as PID_FILE  # re-exported: what a caller of the control needs to know
+
 STATE_FILE = "pytest-heavy-mps.json"  # ours: which daemon this tool started
 NOT_RUNNING = "Cannot find MPS control daemon process"
 # The control socket lives at PIPE/control; AF_UNIX paths longer than this make the daemon fail to bind
@@ -41,73 +52,6 @@ EXIT_MISSING = 3
 EXIT_PERMISSION = 4
 EXIT_FOREIGN = 5
 EXIT_REFUSED = 6
-
-
-def pipe_dir(env: dict[str, str] | None = None) -> Path:
-    """The pipe directory CUDA clients use: CUDA_MPS_PIPE_DIRECTORY or the driver's default."""
-    return Path((env if env is not None else os.environ).get("CUDA_MPS_PIPE_DIRECTORY") or DEFAULT_PIPE_DIR)
-
-
-def daemon_pid(env: dict[str, str] | None = None) -> tuple[int | None, str]:
-    """(pid of a live control daemon serving our pipe directory, or None; a detail line)."""
-    pipes = pipe_dir(env)
-    proc = find_daemon(pipes)
-    if proc is not None:
-        return proc.pid, f"MPS control daemon pid {proc.pid} ({pipes})"
-    if (pipes / "control").exists():
-        return None, f"stale MPS pipe directory {pipes}: no live {CONTROL_BINARY}"
-    return None, f"no MPS control pipe in {pipes}"
-
-
-def _is_control_daemon(proc: Any) -> bool:
-    """Whether a psutil process is the control binary (by name, or by path for interpreted stand-ins).
-
-    The kernel keeps 15 characters of a process name; psutil restores the full name from argv[0],
-    which for a script run through its interpreter names the interpreter, so argv[1] is checked too.
-    """
-    import psutil
-
-    try:
-        if proc.name() == CONTROL_BINARY:
-            return True
-        return any(Path(arg).name == CONTROL_BINARY for arg in proc.cmdline()[:2])
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return False
-
-
-def find_daemon(pipes: Path) -> Any | None:
-    """The live control daemon serving ``pipes`` (a psutil.Process), found through its pid file.
-
-    When there is no pid file, a control binary process whose environment names ``pipes`` counts
-    too (processes of other users hide their environment and are then not matched).
-    """
-    try:
-        pid = int((pipes / PID_FILE).read_text().strip())
-    except (OSError, ValueError):
-        pid = None
-    if pid is None and not (pipes / "control").exists():
-        return None  # no daemon: every session start on a machine without MPS ends here, psutil unloaded
-    import psutil
-
-    if pid is not None:
-        try:
-            proc = psutil.Process(pid)
-        except psutil.NoSuchProcess:
-            return None
-        return proc if _is_control_daemon(proc) and proc.status() != psutil.STATUS_ZOMBIE else None
-    for proc in psutil.process_iter(["name"]):
-        if not _is_control_daemon(proc):
-            continue
-        try:
-            served = proc.environ().get("CUDA_MPS_PIPE_DIRECTORY") or DEFAULT_PIPE_DIR
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-        if Path(served).resolve() == pipes.resolve():
-            return proc
-    return None
-
-
-# --- daemon control (``pytest-heavy mps start|stop|status``, cli/mps.py) --------------------------
 
 
 class MpsError(Exception):
@@ -132,14 +76,22 @@ class Dirs:
 
 
 def _user(env: dict[str, str]) -> str:
-    """The login name the way getpass finds it, but from ``env`` (tests and wrappers pass their own)."""
-    for key in ("LOGNAME", "USER", "LNAME", "USERNAME"):
-        if env.get(key):
-            return env[key]
+    """The name in the per-user directories: the real uid's, not the one the environment claims.
+
+    ``sudo -E`` keeps the caller's USER, which would choose another user's directory, and a name
+    holding ``/`` or ``..`` would leave TMPDIR. A name from the environment is kept only when it is a
+    plain file name that is not another account's (a wrapper's or a test's label for this user).
+    """
+    uid = os.getuid()
+    own = user_name(uid).replace(" ", "")  # "uid1000" without a passwd entry
+    claimed = next((env[k] for k in ("LOGNAME", "USER", "LNAME", "USERNAME") if env.get(k)), own)
+    if "/" in claimed or claimed in (".", ".."):
+        return own
     try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:  # no passwd entry (some containers)
-        return f"uid{os.getuid()}"
+        account = pwd.getpwnam(claimed).pw_uid
+    except KeyError:
+        return claimed  # no such account: nobody else's directory
+    return claimed if account == uid else own
 
 
 def tool_dirs(env: dict[str, str] | None = None) -> Dirs:
@@ -152,22 +104,30 @@ def tool_dirs(env: dict[str, str] | None = None) -> Dirs:
     return Dirs(pipe=pipe.absolute(), log=log.absolute())
 
 
-def adopt(env: MutableMapping[str, str]) -> Dirs | None:
-    """Point CUDA clients at this user's daemon (``pytest-heavy mps start``) when nothing else is chosen.
+def adopt(env: MutableMapping[str, str]) -> str | None:
+    """Point CUDA clients at this user's daemon (``pytest-heavy mps start``) when nothing else is chosen;
+    returns a line for the session's header when a daemon there was ignored, not adopted.
 
     Without CUDA_MPS_PIPE_DIRECTORY, CUDA looks in the driver's default directory; a daemon started by
     ``pytest-heavy mps start`` in another shell lives in the per-user one. When only the latter is alive, its
     directories are set in ``env`` (the pytest parent's environment, copied to every child), so a run
-    after ``pytest-heavy mps start`` uses MPS without the ``eval`` of its exports.
+    after ``pytest-heavy mps start`` uses MPS without the ``eval`` of its exports. Only a daemon of this
+    user's, in a directory of this user's, is adopted: anyone can create the per-user name in /tmp.
     """
     if "CUDA_MPS_PIPE_DIRECTORY" in env or find_daemon(Path(DEFAULT_PIPE_DIR)) is not None:
         return None
     dirs = tool_dirs(dict(env))
-    if find_daemon(dirs.pipe) is None:
+    problem = directory_problem(dirs.pipe, (os.getuid(),))
+    proc = find_daemon(dirs.pipe) if problem is None else None
+    if proc is not None:
+        problem = distrust(dirs.pipe, proc, (os.getuid(),))
+    if problem is not None:
+        return f"MPS: ignored {dirs.pipe}: {problem}"
+    if proc is None:
         return None
     env["CUDA_MPS_PIPE_DIRECTORY"] = str(dirs.pipe)
     env.setdefault("CUDA_MPS_LOG_DIRECTORY", str(dirs.log))
-    return dirs
+    return None
 
 
 def find_binary(env: dict[str, str]) -> str:
@@ -186,7 +146,21 @@ def find_binary(env: dict[str, str]) -> str:
 
 
 def _daemon_env(env: dict[str, str], dirs: Dirs) -> dict[str, str]:
+    """What a control command runs with: the caller's environment, pointed at ``dirs``."""
     return {**env, "CUDA_MPS_PIPE_DIRECTORY": str(dirs.pipe), "CUDA_MPS_LOG_DIRECTORY": str(dirs.log)}
+
+
+DAEMON_NAMES = frozenset({"PATH", "HOME", "LANG", "TZ", "TMPDIR", "LD_LIBRARY_PATH"})
+DAEMON_PREFIXES = ("CUDA_", "NVIDIA_", "LC_")
+
+
+def daemon_environment(env: dict[str, str], dirs: Dirs) -> dict[str, str]:
+    """The daemon's environment: where to find its libraries and the settings it reads (CUDA_*,
+    NVIDIA_*, and any variable naming MPS), nothing else. It runs for days after the shell that
+    started it, readable in /proc/PID/environ: tokens (HF_TOKEN, cloud keys) stay behind."""
+    kept = {k: v for k, v in env.items()
+            if k in DAEMON_NAMES or k.startswith(DAEMON_PREFIXES) or "MPS" in k}
+    return _daemon_env(kept, dirs)
 
 
 def control(binary: str, command: str, env: dict[str, str], timeout: float = 5.0) -> tuple[bool, str]:
@@ -226,9 +200,13 @@ def _started_by_us(dirs: Dirs, proc: Any) -> bool:
 
 
 def _foreign(proc: Any, dirs: Dirs) -> MpsError | None:
+    """The refusal for a daemon that is not this user's, or in a directory that is not theirs."""
     uid, name = _owner(proc)
     if uid == os.getuid():
-        return None
+        problem = directory_problem(dirs.pipe, (os.getuid(),))
+        return None if problem is None else MpsError(
+            f"the MPS control daemon pid {proc.pid} serves {dirs.pipe}, which pytest-heavy does not "
+            f"use: {problem}", EXIT_FOREIGN)
     return MpsError(
         f"an MPS control daemon owned by user {name} (pid {proc.pid}) already serves {dirs.pipe}; "
         "its server runs for one user at a time, so your CUDA programs would wait for theirs. Ask them to "
@@ -247,15 +225,18 @@ def _gone(proc: Any) -> bool:
 
 
 def _prepare_dir(path: Path) -> None:
-    """Create ``path`` (mode 0700: the daemon is per user) or explain why it cannot be used."""
+    """Create ``path`` (mode 0700: the daemon is per user) or explain why it cannot be used: not a real
+    directory of this user's that only they may write (checked with ``lstat``: never through a link)."""
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:
+        pass  # a file or a dangling link: explained below
     except OSError as exc:
         raise MpsError(f"cannot create {path}: {exc.strerror} (set CUDA_MPS_PIPE_DIRECTORY and "
                        "CUDA_MPS_LOG_DIRECTORY to directories you own)", EXIT_PERMISSION) from None
-    owner = path.stat().st_uid
-    if owner != os.getuid():
-        raise MpsError(f"{path} belongs to uid {owner}, not to you: choose another directory with "
+    problem = directory_problem(path, (os.getuid(),))
+    if problem is not None:
+        raise MpsError(f"{problem}: choose another directory with "
                        "CUDA_MPS_PIPE_DIRECTORY / CUDA_MPS_LOG_DIRECTORY", EXIT_PERMISSION)
     if not os.access(path, os.W_OK | os.X_OK):
         raise MpsError(f"{path} is not writable by you (permission denied)", EXIT_PERMISSION)
@@ -270,6 +251,8 @@ def start(env: dict[str, str] | None = None, timeout: float = 10.0) -> tuple[Dir
     env = dict(os.environ if env is None else env)
     dirs = tool_dirs(env)
     binary = find_binary(env)
+    if (problem := directory_problem(dirs.pipe, (os.getuid(),))) is not None:
+        raise MpsError(f"{problem}: choose another directory with CUDA_MPS_PIPE_DIRECTORY", EXIT_PERMISSION)
     if len(os.fsencode(dirs.pipe / "control")) > SOCKET_PATH_LIMIT:
         raise MpsError(f"pipe directory {dirs.pipe} is too long for the control socket (at most "
                        f"{SOCKET_PATH_LIMIT} bytes with '/control'): set TMPDIR or CUDA_MPS_PIPE_DIRECTORY "
@@ -283,7 +266,7 @@ def start(env: dict[str, str] | None = None, timeout: float = 10.0) -> tuple[Dir
         return dirs, f"MPS control daemon already running (pid {running.pid}, {whose}) for {dirs.pipe}"
     for path in (dirs.pipe, dirs.log):
         _prepare_dir(path)
-    daemon_env = _daemon_env(env, dirs)
+    daemon_env = daemon_environment(env, dirs)
     # The daemon may keep the launcher's stdout open: a file, unlike a pipe, never blocks the launch.
     with tempfile.TemporaryFile(mode="w+") as out:
         try:
@@ -303,7 +286,7 @@ def start(env: dict[str, str] | None = None, timeout: float = 10.0) -> tuple[Dir
     deadline = time.monotonic() + timeout
     answered, output = False, ""
     while not answered and time.monotonic() < deadline:
-        answered, output = control(binary, "get_server_list", daemon_env,
+        answered, output = control(binary, "get_server_list", _daemon_env(env, dirs),
                                    timeout=max(0.1, min(2.0, deadline - time.monotonic())))
         if not answered:
             time.sleep(0.05)
@@ -313,12 +296,23 @@ def start(env: dict[str, str] | None = None, timeout: float = 10.0) -> tuple[Dir
                        f"({output or 'no output'}); see {dirs.log / 'control.log'}")
     state = {"pid": proc.pid, "create_time": proc.create_time(), "uid": os.getuid(),
              "pipe_directory": str(dirs.pipe), "log_directory": str(dirs.log), "started_at": time.time()}
-    (dirs.pipe / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+    _write_state(dirs, state)
     return dirs, f"MPS control daemon started (pid {proc.pid}) for {dirs.pipe}"
 
 
+def _write_state(dirs: Dirs, state: dict[str, Any]) -> None:
+    """Written beside the pid file in a directory only we may write, never through a link planted at
+    its name (``O_NOFOLLOW``)."""
+    path = dirs.pipe / STATE_FILE
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(state, indent=2) + "\n")
+
+
 def stop(env: dict[str, str] | None = None, force: bool = False, timeout: float = 10.0) -> str:
-    """Stop the daemon this tool started (any daemon serving the directory with ``force``).
+    """Stop the daemon this tool started (any daemon of this user's serving the directory with ``force``;
+    never another user's, nor one in a directory that is not this user's).
 
     Nothing running is success: stop is idempotent, so cleanup code may call it unconditionally.
     """
@@ -326,10 +320,11 @@ def stop(env: dict[str, str] | None = None, force: bool = False, timeout: float 
     dirs = tool_dirs(env)
     proc = find_daemon(dirs.pipe)
     if proc is None:
-        (dirs.pipe / STATE_FILE).unlink(missing_ok=True)
+        if directory_problem(dirs.pipe, (os.getuid(),)) is None:
+            (dirs.pipe / STATE_FILE).unlink(missing_ok=True)
         return f"no MPS control daemon serves {dirs.pipe}: nothing to stop"
     foreign = _foreign(proc, dirs)
-    if foreign is not None and not force:
+    if foreign is not None:
         raise foreign
     if not force and not _started_by_us(dirs, proc):
         raise MpsError(f"the MPS control daemon pid {proc.pid} serving {dirs.pipe} was not started by "
@@ -366,10 +361,15 @@ def status(env: dict[str, str] | None = None) -> dict[str, Any]:
         "servers": [], "pipe_directory": str(dirs.pipe), "log_directory": str(dirs.log), "binary": binary,
         "clients_pipe_directory": str(pipe_dir(env)), "detail": "",
     }
+    problem = directory_problem(dirs.pipe, (os.getuid(),))
     if proc is None:
-        doc["detail"] = f"no MPS control daemon serves {dirs.pipe}"
+        doc["detail"] = (f"no MPS control daemon serves {dirs.pipe}" if problem is None
+                         else f"ignored, not used by pytest-heavy: {problem}")
         return doc
     doc.update(pid=proc.pid, owner=_owner(proc)[1], started_by_pytest_heavy=_started_by_us(dirs, proc))
+    if (problem := distrust(dirs.pipe, proc, (os.getuid(),))) is not None:
+        doc["detail"] = f"ignored, not used or stopped by pytest-heavy: {problem}"
+        return doc
     if binary is None:
         doc["detail"] = f"{CONTROL_BINARY} not on PATH: servers unknown"
         return doc

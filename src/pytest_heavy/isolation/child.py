@@ -36,6 +36,7 @@ from ..wire import (
     Event,
     Sender,
     SpawnPayload,
+    claim_child_markers,
     serialize_warning,
 )
 
@@ -306,6 +307,7 @@ def main() -> int:
     events_fd, control_fd, *captured = (int(x) for x in os.environ.pop(FDS_ENV).split(","))
     sender = Sender(events_fd)
     config = configure(payload["options"], payload["args"])
+    claim_child_markers()  # read by configure; not for what the tests start
     if captured:
         own_output(config, captured)
     try:

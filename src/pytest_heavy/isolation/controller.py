@@ -18,7 +18,7 @@ import pytest
 
 from .. import supervise, wire
 from ..gpu import guard
-from ..split.durations import ModulePeaks
+from ..records import ModulePeaks
 from ..state import Run
 from . import schedule
 from .launch import Launchers

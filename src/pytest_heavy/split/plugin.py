@@ -16,18 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from ..records import DurationsError, ModulePeaks, Store, rounded
 from ..report import HeavyRecord
 from ..state import Run
-from .durations import (
-    SNAPSHOT_ENV,
-    DurationsError,
-    ModulePeaks,
-    Store,
-    partition,
-    rounded,
-    snapshot,
-    unit_weights,
-)
+from .durations import SNAPSHOT_ENV, partition, snapshot, unit_weights
 
 EMPTY_MESSAGE = "this subset is empty"
 

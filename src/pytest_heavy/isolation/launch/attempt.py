@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from ... import memory, procs, supervise, wire
+from ... import draining, memory, procs, supervise, wire
 from ...settings import Settings
 from ..schedule import Placement
 from . import Launchers
@@ -70,8 +70,8 @@ class Attempt:
         self.progress = False  # at least one test started in this attempt
         self.current: str | None = None  # the test it runs now
         self.inodes = procs.pipe_inodes(started.events, started.stdout, started.stderr)  # who holds them?
-        self.out = procs.Drain(started.stdout) if started.stdout else None
-        self.err = procs.Drain(started.stderr) if started.stderr else None
+        self.out = draining.Drain(started.stdout) if started.stdout else None
+        self.err = draining.Drain(started.stderr) if started.stderr else None
 
     @classmethod
     def launch(cls, launchers: Launchers, request: UnitRequest, *, placement: Placement, settings: Settings,
@@ -140,7 +140,7 @@ class Attempt:
         if self.exited_at is not None and not said_all and now - self.exited_at > supervise.STREAM_GRACE_S:
             self._end_stream(now)
         if said_all and self.exited_at is None:
-            if procs.wait(self.started.process, supervise.EXIT_GRACE_S) is None:
+            if draining.wait(self.started.process, supervise.EXIT_GRACE_S) is None:
                 self.sup.end()
             self.exited_at = time.monotonic()
         return (self.eof or self.done) and self.exited_at is not None

@@ -10,7 +10,7 @@ from typing import IO, Any, Protocol
 
 import pytest
 
-from ... import cleanup, procs
+from ... import cleanup, draining
 from ...wire import RunRequest
 from ..threads import thread_unsafe_reason
 
@@ -41,7 +41,7 @@ class RefusedError(RuntimeError):
 
 @dataclass
 class Started:
-    process: procs.Process
+    process: draining.Process
     events: IO[bytes]  # read end of the event stream
     control: int  # write end of the control pipe
     stdout: IO[bytes] | None  # None when the child writes to our terminal (-s)
@@ -111,7 +111,7 @@ class Pipes:
         return (*(fd for fd in (self.events_r, self.control_w, self.out_r, self.err_r) if fd >= 0),
                 *self.captured_r)
 
-    def started(self, process: procs.Process) -> Started:
+    def started(self, process: draining.Process) -> Started:
         self.close_child_ends()
         return Started(
             parent_fds=self.parent_fds(),

@@ -74,6 +74,7 @@ class ForkLauncher:
             child.silence_terminal(self._session.config)
         os.environ.clear()
         os.environ.update(request.env)
+        wire.claim_child_markers()  # the parent's config is configured: not for what the tests start
         child.enable_stack_dumps()
         return child.run_forked(self._session, request.items, wire.Sender(pipes.events_w), pipes.control_r)
 

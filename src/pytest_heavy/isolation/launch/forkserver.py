@@ -32,7 +32,7 @@ from typing import Any
 import psutil
 import pytest
 
-from ... import procs, wire
+from ... import draining, procs, wire
 from .. import child
 from ..threads import fork_quietly, record_thread_baseline
 from .base import (
@@ -86,7 +86,7 @@ class ForkserverLauncher:
             stderr=subprocess.PIPE, start_new_session=True,
         )
         theirs.close()
-        self._stderr = procs.Drain(self._popen.stderr)  # type: ignore[arg-type]
+        self._stderr = draining.Drain(self._popen.stderr)  # type: ignore[arg-type]
         self._ready = threading.Event()
         self._error: str | None = None
         self._replies: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -199,6 +199,7 @@ def _child(session: pytest.Session, sock: socket.socket, request: dict[str, Any]
             os.close(fd)
     os.environ.clear()
     os.environ.update(request["env"])
+    wire.claim_child_markers()  # the server's config is configured: not for what the tests start
     child.enable_stack_dumps()
     sender = wire.Sender(events_fd)
     return child.finish(sender, child.run_session(config, request, sender, control_fd, session))

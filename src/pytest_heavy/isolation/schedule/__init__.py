@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ...hardware import Hardware
+from ...records import ModulePeaks
 from ...settings import Settings
-from ...split.durations import ModulePeaks
 from .base import Job, Placement, Scheduler
 
 __all__ = ["Job", "Placement", "Scheduler", "make"]

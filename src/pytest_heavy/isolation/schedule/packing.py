@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from ...hardware import Hardware
-from ...split.durations import ModulePeaks
+from ...records import ModulePeaks
 from .base import Job, Placement
 
 SHAREABLE_MODES = ("default",)  # several processes per GPU; with MPS, exclusive modes take MPS clients too
