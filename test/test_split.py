@@ -101,7 +101,7 @@ def test_cache_overrides_committed_file_and_unknown_items_count_as_the_mean(spli
     assert second == ["test_abc.py::test_b", "test_abc.py::test_c", "test_abc.py::test_gpu"]
 
     cache = split_pytester.path / ".pytest_cache/v/heavy/durations"
-    cache.parent.mkdir(parents=True)
+    cache.parent.mkdir(parents=True, exist_ok=True)  # the split round is kept there already
     cache.write_text(json.dumps({"test_abc.py::test_a": 1.0, "test_abc.py::test_b": 10.0}))
     first, second = subsets(split_pytester, 2)
     assert first == ["test_abc.py::test_b"]
@@ -236,6 +236,22 @@ def test_snapshot_keeps_one_run_on_one_partition(split_pytester, monkeypatch):
     assert collected(split_pytester, "--heavy-split=2/2") == ["test_ab.py::test_a"]
     snapshot.unlink()
     assert collected(split_pytester, "--heavy-split=1/2") == ["test_ab.py::test_a"]
+
+
+def test_subsets_run_in_turn_by_hand_cover_the_selection_once(split_pytester):
+    """Each run records durations into the cache; the next subset must still partition as the first did."""
+    split_pytester.makepyfile(**{f"test_m{m}": "import time\n" + "\n".join(
+        f"def test_{t}(): time.sleep({(m * 6 + t) % 5} / 200)" for t in range(6)) for m in range(3)})
+    selection = collected(split_pytester)
+    assert len(selection) == 18
+    ran: list[str] = []
+    for round_ in range(2):  # the second round partitions with what the first recorded
+        for i in range(1, 5):
+            result = split_pytester.runpytest(f"--heavy-split={i}/4", "-v", "-p", "no:randomly")
+            assert result.ret == 0, result.stdout.str()
+            ran += [line.split(" ", 1)[0] for line in result.outlines if " PASSED" in line]
+        assert sorted(ran) == sorted(selection), f"round {round_ + 1}"
+        ran.clear()
 
 
 def test_worst_status_ranks_no_tests_just_above_success():

@@ -3,7 +3,13 @@
 Durations are recorded into the pytest cache on every run, not only split ones, so that the first
 ``--heavy-split`` on this machine is already balanced; the committed file (ini ``heavy_durations_path``)
 is only read, and written only with ``--heavy-store-durations`` (pytest-split's convention), so that an
-ordinary run never dirties a checkout. They come from ``pytest_runtest_logreport``: isolated children's
+ordinary run never dirties a checkout.
+
+The subsets of one split must all partition with the same durations, or a test lands in no subset or in
+two. ``pytest-heavy split`` shares a snapshot file (``SNAPSHOT_ENV``) and ``--slurm`` a whole plan
+(``split/slurm.py``); plain ``--heavy-split i/N`` runs made in turn by hand in one checkout share a round
+snapshot in the cache (``ROUND_KEY``): the first subset of a round takes the store's durations, and the
+round ends when a subset index comes back. They come from ``pytest_runtest_logreport``: isolated children's
 reports are re-emitted in the parent through that same hook, so one source covers in-process items,
 isolated modules and examples.
 """
@@ -23,13 +29,16 @@ from .durations import (
     DurationsError,
     ModulePeaks,
     Store,
+    as_durations,
     partition,
     rounded,
     snapshot,
     unit_weights,
 )
+from .slurm import PLAN_ENV, PlanError, build, publish, read_plan
 
 EMPTY_MESSAGE = "this subset is empty"
+ROUND_KEY = "heavy/split-round"  # {"n": N, "done": [subset indices], "durations": {node id: seconds}}
 
 
 def unit_of(item: pytest.Item, by: str, example_dirs: Iterable[Path]) -> str:
@@ -82,18 +91,58 @@ class SplitPlugin:
             self._keep_subset(items, *self.split)
         return result
 
+    def _round_durations(self, index: int, n: int) -> dict[str, float]:
+        """The durations of this round of ``--heavy-split i/N`` runs made in turn in one checkout.
+
+        Each run records what it measured, so reading the store afresh would give the next subset a
+        different partition (tests run twice or never). A round starts with the store's durations and
+        lasts until an index of it comes back (or N changes).
+        """
+        cache = self.store.cache
+        if cache is None:
+            return self.store.read()
+        held = cache.get(ROUND_KEY, None)
+        done: list[int] = []
+        if isinstance(held, dict) and held.get("n") == n and isinstance(held.get("done"), list) \
+                and index not in held["done"]:
+            try:
+                durations, done = as_durations(held.get("durations"), ROUND_KEY), held["done"]
+            except DurationsError:
+                pass  # a damaged entry starts a new round, as pytest re-records its own keys
+        if not done:
+            durations = self.store.read()
+        cache.set(ROUND_KEY, {"n": n, "done": sorted([*done, index]), "durations": durations})
+        return durations
+
     def _keep_subset(self, items: list[pytest.Item], index: int, n: int) -> None:
         settings = self.run.settings
         snapshot_path = os.environ.get(SNAPSHOT_ENV)
+        plan_path = Path(os.environ[PLAN_ENV]) if os.environ.get(PLAN_ENV) else None
         try:
-            durations = snapshot(Path(snapshot_path), self.store) if snapshot_path else self.store.read()
-        except DurationsError as exc:
+            plan = read_plan(plan_path) if plan_path else None
+            if plan is not None and plan.n != n:
+                raise PlanError(f"{plan_path} is the plan of a split into {plan.n}, not {n}")
+            durations = (snapshot(Path(snapshot_path), self.store) if snapshot_path
+                         else self._round_durations(index, n))
+        except (DurationsError, PlanError) as exc:
             raise pytest.UsageError(f"--heavy-split: {exc}") from None
         example_dirs = [self.config.rootpath / d for d in settings.examples_dirs]
         units = {item.nodeid: unit_of(item, settings.split_by, example_dirs) for item in items}
         marked_skip = {item.nodeid for item in items if item.get_closest_marker("skip")}
         weights = unit_weights(units, durations, marked_skip)
-        mine = set(partition(weights, n)[index - 1])
+        if plan is None:
+            buckets = partition(weights, n)
+            if plan_path is not None:
+                recorded = any(nodeid in durations for nodeid in units)
+                publish(plan_path, build(items, units, weights, buckets, settings, self.store.read_peaks(),
+                                         recorded))
+            mine = set(buckets[index - 1])
+        else:
+            # Units the plan does not know (collected here, not where it was made) are split among
+            # the subsets by their weights alone, the same way in every task that collects them.
+            extra = {u: w for u, w in weights.items() if u not in plan.units}
+            mine = {u for u in weights if u in plan.units and plan.units[u].subset == index}
+            mine.update(partition(extra, n)[index - 1] if extra else ())
         keep = [item for item in items if units[item.nodeid] in mine]
         drop = [item for item in items if units[item.nodeid] not in mine]
         self.selected = len(items)
