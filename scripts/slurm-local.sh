@@ -70,6 +70,7 @@ SlurmdLogFile=$log_dir/slurmd.log
 OverTimeLimit=0
 KillWait=2
 MinJobAge=600
+DefMemPerCPU=1024
 GresTypes=gpu
 NodeName=$node CPUs=$(nproc) RealMemory=$mem Gres=gpu:2 State=UNKNOWN
 PartitionName=heavy Nodes=$node Default=YES MaxTime=INFINITE State=UP

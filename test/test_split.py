@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -12,6 +14,8 @@ import pytest
 from pytest_heavy import cli
 from pytest_heavy.cli.split import worst
 from pytest_heavy.split.durations import SNAPSHOT_ENV
+
+ROOT = Path(__file__).resolve().parent.parent
 
 INI = "[pytest]\nheavy_ram_gib = 4\nheavy_durations_path = ci/durations.json\n"
 
@@ -319,3 +323,39 @@ def test_split_command_combines_coverage(split_pytester):
     result.stdout.fnmatch_lines(["coverage: 2 subsets combined into *.coverage, 100% total"])
     assert (split_pytester.path / ".coverage").exists()
     assert not list(split_pytester.path.glob(".coverage.split-*"))
+
+
+def test_github_actions_template_steps_run_as_written(split_pytester):
+    """A local dry run of the matrix template in docs/splitting.md: each shard's step, then the merge
+    job's coverage and junit steps, as the YAML writes them."""
+    yaml = pytest.importorskip("yaml")
+    path = split_pytester.path
+    text = (ROOT / "docs/splitting.md").read_text()
+    block = text.split("# .github/workflows/tests.yml\n", 1)[1].split("```", 1)[0]
+    workflow = yaml.safe_load(block)
+    shards = workflow["jobs"]["shard"]["strategy"]["matrix"]["shard"]
+    step = next(s for s in workflow["jobs"]["shard"]["steps"] if s.get("name", "").startswith("tests"))
+    split_pytester.makepyfile(
+        mod="def f(x):\n    return 1 if x else 2\n",
+        test_one="from mod import f\ndef test_1(): assert f(1) == 1\ndef test_2(): pass\n",
+        test_two="from mod import f\ndef test_3(): assert f(0) == 2\ndef test_4(): pass\n")
+    (path / "shards").mkdir()
+    bindir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": os.pathsep.join([str(bindir), os.environ["PATH"]])}
+    for shard in shards:
+        command = (step["run"].replace("${{ matrix.shard }}", str(shard))
+                   .replace("${{ env.SHARDS }}", str(workflow["env"]["SHARDS"])))
+        step_env = {k: v.replace("${{ matrix.shard }}", str(shard)) for k, v in step["env"].items()}
+        done = subprocess.run(command, shell=True, cwd=path, env={**env, **step_env})
+        assert done.returncode == 0
+        for name in (f"junit-{shard}.xml", f".coverage.shard-{shard}"):
+            (path / name).rename(path / "shards" / name)
+    merge_steps = workflow["jobs"]["merge"]["steps"]
+    merge_runs = [s["run"] for s in merge_steps if "run" in s and "pip install" not in s["run"]]
+    for command in merge_runs:
+        done = subprocess.run(command, shell=True, cwd=path, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+    report = subprocess.run(["coverage", "report"], cwd=path, env=env, capture_output=True, text=True)
+    assert "100%" in report.stdout
+    assert sorted(junit_cases(path / "junit.xml")) == [
+        "test_one::test_1", "test_one::test_2", "test_two::test_3", "test_two::test_4"]
