@@ -110,6 +110,12 @@ def test_array_outcomes_equal_an_unsplit_run_and_durations_come_back(suite):
         "exit 1 (?/3 FAILED exit 1); junit */.heavy/split/junit.xml",
     ])
     assert "--time" not in out and "--mem" not in out  # nothing recorded yet: nothing to size by
+    plan = json.loads((suite.path / ".heavy/split/plan.json").read_text())
+    for i in (1, 2, 3):  # each task ran exactly its share of the plan made at submit time
+        task_junit = ET.parse(suite.path / f".heavy/split/junit-{i}-of-3.xml")
+        ran = {case.get("name") for case in task_junit.iter("testcase")}
+        planned = [nid for u in plan["units"].values() if u["subset"] == i for nid in u["nodeids"]]
+        assert ran == {nid.rsplit("::", 1)[1] for nid in planned}
 
     # What the tasks recorded came back into the store...
     cached = json.loads((suite.path / ".pytest_cache/v/heavy/durations").read_text())
@@ -125,8 +131,9 @@ def test_array_outcomes_equal_an_unsplit_run_and_durations_come_back(suite):
     # ...and the next submission is sized by it.
     again = split_slurm(suite, "3", "--slurm", "--", "--heavy-split-by", "module")
     assert again.ret == 1
-    again.stdout.re_match_lines([r".*task \d/3: 2 tests; --mem=\d+M --time=\d+$",  # the isolated module
-                                 r".*task \d/3: 1 tests; --gres=gpu:2 --time=\d+$"])
+    for request in (r"2 tests; --mem=\d+M --time=\d+",  # the isolated module: its recorded peak
+                    r"1 tests; --gres=gpu:2 --time=\d+", r"6 tests; --time=\d+"):
+        again.stdout.re_match_lines([rf"  task \d/3: {request}$"])
 
 
 def test_tasks_ended_by_slurm_are_named_and_their_tests_are_errors(suite):

@@ -113,14 +113,17 @@ def plan_tasks(plan: Plan, junit_dir: Path, user_opts: list[str]) -> list[Task]:
     return tasks
 
 
-def job_script(tasks: list[Task], pytest_args: list[str], coverage: str | None, mps: bool) -> str:
+def job_script(tasks: list[Task], pytest_args: list[str], env: dict[str, str], coverage: str | None,
+               mps: bool) -> str:
     """The array's batch script: task i runs ``python -m pytest --heavy-split i/N`` in the submit
-    directory (sbatch's default working directory) with this interpreter."""
+    directory (sbatch's default working directory) with this interpreter, on the plan and durations
+    snapshot taken at submit time (exported here, so a site's ``--export=NONE`` keeps them)."""
     py = shlex.quote(sys.executable)
     n = len(tasks)
     junit = shlex.quote(str(tasks[0].junit.parent))
     lines = ["#!/bin/bash", "# written by pytest-heavy split --slurm: array task i runs subset i/N",
-             "i=$SLURM_ARRAY_TASK_ID", "export PYTHONUNBUFFERED=1"]
+             "i=$SLURM_ARRAY_TASK_ID", "export PYTHONUNBUFFERED=1",
+             *(f"export {name}={shlex.quote(env[name])}" for name in (PLAN_ENV, SNAPSHOT_ENV))]
     if coverage:
         lines.append(f"export COVERAGE_FILE={shlex.quote(coverage)}.split-$i")
     gpu_tasks = " ".join(str(t.index) for t in tasks if t.gpus)
@@ -338,7 +341,7 @@ def run_slurm(n: int, junit_dir: Path, pytest_args: list[str], user_opts: list[s
     tasks = plan_tasks(plan, junit_dir, user_opts)
     base = coverage_base() if wants_coverage(pytest_args) else None
     script = junit_dir / "job.sh"
-    script.write_text(job_script(tasks, pytest_args, base, mps))
+    script.write_text(job_script(tasks, pytest_args, env, base, mps))
     try:
         job = submit(tasks, script, user_opts)
     except SlurmError as exc:

@@ -35,7 +35,7 @@ from .durations import (
     snapshot,
     unit_weights,
 )
-from .slurm import PLAN_ENV, PlanError, build, publish, read_plan
+from .slurm import PLAN_ENV, PlanError, build, gpus_of, publish, read_plan, separate
 
 EMPTY_MESSAGE = "this subset is empty"
 ROUND_KEY = "heavy/split-round"  # {"n": N, "done": [subset indices], "durations": {node id: seconds}}
@@ -130,13 +130,17 @@ class SplitPlugin:
         units = {item.nodeid: unit_of(item, settings.split_by, example_dirs) for item in items}
         marked_skip = {item.nodeid for item in items if item.get_closest_marker("skip")}
         weights = unit_weights(units, durations, marked_skip)
+        if plan is None and plan_path is not None:
+            # The plan's tasks run on other nodes: GPU tests gated here keep their recorded weight, and
+            # GPU and CPU units go to different tasks where that balances.
+            gpu_items = {item.nodeid for item in items if gpus_of(item, settings)}
+            weights = unit_weights(units, durations, marked_skip - gpu_items)
+            buckets = separate(weights, {units[nodeid] for nodeid in gpu_items}, n)
+            recorded = any(nodeid in durations for nodeid in units)
+            plan = publish(plan_path, build(items, units, weights, buckets, settings, self.store.read_peaks(),
+                                            recorded))
         if plan is None:
-            buckets = partition(weights, n)
-            if plan_path is not None:
-                recorded = any(nodeid in durations for nodeid in units)
-                publish(plan_path, build(items, units, weights, buckets, settings, self.store.read_peaks(),
-                                         recorded))
-            mine = set(buckets[index - 1])
+            mine = set(partition(weights, n)[index - 1])
         else:
             # Units the plan does not know (collected here, not where it was made) are split among
             # the subsets by their weights alone, the same way in every task that collects them.

@@ -20,9 +20,12 @@ import pytest
 from ..gating import gpu_count, gpu_marker
 from ..markers import closest
 from ..settings import Settings
-from .durations import ModulePeaks
+from .durations import ModulePeaks, partition
 
 PLAN_ENV = "PYTEST_HEAVY_SPLIT_PLAN"
+# GPU and CPU units go to different tasks when the longest task grows by no more than this: a CPU task
+# then holds no GPU while it runs.
+SEPARATE_SLACK = 1.1
 
 
 class PlanError(Exception):
@@ -88,6 +91,22 @@ def gpus_of(item: pytest.Item, settings: Settings) -> int:
         return gpu_count(marks["requires_gpu"]) if "requires_gpu" in marks else 1
     except ValueError:
         return 1  # gating reports the bad mark; the task still needs a GPU
+
+
+def separate(weights: dict[str, float], gpu_units: set[str], n: int) -> list[list[str]]:
+    """The partition of ``weights`` into ``n``, with GPU and CPU units in different subsets where that
+    costs little balance (``SEPARATE_SLACK``): the best of every split into k GPU and n-k CPU subsets."""
+    mixed = partition(weights, n)
+    if n < 2 or not gpu_units or gpu_units >= set(weights):
+        return mixed
+
+    def makespan(buckets: list[list[str]]) -> float:
+        return max(sum(weights[u] for u in bucket) for bucket in buckets)
+
+    gpu = {u: w for u, w in weights.items() if u in gpu_units}
+    cpu = {u: w for u, w in weights.items() if u not in gpu_units}
+    best = min((partition(gpu, k) + partition(cpu, n - k) for k in range(1, n)), key=makespan)
+    return best if makespan(best) <= makespan(mixed) * SEPARATE_SLACK else mixed
 
 
 def build(items: list[pytest.Item], units: dict[str, str], weights: dict[str, float],
