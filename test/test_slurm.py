@@ -237,3 +237,14 @@ def test_gpu_tasks_run_inside_their_own_mps_daemon(suite):
         assert job
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def test_tasks_coverage_is_combined(suite):
+    suite.makepyfile(mod="def f(x):\n    if x:\n        return 1\n    return 2\n",
+                     test_one="from mod import f\ndef test_1(): assert f(1) == 1\n",
+                     test_two="from mod import f\ndef test_2(): assert f(0) == 2\n")
+    result = split_slurm(suite, "2", "--slurm", "--", "--heavy-split-by", "module", "--cov=mod",
+                         "--cov-report=")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["coverage: 2 subsets combined into *.coverage, 100% total"])
+    assert not list(suite.path.glob(".coverage.split-*"))

@@ -46,6 +46,7 @@ USER_GPUS = ("--gres", "--gpus", "--gpus-per-node", "--gpus-per-task", "-G")
 TIME_FACTOR, TIME_STARTUP_S = 2.0, 120.0
 MEM_FACTOR, MEM_PARENT_MIB = 1.5, 1024
 POLL_S = 1.0
+UNSEEN_POLLS = 30
 LOG_TAIL = 15
 
 
@@ -246,6 +247,7 @@ class Waiter:
     tasks: list[Task]
     tty: bool = field(default_factory=lambda: sys.stdout.isatty())
     last: str = ""
+    unseen: int = 0  # polls in a row that found the job nowhere
 
     def poll(self) -> bool:
         """Read the states once, show progress when it changed; True when every task is done."""
@@ -261,7 +263,8 @@ class Waiter:
                 sys.stdout.write(f"{line}\n")
             sys.stdout.flush()
             self.last = line
-        if not states:  # the job is known nowhere: nothing will change any more
+        self.unseen = 0 if states else self.unseen + 1
+        if self.unseen >= UNSEEN_POLLS:  # known nowhere for a while (not one failed query): lost
             for task in self.tasks:
                 task.state = task.state if task.done else "UNKNOWN"
             return True
