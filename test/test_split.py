@@ -359,3 +359,24 @@ def test_github_actions_template_steps_run_as_written(split_pytester):
     assert "100%" in report.stdout
     assert sorted(junit_cases(path / "junit.xml")) == [
         "test_one::test_1", "test_one::test_2", "test_two::test_3", "test_two::test_4"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("2", "--slurm-opt=--qos=low"), "--slurm-opt and --slurm-mps go with --slurm"),
+    (("2", "--slurm", "-j", "2"), "-j does not apply"),
+])
+def test_slurm_usage_errors(split_pytester, args, message):
+    result = split_cli(split_pytester, *args)
+    assert result.ret == 2
+    result.stderr.fnmatch_lines([f"*{message}*"])
+
+
+def test_slurm_without_sbatch_says_so_and_submits_nothing(split_pytester, monkeypatch):
+    split_pytester.makepyfile(test_one="def test_a(): pass\n")
+    monkeypatch.setenv("PATH", str(split_pytester.path / "nothing-here"))
+    result = split_cli(split_pytester, "2", "--slurm")
+    assert result.ret == 3
+    result.stderr.fnmatch_lines(["pytest-heavy split 2 --slurm: sbatch not found: is this a Slurm login node?"
+                                 ])
+    plan = json.loads((split_pytester.path / ".heavy/split/plan.json").read_text())
+    assert plan["n"] == 2 and [u["nodeids"] for u in plan["units"].values()] == [["test_one.py::test_a"]]
