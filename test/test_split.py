@@ -376,7 +376,7 @@ def test_slurm_without_sbatch_says_so_and_submits_nothing(split_pytester, monkey
     monkeypatch.setenv("PATH", str(split_pytester.path / "nothing-here"))
     result = split_cli(split_pytester, "2", "--slurm")
     assert result.ret == 3
-    result.stderr.fnmatch_lines(["pytest-heavy split 2 --slurm: sbatch not found: is this a Slurm login node?"
-                                 ])
+    missing = "sbatch not found: is this a Slurm login node?"
+    result.stderr.fnmatch_lines([f"pytest-heavy split 2 --slurm: {missing}"])
     plan = json.loads((split_pytester.path / ".heavy/split/plan.json").read_text())
     assert plan["n"] == 2 and [u["nodeids"] for u in plan["units"].values()] == [["test_one.py::test_a"]]
