@@ -7,6 +7,7 @@ end a task over its one-minute ``--time`` (Slurm's smallest; its controller chec
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -136,34 +138,50 @@ def test_array_outcomes_equal_an_unsplit_run_and_durations_come_back(suite):
         again.stdout.re_match_lines([rf"  task \d/3: {request}$"])
 
 
-def test_tasks_ended_by_slurm_are_named_and_their_tests_are_errors(suite):
-    """One task over its --time (TIMEOUT), one cancelled (CANCELLED), one that passes."""
-    started = suite.path / "started"
-    suite.makepyfile(
-        test_a_slow="import time\ndef test_forever(): time.sleep(600)\n",
-        test_b_cancel=f"import time, pathlib\ndef test_wait():\n    pathlib.Path({str(started)!r}).touch()\n"
-                      "    time.sleep(600)\n",
-        test_c_ok="def test_ok(): pass\n")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest_heavy.cli", "split", "3", "--slurm", "--slurm-opt=--time=1", "--",
-         "--heavy-split-by", "module"], cwd=suite.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True)
+def waiting_test(name: str, started: Path) -> str:
+    """A test that says it started (touches ``started``) and then runs far longer than any test here."""
+    return (f"import time, pathlib\ndef {name}():\n    pathlib.Path({str(started)!r}).touch()\n"
+            "    time.sleep(600)\n")
+
+
+def wait_for(path: Path) -> None:
+    for _ in range(120):
+        if path.exists():
+            return
+        time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def submitted(suite: pytest.Pytester, *args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``pytest-heavy split ARGS`` running in the background, and its job id (its first line); killed,
+    and its job cancelled, if the test leaves it running."""
+    proc = subprocess.Popen([sys.executable, "-m", "pytest_heavy.cli", "split", *args], cwd=suite.path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job = ""
     try:
         assert proc.stdout is not None
         job = job_id(proc.stdout.readline())
-        plan = json.loads((suite.path / ".heavy/split/plan.json").read_text())
-        cancel = plan["units"]["test_b_cancel.py"]["subset"]
-        slow = plan["units"]["test_a_slow.py"]["subset"]
-        for _ in range(120):
-            if started.exists():
-                break
-            time.sleep(0.5)
-        subprocess.run(["scancel", f"{job}_{cancel}"], check=True, timeout=30)
-        out, _ = proc.communicate(timeout=240)
+        yield proc, job
     finally:
         if proc.poll() is None:
             proc.kill()
-            subprocess.run(["scancel", job], check=False, timeout=30)
+            if job:
+                subprocess.run(["scancel", job], check=False, timeout=30)
+
+
+def test_tasks_ended_by_slurm_are_named_and_their_tests_are_errors(suite):
+    """One task over its --time (TIMEOUT), one cancelled (CANCELLED), one that passes."""
+    started = suite.path / "started"
+    suite.makepyfile(test_a_slow="import time\ndef test_forever(): time.sleep(600)\n",
+                     test_b_cancel=waiting_test("test_wait", started), test_c_ok="def test_ok(): pass\n")
+    with submitted(suite, "3", "--slurm", "--slurm-opt=--time=1", "--", "--heavy-split-by", "module") \
+            as (proc, job):
+        plan = json.loads((suite.path / ".heavy/split/plan.json").read_text())
+        cancel = plan["units"]["test_b_cancel.py"]["subset"]
+        slow = plan["units"]["test_a_slow.py"]["subset"]
+        wait_for(started)
+        subprocess.run(["scancel", f"{job}_{cancel}"], check=True, timeout=30)
+        out, _ = proc.communicate(timeout=240)
     assert proc.returncode == 2, out
     assert f"task {cancel}/3 ({job}_{cancel}) CANCELLED: its 1 tests are reported as errors" in out, out
     assert f"task {slow}/3 ({job}_{slow}) TIMEOUT: its 1 tests are reported as errors" in out, out
@@ -179,23 +197,11 @@ def test_tasks_ended_by_slurm_are_named_and_their_tests_are_errors(suite):
 
 def test_ctrl_c_while_waiting_cancels_the_job(suite):
     started = suite.path / "started"
-    suite.makepyfile(test_wait=f"import time, pathlib\ndef test_wait():\n"
-                               f"    pathlib.Path({str(started)!r}).touch()\n    time.sleep(600)\n")
-    proc = subprocess.Popen([sys.executable, "-m", "pytest_heavy.cli", "split", "2", "--slurm"],
-                            cwd=suite.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        assert proc.stdout is not None
-        job = job_id(proc.stdout.readline())
-        for _ in range(120):
-            if started.exists():
-                break
-            time.sleep(0.5)
+    suite.makepyfile(test_wait=waiting_test("test_wait", started))
+    with submitted(suite, "2", "--slurm") as (proc, job):
+        wait_for(started)
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            subprocess.run(["scancel", job], check=False, timeout=30)
     assert proc.returncode == 2, out
     assert f"interrupted: scancel {job}" in out
     assert re.search(rf"task \d/2 \({job}_\d\) CANCELLED: its 1 tests are reported as errors", out), out
