@@ -254,3 +254,15 @@ def test_tasks_coverage_is_combined(suite):
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines(["coverage: 2 subsets combined into *.coverage, 100% total"])
     assert not list(suite.path.glob(".coverage.split-*"))
+
+
+def test_a_task_no_node_can_run_is_cancelled_not_waited_for(suite):
+    """The local node has two GPUs: a task asking for three would pend forever (BadConstraints)."""
+    suite.makepyfile(test_g="import pytest\n@pytest.mark.requires_gpu(count=3)\ndef test_g(): pass\n")
+    result = split_slurm(suite, "1", "--slurm")
+    assert result.ret == 2
+    job = job_id(result.outlines[0])
+    result.stdout.fnmatch_lines([
+        f"task 1/1 can never start (Reason=BadConstraints: --gres=gpu:3 exceeds every node); scancel {job}",
+        f"task 1/1 ({job}_1) CANCELLED: its 1 tests are reported as errors; *",
+        f"pytest-heavy split 1 --slurm (job {job}): 0 passed, 0 failed, 0 skipped, 1 errors in *; exit 2 *"])

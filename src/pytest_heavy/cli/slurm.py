@@ -47,6 +47,7 @@ TIME_FACTOR, TIME_STARTUP_S = 2.0, 120.0
 MEM_FACTOR, MEM_PARENT_MIB = 1.5, 1024
 POLL_S = 1.0
 UNSEEN_POLLS = 30
+NEVER_STARTS = ("BadConstraints",)  # pending reasons that no wait resolves
 LOG_TAIL = 15
 
 
@@ -66,6 +67,7 @@ class Task:
     time_min: int | None = None
     state: str = "PENDING"
     returncode: int | None = None
+    reason: str = ""  # Slurm's reason a pending task waits
 
     @property
     def label(self) -> str:
@@ -176,8 +178,12 @@ def submit(tasks: list[Task], script: Path, user_opts: list[str]) -> str:
             fields += [f"TresPerNode=gres:gpu:{task.gpus}"] if task.gpus else []
             if fields:
                 _slurm(["scontrol", "update", f"JobId={job}_{task.index}", *fields], f"task {task.label}")
-    finally:
-        _slurm(["scontrol", "release", job], "release")  # never leave a held job behind
+        _slurm(["scontrol", "release", job], "release")
+    except SlurmError as exc:
+        # A GPU task released without its GPUs would pass by skipping its tests: run nothing instead,
+        # and leave no held job behind.
+        subprocess.run(["scancel", job], check=False, timeout=60)
+        raise SlurmError(f"{exc}; job {job} cancelled") from None
     return job
 
 
@@ -199,9 +205,12 @@ def _exit_status(code: str) -> int | None:
     return 128 + int(sig) if sig.isdigit() and int(sig) else int(rc)
 
 
-def read_states(job: str) -> dict[int, tuple[str, int | None]]:
-    """{task index: (state, exit status)} from ``scontrol show job``, else from ``sacct``."""
-    states: dict[int, tuple[str, int | None]] = {}
+State = tuple[str, int | None, str]  # JobState, exit status, Reason
+
+
+def read_states(job: str) -> dict[int, State]:
+    """{task index: (state, exit status, reason)} from ``scontrol show job``, else from ``sacct``."""
+    states: dict[int, State] = {}
     try:
         text = _slurm(["scontrol", "show", "job", "-o", job], "state")
     except SlurmError:
@@ -209,7 +218,8 @@ def read_states(job: str) -> dict[int, tuple[str, int | None]]:
     for line in text.splitlines():
         rec = dict(re.findall(r"(\w+)=(\S*)", line))
         for index in _expand(rec.get("ArrayTaskId", "")):
-            states[index] = (rec.get("JobState", "UNKNOWN"), _exit_status(rec.get("ExitCode", "")))
+            states[index] = (rec.get("JobState", "UNKNOWN"), _exit_status(rec.get("ExitCode", "")),
+                             rec.get("Reason", ""))
     if states:
         return states
     try:  # the controller forgot the job (MinJobAge): accounting may still know it
@@ -219,7 +229,7 @@ def read_states(job: str) -> dict[int, tuple[str, int | None]]:
     for row in text.splitlines():
         jobid, state, code = (row.split("|") + ["", "", ""])[:3]
         for i in _expand(jobid.partition("_")[2].strip("[]")):
-            states[i] = (state.split(" ")[0], _exit_status(code))
+            states[i] = (state.split(" ")[0], _exit_status(code), "")
     return states
 
 
@@ -248,13 +258,14 @@ class Waiter:
     tty: bool = field(default_factory=lambda: sys.stdout.isatty())
     last: str = ""
     unseen: int = 0  # polls in a row that found the job nowhere
+    cancelled: bool = False
 
     def poll(self) -> bool:
         """Read the states once, show progress when it changed; True when every task is done."""
         states = read_states(self.job)
         for task in self.tasks:
             if task.index in states and not task.done:
-                task.state, task.returncode = states[task.index]
+                task.state, task.returncode, task.reason = states[task.index]
         line = progress(self.job, self.tasks)
         if line != self.last:
             if self.tty:
@@ -263,6 +274,16 @@ class Waiter:
                 sys.stdout.write(f"{line}\n")
             sys.stdout.flush()
             self.last = line
+        never = [t for t in self.tasks if t.state == "PENDING" and t.reason in NEVER_STARTS]
+        if never and not self.cancelled:
+            # Its request exceeds every node (more GPUs than any has, say): waiting would be forever.
+            if self.tty:
+                sys.stdout.write("\n")
+            for task in never:
+                print(f"task {task.label} can never start (Reason={task.reason}: "
+                      f"{' '.join(task.request())} exceeds every node); scancel {self.job}")
+            subprocess.run(["scancel", self.job], check=False, timeout=60)
+            self.cancelled = True
         self.unseen = 0 if states else self.unseen + 1
         if self.unseen >= UNSEEN_POLLS:  # known nowhere for a while (not one failed query): lost
             for task in self.tasks:
