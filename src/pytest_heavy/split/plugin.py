@@ -3,15 +3,15 @@
 Durations are recorded into the pytest cache on every run, not only split ones, so that the first
 ``--heavy-split`` on this machine is already balanced; the committed file (ini ``heavy_durations_path``)
 is only read, and written only with ``--heavy-store-durations`` (pytest-split's convention), so that an
-ordinary run never dirties a checkout.
+ordinary run never dirties a checkout. They come from ``pytest_runtest_logreport``: isolated children's
+reports are re-emitted in the parent through that same hook, so one source covers in-process items,
+isolated modules and examples.
 
 The subsets of one split must all partition with the same durations, or a test lands in no subset or in
 two. ``pytest-heavy split`` shares a snapshot file (``SNAPSHOT_ENV``) and ``--slurm`` a whole plan
 (``split/slurm.py``); plain ``--heavy-split i/N`` runs made in turn by hand in one checkout share a round
 snapshot in the cache (``ROUND_KEY``): the first subset of a round takes the store's durations, and the
-round ends when a subset index comes back. They come from ``pytest_runtest_logreport``: isolated children's
-reports are re-emitted in the parent through that same hook, so one source covers in-process items,
-isolated modules and examples.
+round ends when a subset index comes back.
 """
 
 from __future__ import annotations
@@ -102,15 +102,15 @@ class SplitPlugin:
         if cache is None:
             return self.store.read()
         held = cache.get(ROUND_KEY, None)
-        done: list[int] = []
+        durations, done = None, []
         if isinstance(held, dict) and held.get("n") == n and isinstance(held.get("done"), list) \
                 and index not in held["done"]:
             try:
                 durations, done = as_durations(held.get("durations"), ROUND_KEY), held["done"]
             except DurationsError:
                 pass  # a damaged entry starts a new round, as pytest re-records its own keys
-        if not done:
-            durations = self.store.read()
+        if durations is None:
+            durations, done = self.store.read(), []
         cache.set(ROUND_KEY, {"n": n, "done": sorted([*done, index]), "durations": durations})
         return durations
 
@@ -129,12 +129,12 @@ class SplitPlugin:
         example_dirs = [self.config.rootpath / d for d in settings.examples_dirs]
         units = {item.nodeid: unit_of(item, settings.split_by, example_dirs) for item in items}
         marked_skip = {item.nodeid for item in items if item.get_closest_marker("skip")}
-        weights = unit_weights(units, durations, marked_skip)
+        publishing = plan is None and plan_path is not None
+        # A plan's tasks run on other nodes: GPU tests gated here keep their recorded weight there.
+        gpu_items = {item.nodeid for item in items if gpus_of(item, settings)} if publishing else set()
+        weights = unit_weights(units, durations, marked_skip - gpu_items)
         if plan is None and plan_path is not None:
-            # The plan's tasks run on other nodes: GPU tests gated here keep their recorded weight, and
-            # GPU and CPU units go to different tasks where that balances.
-            gpu_items = {item.nodeid for item in items if gpus_of(item, settings)}
-            weights = unit_weights(units, durations, marked_skip - gpu_items)
+            # GPU and CPU units go to different tasks where that balances (CPU tasks then hold no GPU).
             buckets = separate(weights, {units[nodeid] for nodeid in gpu_items}, n)
             recorded = any(nodeid in durations for nodeid in units)
             plan = publish(plan_path, build(items, units, weights, buckets, settings, self.store.read_peaks(),
