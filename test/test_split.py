@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -12,6 +14,8 @@ import pytest
 from pytest_heavy import cli
 from pytest_heavy.cli.split import worst
 from pytest_heavy.split.durations import SNAPSHOT_ENV
+
+ROOT = Path(__file__).resolve().parent.parent
 
 INI = "[pytest]\nheavy_ram_gib = 4\nheavy_durations_path = ci/durations.json\n"
 
@@ -101,7 +105,7 @@ def test_cache_overrides_committed_file_and_unknown_items_count_as_the_mean(spli
     assert second == ["test_abc.py::test_b", "test_abc.py::test_c", "test_abc.py::test_gpu"]
 
     cache = split_pytester.path / ".pytest_cache/v/heavy/durations"
-    cache.parent.mkdir(parents=True)
+    cache.parent.mkdir(parents=True, exist_ok=True)  # the split round is kept there already
     cache.write_text(json.dumps({"test_abc.py::test_a": 1.0, "test_abc.py::test_b": 10.0}))
     first, second = subsets(split_pytester, 2)
     assert first == ["test_abc.py::test_b"]
@@ -238,6 +242,22 @@ def test_snapshot_keeps_one_run_on_one_partition(split_pytester, monkeypatch):
     assert collected(split_pytester, "--heavy-split=1/2") == ["test_ab.py::test_a"]
 
 
+def test_subsets_run_in_turn_by_hand_cover_the_selection_once(split_pytester):
+    """Each run records durations into the cache; the next subset must still partition as the first did."""
+    split_pytester.makepyfile(**{f"test_m{m}": "import time\n" + "\n".join(
+        f"def test_{t}(): time.sleep({(m * 6 + t) % 5} / 200)" for t in range(6)) for m in range(3)})
+    selection = collected(split_pytester)
+    assert len(selection) == 18
+    ran: list[str] = []
+    for round_ in range(2):  # the second round partitions with what the first recorded
+        for i in range(1, 5):
+            result = split_pytester.runpytest(f"--heavy-split={i}/4", "-v", "-p", "no:randomly")
+            assert result.ret == 0, result.stdout.str()
+            ran += [line.split(" ", 1)[0] for line in result.outlines if " PASSED" in line]
+        assert sorted(ran) == sorted(selection), f"round {round_ + 1}"
+        ran.clear()
+
+
 def test_worst_status_ranks_no_tests_just_above_success():
     assert worst([0, 5, 0]) == 5
     assert worst([5, 1, 0]) == 1
@@ -303,3 +323,60 @@ def test_split_command_combines_coverage(split_pytester):
     result.stdout.fnmatch_lines(["coverage: 2 subsets combined into *.coverage, 100% total"])
     assert (split_pytester.path / ".coverage").exists()
     assert not list(split_pytester.path.glob(".coverage.split-*"))
+
+
+def test_github_actions_template_steps_run_as_written(split_pytester):
+    """A local dry run of the matrix template in docs/splitting.md: each shard's step, then the merge
+    job's coverage and junit steps, as the YAML writes them."""
+    yaml = pytest.importorskip("yaml")
+    path = split_pytester.path
+    text = (ROOT / "docs/splitting.md").read_text()
+    block = text.split("# .github/workflows/tests.yml\n", 1)[1].split("```", 1)[0]
+    workflow = yaml.safe_load(block)
+    shards = workflow["jobs"]["shard"]["strategy"]["matrix"]["shard"]
+    step = next(s for s in workflow["jobs"]["shard"]["steps"] if s.get("name", "").startswith("tests"))
+    split_pytester.makepyfile(
+        mod="def f(x):\n    return 1 if x else 2\n",
+        test_one="from mod import f\ndef test_1(): assert f(1) == 1\ndef test_2(): pass\n",
+        test_two="from mod import f\ndef test_3(): assert f(0) == 2\ndef test_4(): pass\n")
+    (path / "shards").mkdir()
+    bindir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": os.pathsep.join([str(bindir), os.environ["PATH"]])}
+    for shard in shards:
+        command = (step["run"].replace("${{ matrix.shard }}", str(shard))
+                   .replace("${{ env.SHARDS }}", str(workflow["env"]["SHARDS"])))
+        step_env = {k: v.replace("${{ matrix.shard }}", str(shard)) for k, v in step["env"].items()}
+        done = subprocess.run(command, shell=True, cwd=path, env={**env, **step_env})
+        assert done.returncode == 0
+        for name in (f"junit-{shard}.xml", f".coverage.shard-{shard}"):
+            (path / name).rename(path / "shards" / name)
+    merge_steps = workflow["jobs"]["merge"]["steps"]
+    merge_runs = [s["run"] for s in merge_steps if "run" in s and "pip install" not in s["run"]]
+    for command in merge_runs:
+        done = subprocess.run(command, shell=True, cwd=path, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+    report = subprocess.run(["coverage", "report"], cwd=path, env=env, capture_output=True, text=True)
+    assert "100%" in report.stdout
+    assert sorted(junit_cases(path / "junit.xml")) == [
+        "test_one::test_1", "test_one::test_2", "test_two::test_3", "test_two::test_4"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("2", "--slurm-opt=--qos=low"), "--slurm-opt and --slurm-mps go with --slurm"),
+    (("2", "--slurm", "-j", "2"), "-j does not apply"),
+])
+def test_slurm_usage_errors(split_pytester, args, message):
+    result = split_cli(split_pytester, *args)
+    assert result.ret == 2
+    result.stderr.fnmatch_lines([f"*{message}*"])
+
+
+def test_slurm_without_sbatch_says_so_and_submits_nothing(split_pytester, monkeypatch):
+    split_pytester.makepyfile(test_one="def test_a(): pass\n")
+    monkeypatch.setenv("PATH", str(split_pytester.path / "nothing-here"))
+    result = split_cli(split_pytester, "2", "--slurm")
+    assert result.ret == 3
+    missing = "sbatch not found: is this a Slurm login node?"
+    result.stderr.fnmatch_lines([f"pytest-heavy split 2 --slurm: {missing}"])
+    plan = json.loads((split_pytester.path / ".heavy/split/plan.json").read_text())
+    assert plan["n"] == 2 and [u["nodeids"] for u in plan["units"].values()] == [["test_one.py::test_a"]]

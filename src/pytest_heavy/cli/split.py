@@ -6,7 +6,7 @@ parent blocks every later child. Fresh processes also return the memory that no 
 
 The results are read back from each subset's junit file, not from its output, so the combined summary
 does not depend on pytest's terminal format; the same merge serves CI matrices and Slurm arrays
-(``--merge-junit``).
+(``--merge-junit``). ``--slurm`` submits the subsets as one array job instead (``cli/slurm.py``).
 """
 
 from __future__ import annotations
@@ -203,6 +203,16 @@ def split_command(args: argparse.Namespace) -> int:
     if args.n is None:
         print("pytest-heavy split: N (the number of subsets) is required", file=sys.stderr)
         return 2
+    if not args.slurm and (args.slurm_opt or args.slurm_mps):
+        print("pytest-heavy split: --slurm-opt and --slurm-mps go with --slurm", file=sys.stderr)
+        return 2
+    if args.slurm:
+        if args.jobs != 1:
+            print("pytest-heavy split --slurm: -j does not apply (Slurm runs the tasks)", file=sys.stderr)
+            return 2
+        from .slurm import run_slurm
+
+        return run_slurm(args.n, Path(args.junit_dir), args.pytest_args, args.slurm_opt, args.slurm_mps)
     return run_split(args.n, args.jobs, Path(args.junit_dir), args.pytest_args)
 
 
@@ -229,4 +239,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--merge-junit", nargs="+", metavar="FILE",
                    help="OUT IN...: only merge junit files (CI matrix jobs, Slurm array tasks); "
                         "exit 1 when any test failed or errored")
+    p.add_argument("--slurm", action="store_true",
+                   help="submit the subsets as one Slurm array job (sbatch --array=1-N), wait, merge; "
+                        "per-task --gres/--mem/--time from the recorded needs")
+    p.add_argument("--slurm-opt", action="append", default=[], metavar="ARG",
+                   help="an sbatch option for every task, e.g. --slurm-opt=--partition=gpu (repeatable; "
+                        "one given here replaces what would be computed)")
+    p.add_argument("--slurm-mps", action="store_true",
+                   help="tasks holding GPU work start their own MPS daemon (EXCLUSIVE_PROCESS GPUs)")
     p.set_defaults(func=split_command, pytest_args=[])

@@ -6,6 +6,12 @@ is only read, and written only with ``--heavy-store-durations`` (pytest-split's 
 ordinary run never dirties a checkout. They come from ``pytest_runtest_logreport``: isolated children's
 reports are re-emitted in the parent through that same hook, so one source covers in-process items,
 isolated modules and examples.
+
+The subsets of one split must all partition with the same durations, or a test lands in no subset or in
+two. ``pytest-heavy split`` shares a snapshot file (``SNAPSHOT_ENV``) and ``--slurm`` a whole plan
+(``split/slurm.py``); plain ``--heavy-split i/N`` runs made in turn by hand in one checkout share a round
+snapshot in the cache (``ROUND_KEY``): the first subset of a round takes the store's durations, and the
+round ends when a subset index comes back.
 """
 
 from __future__ import annotations
@@ -16,12 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from ..records import DurationsError, ModulePeaks, Store, rounded
+from ..records import DurationsError, ModulePeaks, Store, as_durations, rounded
 from ..report import HeavyRecord
 from ..state import Run
 from .durations import SNAPSHOT_ENV, partition, snapshot, unit_weights
+from .slurm import PLAN_ENV, PlanError, build, gpus_of, publish, read_plan, separate
 
 EMPTY_MESSAGE = "this subset is empty"
+ROUND_KEY = "heavy/split-round"  # {"n": N, "done": [subset indices], "durations": {node id: seconds}}
 
 
 def unit_of(item: pytest.Item, by: str, example_dirs: Iterable[Path]) -> str:
@@ -74,18 +82,62 @@ class SplitPlugin:
             self._keep_subset(items, *self.split)
         return result
 
+    def _round_durations(self, index: int, n: int) -> dict[str, float]:
+        """The durations of this round of ``--heavy-split i/N`` runs made in turn in one checkout.
+
+        Each run records what it measured, so reading the store afresh would give the next subset a
+        different partition (tests run twice or never). A round starts with the store's durations and
+        lasts until an index of it comes back (or N changes).
+        """
+        cache = self.store.cache
+        if cache is None:
+            return self.store.read()
+        held = cache.get(ROUND_KEY, None)
+        durations, done = None, []
+        if isinstance(held, dict) and held.get("n") == n and isinstance(held.get("done"), list) \
+                and index not in held["done"]:
+            try:
+                durations, done = as_durations(held.get("durations"), ROUND_KEY), held["done"]
+            except DurationsError:
+                pass  # a damaged entry starts a new round, as pytest re-records its own keys
+        if durations is None:
+            durations, done = self.store.read(), []
+        cache.set(ROUND_KEY, {"n": n, "done": sorted([*done, index]), "durations": durations})
+        return durations
+
     def _keep_subset(self, items: list[pytest.Item], index: int, n: int) -> None:
         settings = self.run.settings
         snapshot_path = os.environ.get(SNAPSHOT_ENV)
+        plan_path = Path(os.environ[PLAN_ENV]) if os.environ.get(PLAN_ENV) else None
         try:
-            durations = snapshot(Path(snapshot_path), self.store) if snapshot_path else self.store.read()
-        except DurationsError as exc:
+            plan = read_plan(plan_path) if plan_path else None
+            if plan is not None and plan.n != n:
+                raise PlanError(f"{plan_path} is the plan of a split into {plan.n}, not {n}")
+            durations = (snapshot(Path(snapshot_path), self.store) if snapshot_path
+                         else self._round_durations(index, n))
+        except (DurationsError, PlanError) as exc:
             raise pytest.UsageError(f"--heavy-split: {exc}") from None
         example_dirs = [self.config.rootpath / d for d in settings.examples_dirs]
         units = {item.nodeid: unit_of(item, settings.split_by, example_dirs) for item in items}
         marked_skip = {item.nodeid for item in items if item.get_closest_marker("skip")}
-        weights = unit_weights(units, durations, marked_skip)
-        mine = set(partition(weights, n)[index - 1])
+        publishing = plan is None and plan_path is not None
+        # A plan's tasks run on other nodes: GPU tests gated here keep their recorded weight there.
+        gpu_items = {item.nodeid for item in items if gpus_of(item, settings)} if publishing else set()
+        weights = unit_weights(units, durations, marked_skip - gpu_items)
+        if plan is None and plan_path is not None:
+            # GPU and CPU units go to different tasks where that balances (CPU tasks then hold no GPU).
+            buckets = separate(weights, {units[nodeid] for nodeid in gpu_items}, n)
+            recorded = any(nodeid in durations for nodeid in units)
+            plan = publish(plan_path, build(items, units, weights, buckets, settings, self.store.read_peaks(),
+                                            recorded))
+        if plan is None:
+            mine = set(partition(weights, n)[index - 1])
+        else:
+            # Units the plan does not know (collected here, not where it was made) are split among
+            # the subsets by their weights alone, the same way in every task that collects them.
+            extra = {u: w for u, w in weights.items() if u not in plan.units}
+            mine = {u for u in weights if u in plan.units and plan.units[u].subset == index}
+            mine.update(partition(extra, n)[index - 1] if extra else ())
         keep = [item for item in items if units[item.nodeid] in mine]
         drop = [item for item in items if units[item.nodeid] not in mine]
         self.selected = len(items)
