@@ -158,7 +158,7 @@ def run_order(pytester: pytest.Pytester, *args: str) -> list[str]:
 
 def test_failed_first_order_with_isolation_is_the_documented_one(heavy_pytester: pytest.Pytester) -> None:
     """--ff: in-process, every failed test first; isolated, each heavy module whole where its first
-    test falls (README, "When"). The parent module's tests keep pytest's order."""
+    test falls (docs/isolation.md, "When"). The parent module's tests keep pytest's order."""
     heavy_pytester.makepyfile(test_a=module("a_fails"), test_b=module("b_fails"), test_c="""
 def test_c_fails():
     assert 0

@@ -1,6 +1,6 @@
 """Coverage with pytest-cov: lines that only isolated children and examples execute are in the report.
 
-The generated project carries the configuration the README asks users for (coverage's ``patch`` for
+The generated project carries the configuration docs/coverage.md asks users for (coverage's ``patch`` for
 subprocess, ``_exit`` and ``fork``); without it those lines are missing, which the last test shows, so
 the others cannot pass by accident.
 """

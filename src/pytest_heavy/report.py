@@ -151,8 +151,8 @@ def schedule_line(records: list[HeavyRecord], makespan_s: float, gpus: int) -> s
 
 def write_json(path: str, records: list[HeavyRecord], hardware: dict[str, object],
                extra: dict[str, object] | None = None) -> None:
-    """--heavy-report: the same rows as JSON (schema in README: 'The --heavy-report JSON'), plus the
-    top-level keys other concerns add (``extra``: memory attribution's ``tests`` and ``leaks``)."""
+    """--heavy-report: the same rows as JSON (schema in docs/isolation.md: 'The --heavy-report JSON'),
+    plus the top-level keys other concerns add (``extra``: memory attribution's ``tests`` and ``leaks``)."""
     rows = [{k: v for k, v in asdict(r).items() if k != "samples"} for r in records]
     doc = {**(extra or {}), "schema": 1, "hardware": hardware, "modules": rows}
     with open(path, "w", encoding="utf-8") as fh:

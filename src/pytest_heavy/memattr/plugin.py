@@ -191,7 +191,7 @@ def _r(value: float | None) -> float | None:
 
 
 def figures(current: Current, end: Reading, monitor: TestMonitor) -> dict[str, Any]:
-    """The JSON-ready figures of one test (schema in README: 'Memory attribution')."""
+    """The JSON-ready figures of one test (schema in docs/memory.md: 'Per-test figures')."""
     peak = monitor.window_peak()
     points = {"setup_start": current.setup_start, "call_end": current.call_end, "teardown_end": end}
     rss = {name: _r(r.rss_mib) if r is not None else None for name, r in points.items()}

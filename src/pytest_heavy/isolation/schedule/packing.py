@@ -1,6 +1,6 @@
 """``--heavy-workers auto``: pack heavy modules onto the GPUs and the RAM by their recorded peaks.
 
-The rules (README, "Parallel heavy tier"):
+The rules (docs/parallel.md, "How `auto` packs"):
 
 - a GPU module's child is pinned to as many GPUs as it needs (``requires_gpu(count=N)``, else 1), of
   those at least as large as its marks ask (``requires_vram(gib)``) where enough are;
