@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pytest_heavy import cli
-from pytest_heavy.cli.split import worst
+from pytest_heavy.cli.merge import worst
 from pytest_heavy.split.durations import SNAPSHOT_ENV
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ..split.durations import SNAPSHOT_ENV, share_snapshot
 from ..split.slurm import PLAN_ENV, Plan, PlanError, read_plan
-from .split import MERGED_NAME, combine_coverage, coverage_base, merge_junit, wants_coverage, worst
+from .merge import MERGED_NAME, combine_coverage, coverage_base, merge_junit, wants_coverage, worst
 
 # States in which the task's pytest ran to its end (its exit code is pytest's); every other final state
 # means the task was ended from outside.
