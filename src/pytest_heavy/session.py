@@ -7,6 +7,7 @@ for importing what they use); only ``plugin.py``'s option declarations and one h
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -88,6 +89,16 @@ class HeavySession:
         launchers = launch.Launchers(session, method, run.forkserver, note=self.note)
         Controller(session, run, launchers, peaks).run_units(units)
         return True
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_report_from_serializable(self, data: dict[str, Any]) -> pytest.TestReport | None:
+        """A child's subtest report, rebuilt as in-process (see ``isolation.subtests``). Not in an
+        xdist controller: its workers' reports are xdist's to rebuild."""
+        if self.config.pluginmanager.has_plugin("dsession"):
+            return None
+        from .isolation import subtests
+
+        return subtests.rebuild(data)
 
     def note(self, text: str) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")

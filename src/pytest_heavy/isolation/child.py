@@ -72,7 +72,10 @@ class Forwarder:
             os.ftruncate(_terminal_file.fileno(), 0)
         self.sender.send(Event.LOGSTART, nodeid=nodeid, location=location)
 
+    @pytest.hookimpl(trylast=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Sent last, as the other plugins left it: pytest's ``pytest_report_teststatus`` (called by
+        the terminal reporter) fails a passed test that holds failed subtests."""
         self.failed += report.failed
         data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
         self.sender.send(Event.REPORT, data=data)
@@ -146,8 +149,9 @@ def silence_terminal(config: pytest.Config, fd: int | None = None) -> None:
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is None:
         return
+    close_null_sink()
     if fd is None:
-        file = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115
+        file = _null_sink[0] = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115
     else:
         # appending: writes follow the truncation at each test start
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
@@ -156,6 +160,15 @@ def silence_terminal(config: pytest.Config, fd: int | None = None) -> None:
     sink = create_terminal_writer(config, file)
     sink.hasmarkup, sink.code_highlight, sink.fullwidth = old.hasmarkup, old.code_highlight, old.fullwidth
     reporter._tw = sink
+
+
+def close_null_sink() -> None:
+    """Close the null sink an earlier ``silence_terminal`` opened (a spawned or forkserver child is
+    silenced at configure time, then again onto its terminal file): left to the garbage collector,
+    it is a ResourceWarning, which ``-W error`` turns into the next test's error."""
+    if _null_sink[0] is not None:
+        _null_sink[0].close()
+        _null_sink[0] = None
 
 
 def start_session(config: pytest.Config) -> pytest.Session:
@@ -268,6 +281,7 @@ def own_output(config: pytest.Config, fds: list[int]) -> None:
 
 _dump_file: Any = None
 _terminal_file: Any = None  # where the silenced terminal reporter writes, when the parent reads it
+_null_sink: list[Any] = [None]  # the devnull file a silenced terminal reporter writes to, if any
 
 
 def finish(sender: Sender, exitstatus: int) -> int:
@@ -289,9 +303,11 @@ def enable_stack_dumps() -> None:
     with the process: the dump the parent asks for on timeout must reach the parent's pipe.
     """
     global _dump_file
-    _dump_file = os.fdopen(os.dup(2), "w")
+    replaced, _dump_file = _dump_file, os.fdopen(os.dup(2), "w")
     faulthandler.enable(file=_dump_file)
     faulthandler.register(STACK_SIGNAL, file=_dump_file, all_threads=True)
+    if replaced is not None:  # the forkserver's, in each child it forks: unclosed, -W error fails a test
+        replaced.close()
 
 
 def main() -> int:

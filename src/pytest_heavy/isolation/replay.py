@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from ..wire import Event, deserialize_warning, events
-from . import oom
+from . import oom, subtests
 from ._reprs import failure_repr
 from .units import Attempt, UnitRun
 
@@ -170,7 +170,8 @@ class Replay:
             report.user_properties.append(("heavy_module_peak_rss_mib", round(peaks.rss_mib)))
             if peaks.gpu_mib is not None:
                 report.user_properties.append(("heavy_module_peak_gpu_mib", round(peaks.gpu_mib)))
-        ur.record.count(report)
+        if not subtests.is_subtest(report):  # a subtest is part of a test, not one
+            ur.record.count(report)
         self.hook.pytest_runtest_logreport(report=report)
 
     def synthesize(self, ur: UnitRun, nodeid: str, when: str, message: str | None,
