@@ -1,0 +1,129 @@
+"""Fidelity of isolated runs: the same generated suite run in one process (``--heavy-isolate never``)
+and with every heavy module in a child (``--heavy-isolate always``) under each start method gives the
+same short summary (``-rA``), junit XML and exit code. Each case here is a difference users met."""
+
+import re
+import xml.etree.ElementTree as ET
+
+import pytest
+
+METHODS = ["spawn", "fork", "forkserver"]
+PYTEST_9 = int(pytest.__version__.split(".")[0]) >= 9
+SHORT = re.compile(r"^(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS|SUB[A-Z]+)\b")
+
+
+def heavy(body):
+    return "import pytest\npytestmark = pytest.mark.requires_heavy_ram\n" + body
+
+
+def short_summary(result):
+    """-rA's lines and the final counts, in order (durations left out). Lines without a node id are
+    left out: in-process, pytest writes unittest's -v subtest lines while the test's output is
+    captured, so they land in its captured output (an isolated run writes them where they belong)."""
+    lines = [line for line in result.outlines if SHORT.match(line) and "::" in line]
+    final = [line for line in result.outlines if line.startswith("=") and " in " in line][-1]
+    return lines + [final.rsplit(" in ", 1)[0]]
+
+
+def junit(path):
+    """The suite's counts and each testcase's failure/error/skip tags with their messages."""
+    root = ET.parse(path).getroot()
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    counts = {k: suite.get(k) for k in ("tests", "errors", "failures", "skipped")}
+    cases = [(tc.get("classname"), tc.get("name"),
+              [(c.tag, c.get("message")) for c in tc if c.tag not in ("system-out", "system-err")])
+             for tc in suite.iter("testcase")]
+    return counts, cases
+
+
+def parity(pytester, method, *args):
+    """Run in one process and isolated; assert the user sees the same; return both results."""
+    base = pytester.runpytest_subprocess("-rA", "--heavy-isolate", "never", "--junitxml=base.xml", *args)
+    iso = pytester.runpytest_subprocess("-rA", "--heavy-isolate", "always", "--heavy-start", method,
+                                        "--junitxml=iso.xml", *args)
+    assert short_summary(iso) == short_summary(base)
+    assert junit(pytester.path / "iso.xml") == junit(pytester.path / "base.xml")
+    assert iso.ret == base.ret
+    return base, iso
+
+
+# --- subtests ---------------------------------------------------------------------------------------
+
+SUBTESTS = heavy("""
+import unittest
+
+def test_sub(subtests):
+    for i in range(3):
+        with subtests.test("case", i=i, name="x"):
+            assert i != 1
+
+def test_all_pass(subtests):
+    with subtests.test(msg="fine", values=(1, 2.5)):
+        pass
+
+class T(unittest.TestCase):
+    def test_unittest(self):
+        for i in range(2):
+            with self.subTest(i=i):
+                self.assertEqual(i, 0)
+""")
+
+
+@pytest.mark.skipif(not PYTEST_9, reason="subtests are built into pytest >= 9")
+@pytest.mark.parametrize("method", METHODS)
+def test_subtests_keep_the_tests_outcome_and_their_argument_reprs(heavy_pytester, method):
+    heavy_pytester.makepyfile(test_h1=SUBTESTS, test_h2=SUBTESTS)
+    base, iso = parity(heavy_pytester, method, "-v")
+    assert "FAILED test_h1.py::test_sub - contains 1 failed subtest" in iso.outlines
+    assert "SUBFAILED[case] (i=1, name='x') test_h1.py::test_sub - assert 1 != 1" in iso.outlines
+    assert "SUBFAILED(i=1) test_h1.py::T::test_unittest - AssertionError: 1 != 0" in iso.outlines
+    # the heavy table counts tests, not subtests: test_sub failed, test_all_pass and T passed
+    iso.stdout.fnmatch_lines([f"test_h1.py *3 *1 failed 2 passed *{method}*"])
+
+
+# --- short summary ----------------------------------------------------------------------------------
+
+FAILURES = heavy("""
+def test_assert_none():
+    x = None
+    assert x
+
+def test_assert_message():
+    assert 1 == 2, "the message"
+
+def test_raises():
+    raise ValueError("boom")
+
+@pytest.mark.xfail(reason="known")
+def test_xfail():
+    assert False
+
+def test_skip():
+    pytest.skip("not here")
+""")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_short_summary_lines_keep_the_crash_message(heavy_pytester, method):
+    heavy_pytester.makepyfile(test_h1=FAILURES, test_h2=FAILURES, test_light="def test_light(): pass\n")
+    parity(heavy_pytester, method)
+
+
+# --- options that broke children ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [["-W", "error"], ["-o", "filterwarnings=error"]], ids=["W-error", "ini"])
+@pytest.mark.parametrize("method", METHODS)
+def test_warnings_as_errors_do_not_break_children(heavy_pytester, method, args):
+    """pytest warns when it cannot rewrite an already imported plugin, and a spawned child imports
+    pytest-heavy before pytest configures rewriting: under ``-W error`` every child died."""
+    heavy_pytester.makepyfile(test_h1=FAILURES, test_h2=FAILURES)
+    base, iso = parity(heavy_pytester, method, *args)
+    assert "was not run" not in iso.stdout.str()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_without_the_debugging_plugin(heavy_pytester, method):
+    """``-p no:debugging`` removes ``--pdb``/``--trace``: the plan read them and failed with INTERNALERROR."""
+    heavy_pytester.makepyfile(test_h1=FAILURES, test_h2=FAILURES)
+    base, iso = parity(heavy_pytester, method, "-p", "no:debugging")
+    assert base.ret == 1
