@@ -37,10 +37,12 @@ def junit(path):
 
 
 def parity(pytester, method, *args):
-    """Run in one process and isolated; assert the user sees the same; return both results."""
-    base = pytester.runpytest_subprocess("-rA", "--heavy-isolate", "never", "--junitxml=base.xml", *args)
+    """Run in one process and isolated, each with a cache of its own (``--lf``, ``--sw`` state); assert
+    the user sees the same; return both results."""
+    base = pytester.runpytest_subprocess("-rA", "--heavy-isolate", "never", "--junitxml=base.xml",
+                                         "-o", "cache_dir=.cache-base", *args)
     iso = pytester.runpytest_subprocess("-rA", "--heavy-isolate", "always", "--heavy-start", method,
-                                        "--junitxml=iso.xml", *args)
+                                        "--junitxml=iso.xml", "-o", "cache_dir=.cache-iso", *args)
     assert short_summary(iso) == short_summary(base)
     assert junit(pytester.path / "iso.xml") == junit(pytester.path / "base.xml")
     assert iso.ret == base.ret
@@ -127,3 +129,29 @@ def test_without_the_debugging_plugin(heavy_pytester, method):
     heavy_pytester.makepyfile(test_h1=FAILURES, test_h2=FAILURES)
     base, iso = parity(heavy_pytester, method, "-p", "no:debugging")
     assert base.ret == 1
+
+
+# --- stop rules ---------------------------------------------------------------------------------------
+
+STOPS = heavy("""
+def test_a(): pass
+def test_b(): assert 0
+def test_c(): pass
+def test_d(): assert 0
+""")
+
+
+@pytest.mark.parametrize("args", [["--sw"], ["--sw-skip"], ["-x"], ["--maxfail=2"]],
+                         ids=["sw", "sw-skip", "x", "maxfail"])
+@pytest.mark.parametrize("method", METHODS)
+def test_stop_rules_stop_after_the_same_test(heavy_pytester, method, args):
+    """A child stops itself after the failure that stops the session (the parent's 'stop' arrives
+    too late), an in-process module after a heavy one does not run a test too many, and a second
+    --sw run resumes at the same test. The heavy table counts only the tests that ran."""
+    light = "def test_l1(): assert 0\ndef test_l2(): pass\n"
+    heavy_pytester.makepyfile(test_h1=STOPS, test_h2=STOPS, test_l=light)
+    for _ in range(3 if args[0].startswith("--sw") else 1):
+        base, iso = parity(heavy_pytester, method, *args)
+        assert base.ret in (1, 2)
+    if args == ["-x"]:
+        iso.stdout.fnmatch_lines([f"test_h1.py *2 *1 failed 1 passed *{method}*stopped*"])

@@ -17,7 +17,7 @@ from .. import report, supervise
 from ..gpu import guard
 from ..split.durations import ModulePeaks
 from ..state import Run
-from . import schedule
+from . import schedule, stops
 from .launch import Launchers
 from .plan import Unit
 from .replay import Replay
@@ -80,10 +80,10 @@ class Controller:
         if alone:
             self.wait_all()
         for item in unit.items:
+            if self.stopping():  # also a stop replayed while waiting for the children: none too many
+                break
             item.ihook.pytest_runtest_protocol(item=item, nextitem=next_parent[item])
             self.pump(block=False)
-            if self.stopping():
-                break
             if not alone:
                 self.fill()
 
@@ -132,8 +132,7 @@ class Controller:
             return self.end_unit(ur)
         env = {**self.env, **ur.placement.env(self.run.hardware)}
         self.hook.pytest_heavy_child_env(config=self.config, unit=ur.name, env=env)
-        maxfail = self.config.getoption("maxfail") or 0
-        request = ur.request(env, max(maxfail - self.session.testsfailed, 1) if maxfail else 0)
+        request = ur.request(env, stops.failures_left(self.session))
         positions = ur.placement.gpus or None
         baseline = self.gpu.device_used_mib(positions) if self.gpu else None
         foreign = self.gpu.foreign_mib(positions, set()) if self.gpu and ur.placement.may_share else 0
