@@ -155,3 +155,37 @@ def test_stop_rules_stop_after_the_same_test(heavy_pytester, method, args):
         assert base.ret in (1, 2)
     if args == ["-x"]:
         iso.stdout.fnmatch_lines([f"test_h1.py *2 *1 failed 1 passed *{method}*stopped*"])
+
+
+# --- multiprocessing inside a heavy test ----------------------------------------------------------------
+
+MULTIPROCESSING = heavy("""
+import multiprocessing, subprocess, sys
+from concurrent.futures import ProcessPoolExecutor
+
+def square(x):
+    return x * x
+
+@pytest.mark.parametrize("start", ["spawn", "forkserver"])
+def test_pool(start):
+    with multiprocessing.get_context(start).Pool(2) as pool:
+        assert pool.map(square, [1, 2, 3]) == [1, 4, 9]
+
+def test_executor():
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("forkserver")) as ex:
+        assert list(ex.map(square, [2, 3])) == [4, 9]
+""")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_multiprocessing_helpers_are_not_leftovers(heavy_pytester, method):
+    """The resource tracker and forkserver exit by themselves once their parent is gone: not
+    reported as leaked; a process a test really leaves behind still is."""
+    leak = "def test_leak():\n    subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+    heavy_pytester.makepyfile(test_h1=MULTIPROCESSING, test_h2=MULTIPROCESSING + leak)
+    base, iso = parity(heavy_pytester, method)
+    assert base.ret == 0
+    text = iso.stdout.str()
+    assert "resource_tracker" not in text and "multiprocessing.forkserver" not in text
+    leftovers = [line for line in iso.outlines if "killed leftover process" in line]
+    assert len(leftovers) == 1 and leftovers[0].startswith("test_h2.py:") and "time.sleep(60)" in leftovers[0]

@@ -23,6 +23,7 @@ import traceback
 import warnings
 from typing import Any
 
+import psutil
 import pytest
 
 from .. import procs
@@ -291,9 +292,42 @@ def finish(sender: Sender, exitstatus: int) -> int:
     daemon that double-forked into a session of its own a moment ago; a few rounds catch what a
     dying leftover forked meanwhile. The parent still kills what it saw of a child that crashed.
     """
+    stop_multiprocessing_helpers()
     sender.send(Event.LEFTOVERS, killed=procs.kill_descendants())
     sender.send(Event.DONE, exitstatus=int(exitstatus))
     return int(exitstatus)
+
+
+HELPER_GRACE_S = 2.0  # how long multiprocessing's helpers get to exit once told to, before the kill
+
+
+def stop_multiprocessing_helpers() -> None:
+    """Let the helpers multiprocessing started in this child exit on their own, as they do once it is
+    gone: its resource tracker and forkserver (a spawn/forkserver Pool, ProcessPoolExecutor,
+    DataLoader) each watch a pipe from this process and exit at its EOF. Closing our end now lets
+    them go within ``HELPER_GRACE_S``; only one still alive after it is a leftover. A forked child
+    leaves its parent's helpers alone: only helpers whose parent is this process are ours."""
+    helpers = []  # (owner object, fd attribute, pid attribute)
+    if (tracker := sys.modules.get("multiprocessing.resource_tracker")) is not None:
+        helpers.append((tracker._resource_tracker, "_fd", "_pid"))
+    if (server := sys.modules.get("multiprocessing.forkserver")) is not None:
+        helpers.append((server._forkserver, "_forkserver_alive_fd", "_forkserver_pid"))
+    waiting = []
+    for owner, fd_name, pid_name in helpers:
+        fd, pid = getattr(owner, fd_name, None), getattr(owner, pid_name, None)
+        if fd is None or pid is None:
+            continue
+        try:
+            helper = psutil.Process(pid)
+            if helper.ppid() != os.getpid():
+                continue
+            os.close(fd)
+        except (psutil.Error, OSError):
+            continue
+        setattr(owner, fd_name, None)
+        setattr(owner, pid_name, None)
+        waiting.append(helper)
+    psutil.wait_procs(waiting, timeout=HELPER_GRACE_S)  # reaps them too: no zombie counts as a leftover
 
 
 def enable_stack_dumps() -> None:
