@@ -189,3 +189,50 @@ def test_multiprocessing_helpers_are_not_leftovers(heavy_pytester, method):
     assert "resource_tracker" not in text and "multiprocessing.forkserver" not in text
     leftovers = [line for line in iso.outlines if "killed leftover process" in line]
     assert len(leftovers) == 1 and leftovers[0].startswith("test_h2.py:") and "time.sleep(60)" in leftovers[0]
+
+
+# --- logging ----------------------------------------------------------------------------------------------
+
+LOGGING = heavy("""
+import logging
+
+def test_logs():
+    logging.getLogger("app").warning("warn-line")
+    logging.getLogger("app").info("info-line")
+    logging.getLogger("app").debug("debug-line")
+""")
+
+
+def progress(result):
+    """What the run printed between 'collected' and the summaries: -v lines and live logs."""
+    start = next(i for i, line in enumerate(result.outlines) if "collected" in line)
+    end = next(i for i, line in enumerate(result.outlines)
+               if i > start + 1 and line.startswith(("====", "----")))
+    return result.outlines[start:end]
+
+
+@pytest.mark.parametrize("args", [["-o", "log_cli=true"], ["--log-cli-level=DEBUG"]], ids=["ini", "level"])
+@pytest.mark.parametrize("method", METHODS)
+def test_live_logs_of_isolated_tests(heavy_pytester, method, args):
+    """pytest attaches its live-log handler in its own run loop, which spawn and forkserver children
+    replace, and a child's terminal is silenced: live logs were lost."""
+    light = "import logging\ndef test_light(): logging.getLogger('app').warning('light-line')\n"
+    heavy_pytester.makepyfile(test_h1=LOGGING, test_h2=LOGGING, test_l=light)
+    base, iso = parity(heavy_pytester, method, *args)
+    assert progress(iso) == progress(base)
+    assert "WARNING  app:test_h2.py:7 warn-line" in iso.outlines
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_log_file_holds_every_process_records(heavy_pytester, method):
+    """One --log-file for the session, with its level, written by the parent and every child (a
+    child opened it anew, emptying it, or never attached its handler)."""
+    light = "import logging\ndef test_light(): logging.getLogger('app').warning('light-line')\n"
+    heavy_pytester.makepyfile(test_h1=LOGGING, test_h2=LOGGING, test_l=light)
+    files = {}
+    for mode in ("never", "always"):
+        heavy_pytester.runpytest_subprocess("--heavy-isolate", mode, "--heavy-start", method,
+                                            f"--log-file={mode}.log", "--log-file-level=DEBUG")
+        files[mode] = sorted((heavy_pytester.path / f"{mode}.log").read_text().splitlines())
+    assert len(files["never"]) == 7 and "DEBUG    app:test_h2.py:9 debug-line" in files["never"]
+    assert files["always"] == files["never"]

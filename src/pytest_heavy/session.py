@@ -7,6 +7,7 @@ for importing what they use); only ``plugin.py``'s option declarations and one h
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from . import gating, markers, report, tiers
 from .isolation import plan
 from .split.durations import DurationsError, ModulePeaks, Store
 from .state import Run
+from .wire import LIVE_LOG_KEY
 
 
 class HeavySession:
@@ -33,6 +35,7 @@ class HeavySession:
             return
         from .isolation import threads
 
+        shared_log_file(self.config)
         threads.record_thread_baseline()  # before any test module is imported: plugins' threads are known
         if run.settings.early_forkserver:
             from . import supervise
@@ -92,10 +95,15 @@ class HeavySession:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_report_from_serializable(self, data: dict[str, Any]) -> pytest.TestReport | None:
-        """A child's subtest report, rebuilt as in-process (see ``isolation.subtests``). Not in an
-        xdist controller: its workers' reports are xdist's to rebuild."""
+        """A child's report: its live-log text printed first (see ``child.LiveLogTap``), and a subtest
+        report rebuilt as in-process (see ``isolation.subtests``). Not in an xdist controller: its
+        workers' reports are xdist's to rebuild."""
         if self.config.pluginmanager.has_plugin("dsession"):
             return None
+        live_log = data.pop(LIVE_LOG_KEY, None)
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if live_log and reporter is not None:  # the child's log_cli output, just before its report
+            reporter.write(live_log)
         from .isolation import subtests
 
         return subtests.rebuild(data)
@@ -123,6 +131,20 @@ class HeavySession:
         if run.settings.report_path and not run.settings.child:
             report.write_json(run.settings.report_path, run.records, json.loads(run.hardware.to_json()),
                               run.report_extra)
+
+
+def shared_log_file(config: pytest.Config) -> None:
+    """Children append to the parent's ``--log-file`` (or ini ``log_file``): they are handed its
+    absolute path, and the parent's handler appends from now on (``child.append_to_log_file``)."""
+    from .isolation import child
+
+    plugin = config.pluginmanager.get_plugin("logging-plugin")
+    handler = getattr(plugin, "log_file_handler", None)
+    path = getattr(handler, "baseFilename", None)
+    if handler is None or not path or path == os.devnull:
+        return
+    config.option.log_file = path
+    child.append_to_log_file(config, handler)
 
 
 def isolation_possible(config: pytest.Config, run: Run) -> bool:

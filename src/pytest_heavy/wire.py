@@ -60,6 +60,10 @@ class Event(str, enum.Enum):
     DONE = "done"  # {exitstatus}: the child's session is over; nothing follows
 
 
+# A report's extra key: the live-log text (log_cli) the child wrote before it, printed by the parent.
+LIVE_LOG_KEY = "pytest_heavy_live_log"
+
+
 class Sender:
     """Writes events; safe to call from any thread of the child."""
 

@@ -13,8 +13,11 @@ writer, and a child without one loses every assertion message. The child never r
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import fcntl
+import io
+import logging
 import os
 import pickle
 import sys
@@ -30,6 +33,7 @@ from .. import procs
 from ..wire import (
     EXIT_PARENT_GONE,
     FDS_ENV,
+    LIVE_LOG_KEY,
     PAYLOAD_ENV,
     STACK_SIGNAL,
     Event,
@@ -51,6 +55,7 @@ class Forwarder:
         # pytest_warning_recorded is historic: registering replays every earlier call (config-time
         # warnings, and in a fork the warnings the parent re-emitted). Only live ones are ours.
         self.live = False
+        self.live_log = LiveLogTap.install(config)
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
@@ -79,6 +84,8 @@ class Forwarder:
         the terminal reporter) fails a passed test that holds failed subtests."""
         self.failed += report.failed
         data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
+        if self.live_log is not None and (text := self.live_log.take()):
+            data[LIVE_LOG_KEY] = text
         self.sender.send(Event.REPORT, data=data)
 
     def pytest_runtest_logfinish(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
@@ -90,6 +97,49 @@ class Forwarder:
             return
         self.sender.send(Event.WARNING, when=when, nodeid=nodeid, location=location,
                          message=serialize_warning(warning_message))
+
+
+class LiveLogTap:
+    """Where a child's live logging (``log_cli``) writes instead of its silenced terminal: the text
+    of each phase, section header included, rides on the report that follows it, and the parent
+    prints it just before replaying that report, where an in-process run prints it."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        from _pytest.config import create_terminal_writer
+
+        self._buffer = io.StringIO()
+        self._tw = create_terminal_writer(config, self._buffer)
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:  # the parent's colour choice and width travel in the options
+            self._tw.hasmarkup, self._tw.fullwidth = reporter._tw.hasmarkup, reporter._tw.fullwidth
+
+    @classmethod
+    def install(cls, config: pytest.Config) -> LiveLogTap | None:
+        """Point the live-logging handler at a new tap; None when live logging is off."""
+        from _pytest.logging import _LiveLoggingStreamHandler
+
+        handler = getattr(config.pluginmanager.get_plugin("logging-plugin"), "log_cli_handler", None)
+        if not isinstance(handler, _LiveLoggingStreamHandler):
+            return None
+        tap = cls(config)
+        handler.stream = tap  # type: ignore[assignment]
+        return tap
+
+    # the parts of TerminalReporter that the live-logging handler uses
+    def write(self, content: str, *, flush: bool = False, **markup: bool) -> None:
+        self._tw.write(content, **markup)
+
+    def section(self, title: str, sep: str = "=", **kw: bool) -> None:
+        self._tw.sep(sep, title, **kw)
+
+    def flush(self) -> None:
+        pass
+
+    def take(self) -> str:
+        text = self._buffer.getvalue()
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        return text
 
 
 def register_forwarder(forwarder: Forwarder) -> Forwarder:
@@ -123,14 +173,49 @@ def run_items(session: pytest.Session, items: list[pytest.Item]) -> None:
             break
 
 
+def run_logging(config: pytest.Config) -> contextlib.ExitStack:
+    """What pytest's logging plugin does around its own run loop, which a spawned or forkserver child
+    replaces: attach the live-log (``log_cli``) and ``--log-file`` handlers. (A fork of the parent
+    runs inside the parent's loop: its handlers are attached already.)"""
+    from _pytest.logging import catching_logs
+
+    plugin = config.pluginmanager.get_plugin("logging-plugin")
+    stack = contextlib.ExitStack()
+    if plugin is not None:
+        stack.enter_context(catching_logs(plugin.log_cli_handler, level=plugin.log_cli_level))
+        stack.enter_context(catching_logs(plugin.log_file_handler, level=plugin.log_file_level))
+    return stack
+
+
+def append_to_log_file(config: pytest.Config, handler: logging.FileHandler | None = None) -> None:
+    """``--log-file`` is one file for the session: the parent created it (emptying it), and every
+    process appends to it from then on. pytest opens it at configure with mode ``w``, which in a
+    child would empty it again: a child is configured with ``os.devnull`` (see ``configure``) and
+    pointed at the parent's file here; the parent's own handler is reopened to append, so its writes
+    land after the children's instead of over them."""
+    plugin = config.pluginmanager.get_plugin("logging-plugin")
+    handler = handler or getattr(plugin, "log_file_handler", None)
+    path = config.getoption("log_file", None)
+    if handler is None or not path or path == os.devnull:
+        return
+    handler.baseFilename, handler.mode = os.path.abspath(path), "a"
+    old = handler.setStream(handler._open())
+    if old is not None:
+        old.close()
+
+
 def configure(options: dict[str, Any], args: list[str]) -> pytest.Config:
     """A configured pytest ready to run sessions: plugins loaded, conftests imported, configure hooks run.
 
     ``Config.fromdictargs`` is pytest's constructor for subprocesses (xdist's workers use it):
     the parent's resolved options, no second pass over addopts.
     """
-    config = pytest.Config.fromdictargs(options, args)
+    log_file = options.get("log_file")  # the parent's, absolute: see append_to_log_file
+    config = pytest.Config.fromdictargs({**options, "log_file": os.devnull} if log_file else options, args)
     config._do_configure()  # what pytest's wrap_session does first; done once, shared by forked children
+    if log_file:
+        config.option.log_file = log_file
+        append_to_log_file(config)
     silence_terminal(config)
     return config
 
@@ -195,7 +280,8 @@ def run_session(config: pytest.Config, request: dict[str, Any], sender: Sender, 
     watch_control(control_fd, session)
     try:
         config.hook.pytest_collection(session=session)
-        run_items(session, session.items)
+        with run_logging(config):
+            run_items(session, session.items)
         if session.shouldfail:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
     except (session.Failed, session.Interrupted):  # before INTERRUPTS: Interrupted is a KeyboardInterrupt
