@@ -236,3 +236,46 @@ def test_log_file_holds_every_process_records(heavy_pytester, method):
         files[mode] = sorted((heavy_pytester.path / f"{mode}.log").read_text().splitlines())
     assert len(files["never"]) == 7 and "DEBUG    app:test_h2.py:9 debug-line" in files["never"]
     assert files["always"] == files["never"]
+
+
+# --- junit extras and report hooks ------------------------------------------------------------------------
+
+JUNIT = heavy("""
+def test_records(record_testsuite_property, record_xml_attribute, record_property):
+    record_testsuite_property("suite_prop", "v1")
+    record_xml_attribute("extra", "x1")
+    record_property("p", 1)
+""")
+
+COUNTING_CONFTEST = """
+import os
+
+def pytest_runtest_logreport(report):
+    report.user_properties.append(("seen_by_conftest", os.getpid()))
+    with open("reports.log", "a") as fh:
+        fh.write(f"{report.nodeid} {report.when}\\n")
+"""
+
+
+def suite_xml(path):
+    """The junit file without what varies between runs: times, host, the conftest's pid."""
+    text = re.sub(r' (time|timestamp|hostname)="[^"]*"', "", path.read_text())
+    return re.sub(r'name="seen_by_conftest" value="\d+"', 'name="seen_by_conftest"', text)
+
+
+@pytest.mark.parametrize("family", ["xunit1", "xunit2"])
+@pytest.mark.parametrize("method", METHODS)
+def test_junit_suite_properties_attributes_and_report_hooks_once(heavy_pytester, method, family):
+    """record_testsuite_property/record_xml_attribute reach the parent's junit file (the child has
+    none, so they were dropped); a conftest's report hook sees each report once (child and parent
+    both ran it: two lines per report, and its user_properties twice)."""
+    heavy_pytester.makeini(f"[pytest]\nheavy_ram_gib = 4\njunit_family = {family}\n")
+    heavy_pytester.makeconftest(COUNTING_CONFTEST)
+    heavy_pytester.makepyfile(test_h1=JUNIT, test_h2=JUNIT)
+    base, iso = parity(heavy_pytester, method)
+    assert suite_xml(heavy_pytester.path / "iso.xml") == suite_xml(heavy_pytester.path / "base.xml")
+    assert 'extra="x1"' in (heavy_pytester.path / "iso.xml").read_text() or family == "xunit2"
+    lines = (heavy_pytester.path / "reports.log").read_text().splitlines()
+    assert len(lines) == 2 * 2 * 3  # two runs, two tests, three phases
+    assert iso.stdout.str().count("record_xml_attribute is incompatible") == base.stdout.str().count(
+        "record_xml_attribute is incompatible")

@@ -33,9 +33,10 @@ class HeavySession:
         xdist = xdist_worker(self.config) or self.config.pluginmanager.has_plugin("dsession")
         if not isolation_possible(self.config, run) or xdist:  # with -n no child starts: no server either
             return
-        from .isolation import threads
+        from .isolation import junit, threads
 
         shared_log_file(self.config)
+        junit.announce(self.config)
         threads.record_thread_baseline()  # before any test module is imported: plugins' threads are known
         if run.settings.early_forkserver:
             from . import supervise
@@ -104,7 +105,9 @@ class HeavySession:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if live_log and reporter is not None:  # the child's log_cli output, just before its report
             reporter.write(live_log)
-        from .isolation import subtests
+        from .isolation import junit, subtests
+
+        junit.apply(self.config, data)
 
         return subtests.rebuild(data)
 

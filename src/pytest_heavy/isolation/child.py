@@ -40,6 +40,7 @@ from ..wire import (
     Sender,
     serialize_warning,
 )
+from . import junit
 
 INTERRUPTS = (KeyboardInterrupt, pytest.exit.Exception)  # a test ends the whole session, as in-process
 
@@ -56,6 +57,7 @@ class Forwarder:
         # warnings, and in a fork the warnings the parent re-emitted). Only live ones are ours.
         self.live = False
         self.live_log = LiveLogTap.install(config)
+        self.junit = junit.install(config)
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
@@ -86,6 +88,8 @@ class Forwarder:
         data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
         if self.live_log is not None and (text := self.live_log.take()):
             data[LIVE_LOG_KEY] = text
+        if self.junit is not None and (recorded := self.junit.take()):
+            data[junit.TAKE_KEY] = recorded
         self.sender.send(Event.REPORT, data=data)
 
     def pytest_runtest_logfinish(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
@@ -164,8 +168,28 @@ def watch_control(fd: int, session: pytest.Session) -> None:
     threading.Thread(target=run, name="heavy-control", daemon=True).start()
 
 
+REPORT_HOOKS = ("pytest_runtest_logstart", "pytest_runtest_logreport", "pytest_runtest_logfinish")
+
+
+def mute_conftest_report_hooks(config: pytest.Config) -> None:
+    """A conftest's report hooks run in the parent, where every report is replayed: run in the child
+    as well, each report would reach them twice (a hook that counts, writes or adds to the report
+    would do it twice). Plugins' hooks stay: pytest's own (counting toward ``--maxfail``, the
+    terminal's outcome words) and ours are needed here."""
+    for name in REPORT_HOOKS:
+        for impl in getattr(config.hook, name).get_hookimpls():
+            path = getattr(impl.plugin, "__file__", None) or ""
+            if os.path.basename(path) == "conftest.py" and not (impl.hookwrapper or impl.wrapper):
+                impl.function = _ignore
+
+
+def _ignore(*args: object) -> None:
+    return None
+
+
 def run_items(session: pytest.Session, items: list[pytest.Item]) -> None:
     """pytest's own run loop over ``items``: nextitem keeps module fixtures alive across tests."""
+    mute_conftest_report_hooks(session.config)
     for i, item in enumerate(items):
         nextitem = items[i + 1] if i + 1 < len(items) else None
         item.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
