@@ -2,6 +2,7 @@
 and with every heavy module in a child (``--heavy-isolate always``) under each start method gives the
 same short summary (``-rA``), junit XML and exit code. Each case here is a difference users met."""
 
+import json
 import re
 import xml.etree.ElementTree as ET
 
@@ -279,3 +280,37 @@ def test_junit_suite_properties_attributes_and_report_hooks_once(heavy_pytester,
     assert len(lines) == 2 * 2 * 3  # two runs, two tests, three phases
     assert iso.stdout.str().count("record_xml_attribute is incompatible") == base.stdout.str().count(
         "record_xml_attribute is incompatible")
+
+
+# --- hash seed ----------------------------------------------------------------------------------------------
+
+HASH_ORDER = heavy("""
+@pytest.mark.parametrize("pair", {(letter, i) for i, letter in enumerate("abcdefghij")})
+def test_pair(pair, record_property):
+    record_property("pair", repr(pair))
+""")
+
+PARENT_MAPPING = """
+import json, os
+
+def pytest_collection_modifyitems(items):
+    if os.environ.get("PYTEST_HEAVY_CHILD") != "1":
+        with open("parent.json", "w") as fh:
+            json.dump({item.nodeid: repr(item.callspec.params["pair"]) for item in items}, fh)
+"""
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_set_parameters_run_under_the_parents_node_ids(heavy_pytester, method, monkeypatch):
+    """Ids by position over a set: a fresh interpreter (another hash secret) orders the set
+    differently, and ran another parameter under the parent's node id."""
+    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    heavy_pytester.makeconftest(PARENT_MAPPING)
+    heavy_pytester.makepyfile(test_h1=HASH_ORDER, test_h2=HASH_ORDER)
+    result = heavy_pytester.runpytest_subprocess("--heavy-isolate", "always", "--heavy-start", method,
+                                                 "--junitxml=iso.xml", "-o", "junit_family=xunit1")
+    assert result.ret == 0
+    parent = json.loads((heavy_pytester.path / "parent.json").read_text())
+    ran = {f"{tc.get('file')}::{tc.get('name')}": tc.find("properties/property").get("value")
+           for tc in ET.parse(heavy_pytester.path / "iso.xml").getroot().iter("testcase")}
+    assert len(ran) == 20 and ran == parent

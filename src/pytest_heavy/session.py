@@ -23,6 +23,8 @@ class HeavySession:
     def __init__(self, config: pytest.Config, run: Run) -> None:
         self.config = config
         self.run = run
+        self.session: pytest.Session | None = None
+        self.params_files: list[str] = []  # written for children, removed at the session's end
 
     def pytest_report_header(self) -> list[str]:
         hardware, tier = self.run.hardware.summary(), tiers.describe(self.config, self.run.settings)
@@ -30,6 +32,7 @@ class HeavySession:
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         run = self.run
+        self.session = session
         xdist = xdist_worker(self.config) or self.config.pluginmanager.has_plugin("dsession")
         if not isolation_possible(self.config, run) or xdist:  # with -n no child starts: no server either
             return
@@ -111,6 +114,19 @@ class HeavySession:
 
         return subtests.rebuild(data)
 
+    def pytest_heavy_child_env(self, unit: str, env: dict[str, str]) -> None:
+        """Hand a fresh interpreter the parameters of the unit's tests when its hash order differs
+        from ours (see ``isolation.params``)."""
+        from .isolation import params
+
+        session = self.session
+        if session is None or not params.hash_order_differs():
+            return
+        path = params.write([item for item in session.items if plan.module_of(item) == unit])
+        if path is not None:
+            env[params.PARAMS_ENV] = path
+            self.params_files.append(path)
+
     def note(self, text: str) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
@@ -131,6 +147,8 @@ class HeavySession:
 
     def pytest_sessionfinish(self) -> None:
         run = self.run
+        for path in self.params_files:
+            os.unlink(path)
         if run.settings.report_path and not run.settings.child:
             report.write_json(run.settings.report_path, run.records, json.loads(run.hardware.to_json()),
                               run.report_extra)

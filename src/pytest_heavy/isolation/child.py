@@ -40,7 +40,7 @@ from ..wire import (
     Sender,
     serialize_warning,
 )
-from . import junit
+from . import junit, params
 
 INTERRUPTS = (KeyboardInterrupt, pytest.exit.Exception)  # a test ends the whole session, as in-process
 
@@ -57,6 +57,7 @@ class Forwarder:
         # warnings, and in a fork the warnings the parent re-emitted). Only live ones are ours.
         self.live = False
         self.live_log = LiveLogTap.install(config)
+        self.renamed: dict[str, str] = {}  # child's node id -> the parent's (see params.rematch)
         self.junit = junit.install(config)
 
     @pytest.hookimpl(trylast=True)
@@ -64,7 +65,7 @@ class Forwarder:
         """Keep exactly the parent's node ids, in the parent's order; name any this child lacks."""
         if self.nodeids is None:
             return
-        by_id = {item.nodeid: item for item in items}
+        by_id, self.renamed = params.rematch(items)  # the parent's parameters under the parent's ids
         items[:] = [by_id[n] for n in self.nodeids if n in by_id]
         missing = [n for n in self.nodeids if n not in by_id]
         if missing:
@@ -78,7 +79,7 @@ class Forwarder:
         if _terminal_file is not None:  # it keeps what the running test's plugins print, for a crash
             _terminal_file.flush()
             os.ftruncate(_terminal_file.fileno(), 0)
-        self.sender.send(Event.LOGSTART, nodeid=nodeid, location=location)
+        self.sender.send(Event.LOGSTART, nodeid=self.renamed.get(nodeid, nodeid), location=location)
 
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -86,6 +87,7 @@ class Forwarder:
         the terminal reporter) fails a passed test that holds failed subtests."""
         self.failed += report.failed
         data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
+        params.relabel(data, self.renamed)
         if self.live_log is not None and (text := self.live_log.take()):
             data[LIVE_LOG_KEY] = text
         if self.junit is not None and (recorded := self.junit.take()):
@@ -93,13 +95,13 @@ class Forwarder:
         self.sender.send(Event.REPORT, data=data)
 
     def pytest_runtest_logfinish(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
-        self.sender.send(Event.LOGFINISH, nodeid=nodeid, location=location)
+        self.sender.send(Event.LOGFINISH, nodeid=self.renamed.get(nodeid, nodeid), location=location)
 
     def pytest_warning_recorded(self, warning_message: warnings.WarningMessage, when: str, nodeid: str,
                                 location: tuple[str, int, str] | None) -> None:
         if not self.live:
             return
-        self.sender.send(Event.WARNING, when=when, nodeid=nodeid, location=location,
+        self.sender.send(Event.WARNING, when=when, nodeid=self.renamed.get(nodeid, nodeid), location=location,
                          message=serialize_warning(warning_message))
 
 
