@@ -314,3 +314,33 @@ def test_set_parameters_run_under_the_parents_node_ids(heavy_pytester, method, m
     ran = {f"{tc.get('file')}::{tc.get('name')}": tc.find("properties/property").get("value")
            for tc in ET.parse(heavy_pytester.path / "iso.xml").getroot().iter("testcase")}
     assert len(ran) == 20 and ran == parent
+
+
+# --- doctests ---------------------------------------------------------------------------------------------
+
+DOCTEST = heavy('''
+def f():
+    """
+    >>> f()
+    2
+    """
+    return 1
+
+def test_a():
+    pass
+''')
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_failing_doctest_short_summary_has_no_message(heavy_pytester, method):
+    """A doctest failure has no crash line: in-process its -rA line has no message; its text
+    travelled as a string and the line gained the text's first line (' - 004')."""
+    heavy_pytester.makepyfile(test_h1=DOCTEST, test_h2=DOCTEST)
+    base, iso = parity(heavy_pytester, method, "--doctest-modules")
+    assert "FAILED test_h1.py::test_h1.f" in iso.outlines
+
+    def failures(result):
+        text = result.stdout.str()
+        return text[text.index("= FAILURES ="):text.index("generated xml")]
+
+    assert failures(iso) == failures(base)

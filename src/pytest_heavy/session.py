@@ -99,20 +99,20 @@ class HeavySession:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_report_from_serializable(self, data: dict[str, Any]) -> pytest.TestReport | None:
-        """A child's report: its live-log text printed first (see ``child.LiveLogTap``), and a subtest
-        report rebuilt as in-process (see ``isolation.subtests``). Not in an xdist controller: its
-        workers' reports are xdist's to rebuild."""
+        """A child's report: its live-log text printed first (see ``child.LiveLogTap``), junit
+        records applied (``isolation.junit``), and a report rebuilt as in-process where pytest's own
+        rebuilding differs (``isolation.longrepr``, ``isolation.subtests``). Not in an xdist
+        controller: its workers' reports are xdist's to rebuild."""
         if self.config.pluginmanager.has_plugin("dsession"):
             return None
         live_log = data.pop(LIVE_LOG_KEY, None)
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if live_log and reporter is not None:  # the child's log_cli output, just before its report
             reporter.write(live_log)
-        from .isolation import junit, subtests
+        from .isolation import junit, longrepr, subtests
 
-        junit.apply(self.config, data)
-
-        return subtests.rebuild(data)
+        junit.apply(self.config, data)  # what the child's tests recorded for junit
+        return longrepr.rebuild(data) or subtests.rebuild(data)
 
     def pytest_heavy_child_env(self, unit: str, env: dict[str, str]) -> None:
         """Hand a fresh interpreter the parameters of the unit's tests when its hash order differs

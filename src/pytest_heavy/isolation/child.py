@@ -40,7 +40,7 @@ from ..wire import (
     Sender,
     serialize_warning,
 )
-from . import junit, params
+from . import junit, longrepr, params
 
 INTERRUPTS = (KeyboardInterrupt, pytest.exit.Exception)  # a test ends the whole session, as in-process
 
@@ -88,6 +88,7 @@ class Forwarder:
         self.failed += report.failed
         data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
         params.relabel(data, self.renamed)
+        longrepr.mark(report, data)
         if self.live_log is not None and (text := self.live_log.take()):
             data[LIVE_LOG_KEY] = text
         if self.junit is not None and (recorded := self.junit.take()):
