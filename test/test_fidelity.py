@@ -344,3 +344,32 @@ def test_failing_doctest_short_summary_has_no_message(heavy_pytester, method):
         return text[text.index("= FAILURES ="):text.index("generated xml")]
 
     assert failures(iso) == failures(base)
+
+
+# --- output past the capture ------------------------------------------------------------------------------
+
+OUTSIDE = heavy("""
+import os, sys
+
+def test_disabled(capsys):
+    with capsys.disabled():
+        print("DISABLED-OUT")
+
+def test_tee():
+    print("TEE-OUT")
+
+def test_fd_write():
+    os.write(1, b"FD-OUT\\n")
+""")
+
+
+@pytest.mark.parametrize("args", [["-v"], ["--capture=tee-sys"], ["--capture=sys"]],
+                         ids=["fd", "tee-sys", "sys"])
+@pytest.mark.parametrize("method", METHODS)
+def test_output_past_the_capture_reaches_the_terminal(heavy_pytester, method, args):
+    """capsys.disabled(), tee-sys's echo and fd writes under --capture=sys reach the terminal in
+    one process; a child's went to the parent's pipe and were dropped."""
+    heavy_pytester.makepyfile(test_h1=OUTSIDE, test_h2=OUTSIDE)
+    base, iso = parity(heavy_pytester, method, *args)
+    assert progress(iso) == progress(base)
+    assert any("DISABLED-OUT" in line for line in progress(iso))

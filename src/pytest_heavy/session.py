@@ -16,7 +16,7 @@ from . import gating, markers, report, tiers
 from .isolation import plan
 from .split.durations import DurationsError, ModulePeaks, Store
 from .state import Run
-from .wire import LIVE_LOG_KEY
+from .wire import LIVE_LOG_KEY, OUTSIDE_KEY
 
 
 class HeavySession:
@@ -107,6 +107,10 @@ class HeavySession:
             return None
         live_log = data.pop(LIVE_LOG_KEY, None)
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        outside = data.pop(OUTSIDE_KEY, None)
+        if outside and reporter is not None:  # past the terminal writer, as the test's own writes were
+            reporter._tw._file.write(outside)
+            reporter._tw._file.flush()
         if live_log and reporter is not None:  # the child's log_cli output, just before its report
             reporter.write(live_log)
         from .isolation import junit, longrepr, subtests

@@ -21,6 +21,7 @@ import logging
 import os
 import pickle
 import sys
+import tempfile
 import threading
 import traceback
 import warnings
@@ -34,6 +35,7 @@ from ..wire import (
     EXIT_PARENT_GONE,
     FDS_ENV,
     LIVE_LOG_KEY,
+    OUTSIDE_KEY,
     PAYLOAD_ENV,
     STACK_SIGNAL,
     Event,
@@ -57,6 +59,7 @@ class Forwarder:
         # warnings, and in a fork the warnings the parent re-emitted). Only live ones are ours.
         self.live = False
         self.live_log = LiveLogTap.install(config)
+        self.outside = OutsideOutput.install(config)
         self.renamed: dict[str, str] = {}  # child's node id -> the parent's (see params.rematch)
         self.junit = junit.install(config)
 
@@ -89,6 +92,8 @@ class Forwarder:
         data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
         params.relabel(data, self.renamed)
         longrepr.mark(report, data)
+        if self.outside is not None and (out := self.outside.take()):
+            data[OUTSIDE_KEY] = out
         if self.live_log is not None and (text := self.live_log.take()):
             data[LIVE_LOG_KEY] = text
         if self.junit is not None and (recorded := self.junit.take()):
@@ -104,6 +109,45 @@ class Forwarder:
             return
         self.sender.send(Event.WARNING, when=when, nodeid=self.renamed.get(nodeid, nodeid), location=location,
                          message=serialize_warning(warning_message))
+
+
+class OutsideOutput:
+    """What the child's tests write to stdout past pytest's capture: ``capsys.disabled()``,
+    ``--capture=tee-sys``'s echo, fd writes under ``--capture=sys``. In one process that reaches
+    the terminal; here stdout leads to the parent, which only keeps its tail for crash messages.
+    So stdout (and the fd pytest's capture restores it to between tests) goes to a file of our own,
+    and what a test wrote rides on its next report, for the parent to write to its terminal just
+    before replaying that report, where an in-process run would have printed it."""
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+        self._read = 0
+
+    @classmethod
+    def install(cls, config: pytest.Config) -> OutsideOutput | None:
+        """Divert this child's stdout; None with ``-s`` (the terminal has it already)."""
+        capman = config.pluginmanager.get_plugin("capturemanager")
+        if capman is None or config.getoption("capture", "fd") == "no":
+            return None
+        file = tempfile.TemporaryFile()  # noqa: SIM115  (lives as long as this process)
+        sys.stdout.flush()
+        out = getattr(getattr(capman, "_global_capturing", None), "out", None)
+        saved = getattr(out, "targetfd_save", None)
+        for fd in (1, saved) if isinstance(saved, int) else (1,):
+            os.dup2(file.fileno(), fd)
+        return cls(file)
+
+    def take(self) -> str:
+        """What was written since the last take."""
+        for stream in (sys.__stdout__, sys.stdout):
+            if stream is not None:
+                stream.flush()
+        size = os.fstat(self._file.fileno()).st_size
+        if size <= self._read:
+            return ""
+        data = os.pread(self._file.fileno(), size - self._read, self._read)
+        self._read = size
+        return data.decode("utf-8", "replace")
 
 
 class LiveLogTap:
