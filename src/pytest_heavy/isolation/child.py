@@ -215,15 +215,14 @@ def watch_control(fd: int, session: pytest.Session) -> None:
     threading.Thread(target=run, name="heavy-control", daemon=True).start()
 
 
-REPORT_HOOKS = ("pytest_runtest_logstart", "pytest_runtest_logreport", "pytest_runtest_logfinish")
-
-
 def mute_conftest_report_hooks(config: pytest.Config) -> None:
-    """A conftest's report hooks run in the parent, where every report is replayed: run in the child
-    as well, each report would reach them twice (a hook that counts, writes or adds to the report
-    would do it twice). Plugins' hooks stay: pytest's own (counting toward ``--maxfail``, the
-    terminal's outcome words) and ours are needed here."""
-    for name in REPORT_HOOKS:
+    """A conftest's ``pytest_runtest_logreport`` runs in the parent, where every report is replayed:
+    run in the child as well, each report would reach it twice (a hook that counts, writes or adds
+    to the report would do it twice). Plugins' hooks stay: pytest's own (counting toward
+    ``--maxfail``, the terminal's outcome words) and ours are needed here. (A conftest's
+    logstart/logfinish hooks still run on both sides: what they write to stderr between tests is
+    part of a crashed child's message.)"""
+    for name in ("pytest_runtest_logreport",):
         for impl in getattr(config.hook, name).get_hookimpls():
             path = getattr(impl.plugin, "__file__", None) or ""
             if os.path.basename(path) == "conftest.py" and not (impl.hookwrapper or impl.wrapper):
