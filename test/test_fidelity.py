@@ -373,3 +373,27 @@ def test_output_past_the_capture_reaches_the_terminal(heavy_pytester, method, ar
     base, iso = parity(heavy_pytester, method, *args)
     assert progress(iso) == progress(base)
     assert any("DISABLED-OUT" in line for line in progress(iso))
+
+
+# --- tmp_path ---------------------------------------------------------------------------------------------
+
+TMP_PATH = heavy("""
+def test_a(tmp_path):
+    (tmp_path / "made").write_text(str(tmp_path))
+""")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_tmp_path_one_tree_per_session(heavy_pytester, method):
+    """Every process's tmp_path directories in the parent's --basetemp, numbered as in-process (each
+    child made its own tree, or emptied the given one as it started)."""
+    heavy_pytester.makepyfile(test_h1=TMP_PATH, test_h2=TMP_PATH, test_l=TMP_PATH.replace("test_a", "test_l"))
+    trees = {}
+    for mode in ("never", "always"):
+        base = heavy_pytester.path / f"tmp-{mode}"
+        result = heavy_pytester.runpytest_subprocess("--heavy-isolate", mode, "--heavy-start", method,
+                                                     f"--basetemp={base}")
+        assert result.ret == 0
+        made = [p for p in base.glob("*/made") if not p.parent.is_symlink()]  # not the *current links
+        trees[mode] = sorted(str(p.relative_to(base)) for p in made)
+    assert trees["always"] == trees["never"] == ["test_a0/made", "test_a1/made", "test_l0/made"]

@@ -119,10 +119,16 @@ class HeavySession:
         return longrepr.rebuild(data) or subtests.rebuild(data)
 
     def pytest_heavy_child_env(self, unit: str, env: dict[str, str]) -> None:
-        """Hand a fresh interpreter the parameters of the unit's tests when its hash order differs
-        from ours (see ``isolation.params``)."""
-        from .isolation import params
+        """Tell the child where tmp_path directories go (``child.share_basetemp``), and hand a
+        fresh interpreter the parameters of the unit's tests when its hash order differs from ours
+        (``isolation.params``)."""
+        from .isolation import child, params
 
+        # Made now, once, by the parent (a given --basetemp emptied once, retention applied once); a
+        # fork inherits it, and the others are told where it is.
+        factory = getattr(self.config, "_tmp_path_factory", None)
+        if factory is not None:
+            env[child.BASETEMP_ENV] = str(factory.getbasetemp())
         session = self.session
         if session is None or not params.hash_order_differs():
             return

@@ -19,6 +19,7 @@ import fcntl
 import io
 import logging
 import os
+import pathlib
 import pickle
 import sys
 import tempfile
@@ -243,6 +244,19 @@ def run_items(session: pytest.Session, items: list[pytest.Item]) -> None:
             break
 
 
+BASETEMP_ENV = "PYTEST_HEAVY_BASETEMP"  # the parent's tmp_path base directory, shared by its children
+
+
+def share_basetemp(config: pytest.Config) -> None:
+    """Make tmp_path directories in the parent's base directory: one tree per session, numbered
+    as in-process, its retention applied once, by the parent. Taken as given (``--basetemp``), so
+    that this child neither empties it when it starts nor removes it when its session ends."""
+    path = os.environ.get(BASETEMP_ENV)
+    factory = getattr(config, "_tmp_path_factory", None)
+    if path and factory is not None:
+        factory._basetemp = factory._given_basetemp = pathlib.Path(path)
+
+
 def run_logging(config: pytest.Config) -> contextlib.ExitStack:
     """What pytest's logging plugin does around its own run loop, which a spawned or forkserver child
     replaces: attach the live-log (``log_cli``) and ``--log-file`` handlers. (A fork of the parent
@@ -345,6 +359,7 @@ def run_session(config: pytest.Config, request: dict[str, Any], sender: Sender, 
     register_forwarder(Forwarder(sender, config, request["nodeids"]))
     config.option.maxfail = request["maxfail"]
     config.args = list(request["paths"])
+    share_basetemp(config)
     if session is None:
         session = start_session(config)
     watch_control(control_fd, session)
