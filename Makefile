@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 # The torch group: `make install WITH_TORCH=1`; TORCH_SPEC picks the torch requirement, and pip's own
-# PIP_INDEX_URL / PIP_EXTRA_INDEX_URL the index (README, "Dependencies": the CPU wheel).
+# PIP_INDEX_URL / PIP_EXTRA_INDEX_URL the index (docs/dependencies.md: the CPU wheel).
 WITH_TORCH ?= 0
 TORCH_SPEC ?= torch
 # test-oldest: the oldest supported pytest, in a virtual environment of its own.
@@ -19,12 +19,12 @@ STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 .PHONY: install demo demo-compare test test-fast test-qualitative test-slow test-gpu test-heavy test-oldest \
-        examples examples-split coverage mps-start mps-stop mps-status bench lint dist clean help
+        examples examples-split coverage mps-start mps-stop mps-status bench lint dist docs clean help
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade 'pip>=25.1'  # 25.1: --group (PEP 735 dependency groups)
-	$(PY) -m pip install -q -e . --group dev --group lint --group tox
+	$(PY) -m pip install -q -e . --group dev --group lint --group tox --group docs
 	@if [ "$(WITH_TORCH)" = 1 ]; then \
 	  $(PY) -m pip install -q '$(TORCH_SPEC)' && $(PY) -m pip install -q --group torch \
 	  || echo "make: torch could not be installed; the torch tests will be skipped"; fi
@@ -39,25 +39,28 @@ demo: $(STAMP) ## run pytest-heavy on the bundled sample project (docs/demo), CP
 demo-compare: $(STAMP) ## the demo suite isolated and in one process, peaks side by side
 	$(PY) docs/demo/compare.py $(PYTEST_ARGS)
 
-# The tiers run through `pytest-heavy tier NAME -- ARGS` (python -m pytest -m EXPR ARGS), which ends a tier
-# with no tests here with exit 0 and a line saying so, where plain pytest exits 5.
+# The tiers are defined once, in scripts/tier.sh, which tox's environments of the same names run too:
+# `pytest-heavy tier NAME -- ARGS` (python -m pytest -m EXPR ARGS) for the product's tiers, which ends a
+# tier with no tests here with exit 0 and a line saying so, where plain pytest exits 5.
+TIER := TIER_RUN=$(PY) bash scripts/tier.sh
+
 test: $(STAMP) ## the project's own test suite (what CI runs)
-	$(BIN)/pytest-heavy tier default -- -ra $(PYTEST_ARGS)
+	$(TIER) default $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## fast tier: no qualitative, no slow tests
-	$(BIN)/pytest-heavy tier fast -- $(PYTEST_ARGS)
+	$(TIER) fast $(PYTEST_ARGS)
 
 test-qualitative: $(STAMP) ## only the qualitative tests
-	$(BIN)/pytest-heavy tier qualitative -- -rs $(PYTEST_ARGS)
+	$(TIER) qualitative $(PYTEST_ARGS)
 
 test-slow: $(STAMP) ## only the slow tests
-	$(BIN)/pytest-heavy tier slow -- -rs $(PYTEST_ARGS)
+	$(TIER) slow $(PYTEST_ARGS)
 
 test-gpu: $(STAMP) ## GPU tier; starts MPS first on EXCLUSIVE_PROCESS GPUs when it can, stops it after
-	bash scripts/with-mps.sh $(BIN)/pytest-heavy tier gpu -- -rs test $(PYTEST_ARGS)
+	$(TIER) gpu $(PYTEST_ARGS)
 
 test-heavy: $(STAMP) ## heavy tier (real HF/vLLM backends, held-memory GPU modules), isolated
-	$(PY) -m pytest -rs --heavy-isolate always test/backends test/gpu $(PYTEST_ARGS)
+	$(TIER) heavy $(PYTEST_ARGS)
 
 $(OLDEST_VENV)/.installed: pyproject.toml
 	@test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
@@ -106,8 +109,12 @@ dist: $(STAMP) ## build the sdist and wheel into dist/ and check them with twine
 	@if tar tzf dist/*.tar.gz | grep -E '/(test|bench|docs)/'; then \
 	  echo "make dist: the sdist ships files it must not (above)"; exit 1; fi
 
-clean: ## remove .venv, caches and coverage output
-	rm -rf $(VENV) $(OLDEST_VENV) .pytest_cache htmlcov coverage.json .coverage .coverage.* .tox .heavy build dist src/*.egg-info
+# --strict: every warning fails the build, and mkdocs.yml's `validation` makes a broken link or anchor one.
+docs: $(STAMP) ## build the documentation site (mkdocs.yml, docs/) into site/, strict: a broken link fails
+	$(BIN)/mkdocs build --strict --site-dir site
+
+clean: ## remove .venv, caches, coverage output and the built site
+	rm -rf $(VENV) $(OLDEST_VENV) .pytest_cache htmlcov coverage.json .coverage .coverage.* .tox .heavy build dist site src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 help: ## list the targets

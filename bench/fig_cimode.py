@@ -9,13 +9,11 @@ cleanup off (``-o heavy_cleanup=never``), which isolates what cleanup itself cos
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import suites
 from harness import (
     NOISE_NOTE,
-    PY,
     Figure,
     Variant,
     Verdict,
@@ -23,7 +21,9 @@ from harness import (
     measure,
     median,
     paired,
+    pytest_argv,
     ratio,
+    scratch,
     secs,
     spread,
     table,
@@ -34,7 +34,7 @@ TARGET = 1.03
 
 def pair(label: str, args: list[str], root: Path, env: dict[str, str]) -> tuple[Variant, Variant]:
     """The same command without the plugin (``-p no:heavy``) and with it."""
-    base = [PY, "-m", "pytest", *args]
+    base = pytest_argv(*args)
     return (Variant(f"`{label} -p no:heavy`", [[*base, "-p", "no:heavy"]], root, env),
             Variant(f"`{label}`, plugin", [base], root, env))
 
@@ -44,13 +44,12 @@ def run(quick: bool) -> Figure:
     size = dict(modules=30, per_module=10, heavy_modules=2) if quick else dict(modules=300, per_module=10,
                                                                                 heavy_modules=5)
     args = ["-q", "-m", "not qualitative"]
-    with tempfile.TemporaryDirectory(prefix="heavy-bench-ci-") as tmp:
-        root = Path(tmp)
+    with scratch("ci") as root:
         count = suites.ci_suite(root, **size)
         ci, plain = clean_env(CICD="1"), clean_env()
         bare, plugin = pair("CICD=1 pytest", args, root, ci)
         no_cleanup = Variant("`CICD=1 pytest -o heavy_cleanup=never`, plugin",
-                             [[PY, "-m", "pytest", *args, "-o", "heavy_cleanup=never"]], root, ci)
+                             [pytest_argv(*args, "-o", "heavy_cleanup=never")], root, ci)
         local = pair("pytest", args, root, plain)  # not CI mode: heavy modules isolated, no cleanup
         collect = pair("pytest --collect-only", [*args, "--collect-only"], root, plain)
         variants = (bare, plugin, no_cleanup, *local, *collect)

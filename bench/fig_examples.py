@@ -9,38 +9,31 @@ system of the whole process tree), which this shared machine's load disturbs far
 
 from __future__ import annotations
 
-import json
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 
 import suites
 from harness import (
     NOISE_NOTE,
     PY,
     Figure,
-    RunFailed,
     Variant,
     Verdict,
     measure,
     median,
     ms,
     paired,
+    pytest_argv,
     ratio,
+    report_check,
+    scratch,
     secs,
     spread,
     table,
 )
 
 
-def report_check(path: Path, count: int) -> Callable[[], str]:
-    def check() -> str:
-        records = [r for r in json.loads(path.read_text())["modules"] if r["kind"] == "example"]
-        if len(records) != count or any(r["outcomes"] != {"passed": 1} for r in records):
-            raise RunFailed(f"{path}: expected {count} passed examples, got {records}")
-        return "ok"
-
-    return check
+def example_passed(record: dict) -> bool:
+    return record["outcomes"] == {"passed": 1}
 
 
 TARGET_S = 0.005  # the runner adds at most 5 ms per example
@@ -48,15 +41,14 @@ TARGET_S = 0.005  # the runner adds at most 5 ms per example
 
 def run(quick: bool) -> Figure:
     reps, count = (1, 4) if quick else (8, 20)
-    with tempfile.TemporaryDirectory(prefix="heavy-bench-examples-") as tmp:
-        root = Path(tmp)
+    with scratch("examples") as root:
         names = suites.examples_dir(root, count)
         runner = []
         for label, targets, n in (("1", names[:1], 1), (str(count), ["examples"], count)):
             report = root / f"report-{label}.json"
             runner.append(Variant(f"`python -m pytest` on {label} example{'s' if n > 1 else ''}",
-                                  [[PY, "-m", "pytest", "-q", "--heavy-report", str(report), *targets]], root,
-                                  check=report_check(report, n)))
+                                  [pytest_argv("-q", "--heavy-report", str(report), *targets)], root,
+                                  check=report_check(report, n, kind="example", passed=example_passed)))
         direct = Variant(f"`python <example>.py`, {count} times", [[PY, name] for name in names], root)
         measure([*runner, direct], reps, warmup=[runner[1]], progress="examples")
     one, many = runner

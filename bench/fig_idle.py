@@ -13,13 +13,11 @@ the cross-check.
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import suites
 from harness import (
     NOISE_NOTE,
-    PY,
     REPO,
     Figure,
     Variant,
@@ -29,8 +27,10 @@ from harness import (
     median,
     ms,
     paired,
+    pytest_argv,
     ratio,
     run_once,
+    scratch,
     secs,
     spread,
     table,
@@ -47,7 +47,7 @@ def account(root: Path, args: list[str], runs: int) -> list[dict]:
     for i in range(runs):
         out = root / f"hook-times-{i}.json"
         env = clean_env(PYTHONPATH=str(REPO / "bench"), BENCH_HOOK_TIMES=str(out))
-        run_once([PY, "-m", "pytest", *args, "-p", "hook_timer"], root, env)
+        run_once(pytest_argv(*args, "-p", "hook_timer"), root, env)
         found.append(json.loads(out.read_text()))
     return found
 
@@ -82,15 +82,14 @@ def run(quick: bool) -> Figure:
     runs = 1 if quick else ACCOUNTING_RUNS
     variants: dict[str, list[Variant]] = {}
     accounted: dict[tuple[str, str], list[dict]] = {}
-    with tempfile.TemporaryDirectory(prefix="heavy-bench-idle-") as tmp:
-        root = Path(tmp)
+    with scratch("idle") as root:
         count = suites.idle_suite(root, modules=20, per_module=100)
         for what, args in (("collect", ["-q", "--collect-only"]), ("run", ["-q"])):
             shown = f"pytest {' '.join(args)}"
-            bare = [PY, "-m", "pytest", *args, "-p", "no:heavy"]
+            bare = pytest_argv(*args, "-p", "no:heavy")
             variants[what] = [Variant(f"`{shown} -p no:heavy`", [bare], root)]
             for mode, extra in MODES:
-                command = [PY, "-m", "pytest", *args, *extra]
+                command = pytest_argv(*args, *extra)
                 variants[what].append(Variant(f"`{shown}`, plugin {mode}", [command], root))
             # The warm-up (an opted-in run) writes the bytecode of everything a session imports first.
             measure(variants[what], reps[what], warmup=variants[what][2:], progress=f"idle, {what}")

@@ -12,8 +12,6 @@ in a child, and with which start method (a refused fork falls back to spawn, and
 
 from __future__ import annotations
 
-import json
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,16 +19,17 @@ from pathlib import Path
 import suites
 from harness import (
     NOISE_NOTE,
-    PY,
     Figure,
-    RunFailed,
     Variant,
     Verdict,
     measure,
     median,
     ms,
     paired,
+    pytest_argv,
     ratio,
+    report_check,
+    scratch,
     secs,
     spread,
     table,
@@ -42,20 +41,18 @@ SPAWN_TARGET = 1.2
 TESTS = 4
 
 
-def report_check(path: Path, modules: int, method: str, walls: list[float]) -> Callable[[], str]:
-    """After a run: every module isolated and passed; note the start methods the children used."""
+def isolated_check(path: Path, modules: int, method: str, walls: list[float]) -> Callable[[], str]:
+    """After a run: every module isolated and passed; keep the children's wall times in ``walls`` and
+    note the start methods the children used (a refused fork falls back, and the note says so)."""
 
-    def check() -> str:
-        records = json.loads(path.read_text())["modules"]
-        if len(records) != modules or any(r["exit"] != "exit 0" for r in records):
-            raise RunFailed(f"{path}: expected {modules} isolated modules that passed, got {records}")
+    def note(records: list[dict]) -> str:
         walls.extend(r["wall_s"] for r in records)
         used = sorted({r["start_method"] for r in records})
         if method == "auto" or used == [method]:
             return ", ".join(used)
         return f"{', '.join(used)} ({method} refused)"
 
-    return check
+    return report_check(path, modules, note=note)
 
 
 Pair = tuple[Variant, Variant]  # the same way of running, at K1 and at K2 modules
@@ -77,7 +74,7 @@ class SuiteRuns:
 
 
 def suite_runs(root: Path, names: list[str], k1: int, k2: int) -> SuiteRuns:
-    base = [PY, "-m", "pytest", "-q"]
+    base = pytest_argv("-q")
     never = [Variant(f"never@{k}", [[*base, "--heavy-isolate", "never", *names[:k]]], root) for k in (k1, k2)]
     child_walls: dict[str, list[float]] = {}
     methods: dict[str, Pair] = {}
@@ -88,7 +85,7 @@ def suite_runs(root: Path, names: list[str], k1: int, k2: int) -> SuiteRuns:
             walls = child_walls.setdefault(method, []) if k == k2 else []
             cmd = [*base, "--heavy-isolate", "always", "--heavy-start", method, "--heavy-report", str(report),
                    *names[:k]]
-            pair.append(Variant(f"{method}@{k}", [cmd], root, check=report_check(report, k, method, walls)))
+            pair.append(Variant(f"{method}@{k}", [cmd], root, check=isolated_check(report, k, method, walls)))
         methods[method] = (pair[0], pair[1])
     loop = Variant("loop", [[*base, "-p", "no:heavy", name] for name in names[:k2]], root)
     return SuiteRuns(k1, k2, (never[0], never[1]), methods, loop, child_walls)
@@ -140,14 +137,13 @@ def torch_suites(quick: bool, verdicts: list[Verdict]) -> str:
     modules, reps = (4, 1) if quick else (10, 3)
     rows = []
     for shape, weights in (("`import torch`", False), ("`import torch` + `W = torch.ones(256, 256)`", True)):
-        with tempfile.TemporaryDirectory(prefix="heavy-bench-torch-") as tmp:
-            root = Path(tmp)
+        with scratch("torch") as root:
             names = suites.heavy_suite(root, modules, 3, torch=True, preload=True, weights=weights)
-            base = [PY, "-m", "pytest", "-q", *names]
+            base = pytest_argv("-q", *names)
             report = root / "report.json"
             never = Variant("in-process", [[*base, "--heavy-isolate", "never"]], root)
             auto = Variant("auto", [[*base, "--heavy-report", str(report)]], root,
-                           check=report_check(report, modules, "auto", []))
+                           check=isolated_check(report, modules, "auto", []))
             measure([never, auto], reps, warmup=[never], progress=f"isolation, torch suite {shape}")
         rel = paired(auto.walls(), never.walls())
         used = "; ".join(sorted(auto.notes))
@@ -168,8 +164,7 @@ def run(quick: bool) -> Figure:
     ]
     sections, verdicts = [], []
     for title, torch, (k1, k2), suite_reps in plans:
-        with tempfile.TemporaryDirectory(prefix="heavy-bench-isolation-") as tmp:
-            root = Path(tmp)
+        with scratch("isolation") as root:
             names = suites.heavy_suite(root, k2, TESTS, torch=torch, preload=torch)
             runs = suite_runs(root, names, k1, k2)
             measure(runs.variants(), suite_reps, warmup=[runs.never[1]],

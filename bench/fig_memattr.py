@@ -14,12 +14,10 @@ The in-process pair (``--heavy-isolate never``) shows the same for tests run by 
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import suites
 from harness import (
-    PY,
     Figure,
     RunFailed,
     Variant,
@@ -27,7 +25,9 @@ from harness import (
     measure,
     median,
     paired,
+    pytest_argv,
     ratio,
+    scratch,
     secs,
     spread,
     table,
@@ -38,8 +38,7 @@ TARGET = 1.02  # asked / not asked, isolated: at most +2 %
 
 def variant(root: Path, label: str, isolate: str, asked: bool, expected: int) -> Variant:
     report = root / f"report-{label}.json"
-    args = [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--heavy-isolate", isolate,
-            "--heavy-start", "fork"]
+    args = pytest_argv("-q", "-p", "no:cacheprovider", "--heavy-isolate", isolate, "--heavy-start", "fork")
     if asked:
         args.append(f"--heavy-report={report}")
 
@@ -55,8 +54,7 @@ def variant(root: Path, label: str, isolate: str, asked: bool, expected: int) ->
 
 def run(quick: bool) -> Figure:
     modules, tests, cpu_ms, reps = (2, 5, 20.0, 2) if quick else (10, 20, 100.0, 5)
-    with tempfile.TemporaryDirectory(prefix="heavy-bench-memattr-") as tmp:
-        root = Path(tmp)
+    with scratch("memattr") as root:
         suites.cpu_bound_suite(root, modules, cpu_ms / 1000, tests)
         total = modules * tests
         variants = [variant(root, "isolated", "always", False, total),

@@ -9,12 +9,25 @@ from __future__ import annotations
 
 import json
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import suites
-from harness import PY, Figure, RunFailed, Verdict, clean_env, log, median, ms, spread, table
+from harness import (
+    PY,
+    Figure,
+    RunFailed,
+    Verdict,
+    clean_env,
+    log,
+    median,
+    ms,
+    pytest_argv,
+    run_once,
+    scratch,
+    spread,
+    table,
+)
 
 TARGET_S = 0.020
 HEAVY_LIBS = ("torch", "transformers", "vllm", "pynvml")
@@ -107,18 +120,15 @@ def session_imports(root: Path) -> tuple[list[Import], list[str]]:
         raise RunFailed(f"importtime session exited {proc.returncode}:\n{proc.stdout[-3000:]}")
     (root / "bench_sys_modules.py").write_text(SYS_MODULES_PLUGIN % (HEAVY_LIBS,))
     out = root / "sys_modules.json"
-    run = subprocess.run([PY, "-m", "pytest", "-q", "-p", "bench_sys_modules", "--heavy-isolate", "always",
-                          "--heavy-start", "spawn"], cwd=root, capture_output=True, text=True, timeout=300,
-                         env=clean_env(BENCH_SYS_MODULES=str(out), PYTHONPATH=str(root)))
-    if run.returncode:
-        raise RunFailed(f"isolated session exited {run.returncode}:\n{run.stdout[-3000:]}")
+    isolated = pytest_argv("-q", "-p", "bench_sys_modules", "--heavy-isolate", "always",
+                           "--heavy-start", "spawn")
+    run_once(isolated, root, clean_env(BENCH_SYS_MODULES=str(out), PYTHONPATH=str(root)))
     return parse_importtime(proc.stderr), json.loads(out.read_text())
 
 
 def run(quick: bool) -> Figure:
     reps = 3 if quick else 9
-    with tempfile.TemporaryDirectory(prefix="heavy-bench-probe-") as tmp:
-        root = Path(tmp)
+    with scratch("probe") as root:
         suites.heavy_suite(root, modules=2, tests=2)
         (root / "test_plain.py").write_text("def test_plain():\n    assert True\n")
         samples: dict[str, list[dict]] = {"session": [], "bare": []}

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import suites
@@ -24,14 +21,16 @@ from harness import (
     NOISE_NOTE,
     PY,
     Figure,
-    RunFailed,
     Variant,
     Verdict,
     clean_env,
     measure,
     median,
     paired,
+    pytest_argv,
     ratio,
+    report_check,
+    scratch,
     secs,
     spread,
     table,
@@ -60,15 +59,16 @@ def write_suite(root: Path, marker: str, scale: float) -> None:
     (root / "durations.json.peaks.json").write_text(json.dumps(peaks, indent=2))
 
 
-def report_check(path: Path) -> Callable[[], str]:
-    def check() -> str:
-        records = json.loads(path.read_text())["modules"]
-        if len(records) != len(MODULES) or any(not r["exit"].startswith("exit 0") for r in records):
-            raise RunFailed(f"{path}: expected {len(MODULES)} modules that passed, got {records}")
-        if not records[0]["gpus"]:
-            return "-"
-        return f"most modules met on one GPU: {max(len(r['beside']) for r in records) + 1}"
-    return check
+def exit_0_first(record: dict) -> bool:
+    """The module's child exited 0, whatever note the exit column adds after it."""
+    return record["exit"].startswith("exit 0")
+
+
+def packing(records: list[dict]) -> str:
+    """The most modules that shared one GPU at once (``-`` without GPUs)."""
+    if not records[0]["gpus"]:
+        return "-"
+    return f"most modules met on one GPU: {max(len(r['beside']) for r in records) + 1}"
 
 
 def predicted(root: Path, assume: str) -> float:
@@ -82,18 +82,20 @@ def run(quick: bool) -> Figure:
     reps, scale = (1, 0.1) if quick else (3, 1.0)
     rows, verdicts = [], []
     serial_s = sum(w for w, _, _ in MODULES) * scale
-    with tempfile.TemporaryDirectory(prefix="heavy-bench-scheduler-") as tmp:
+    with scratch("scheduler") as tmp:
         for label, assume, marker in CASES:
-            root = Path(tmp) / marker / assume.replace(",", "_").replace("=", "-")
+            root = tmp / marker / assume.replace(",", "_").replace("=", "-")
             write_suite(root, marker, scale)
             plan_s = predicted(root, assume)
             variants = []
             for workers in ("1", "auto"):
                 report = root / f"report-{workers}.json"
-                cmd = [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--heavy-isolate", "always",
-                       "--heavy-workers", workers, "--heavy-assume", assume, "--heavy-report", str(report)]
+                cmd = pytest_argv("-q", "-p", "no:cacheprovider", "--heavy-isolate", "always",
+                                  "--heavy-workers", workers, "--heavy-assume", assume,
+                                  "--heavy-report", str(report))
                 variants.append(Variant(f"{label}: `--heavy-workers {workers}`", [cmd], root,
-                                        check=report_check(report)))
+                                        check=report_check(report, len(MODULES), passed=exit_0_first,
+                                                           note=packing)))
             measure(variants, reps, progress=f"scheduler {label}")
             one, auto = variants
             speedup = paired(one.walls(), auto.walls())
@@ -115,6 +117,3 @@ def run(quick: bool) -> Figure:
     )
     return Figure("scheduler", "GPU-aware parallel heavy tier", body, verdicts, reps)
 
-
-if __name__ == "__main__":
-    print(run("--quick" in sys.argv).body)

@@ -8,50 +8,42 @@ machine, is in gpu.md.
 
 from __future__ import annotations
 
-import json
-import tempfile
 from collections import Counter
-from collections.abc import Callable
-from pathlib import Path
 
 import suites
 from harness import (
     NOISE_NOTE,
-    PY,
     Figure,
-    RunFailed,
     Variant,
     Verdict,
     measure,
     median,
     paired,
+    pytest_argv,
     ratio,
+    report_check,
+    scratch,
     secs,
     spread,
     table,
 )
 
-# fork would be the cheapest, but two fork children at once break (see README.md, "Bugs found"); the
-# forkserver forks the same way from a server process.
+# fork would be the cheapest, but two fork children at once used to break (docs/benchmarks/README.md, "Bugs
+# found while measuring"; fixed since); the forkserver forks the same way from a server process, and keeps
+# this figure's rows comparable with the earlier runs.
 START = "forkserver"
 
 
-def report_check(path: Path, modules: int) -> Callable[[], str]:
-    def check() -> str:
-        records = json.loads(path.read_text())["modules"]
-        if len(records) != modules or any(r["exit"] != "exit 0" for r in records):
-            raise RunFailed(f"{path}: expected {modules} isolated modules that passed, got {records}")
-        return ", ".join(f"{m} ({n})" for m, n in sorted(Counter(r["start_method"] for r in records).items()))
-
-    return check
+def start_methods(records: list[dict]) -> str:
+    """How many children each start method started, e.g. ``forkserver (8)``."""
+    return ", ".join(f"{m} ({n})" for m, n in sorted(Counter(r["start_method"] for r in records).items()))
 
 
 def run(quick: bool) -> Figure:
     reps, modules, cpu_s = (1, 4, 0.3) if quick else (3, 8, 0.4)
-    with tempfile.TemporaryDirectory(prefix="heavy-bench-workers-") as tmp:
-        root = Path(tmp)
+    with scratch("workers") as root:
         suites.cpu_bound_suite(root, modules, cpu_s)
-        base = [PY, "-m", "pytest", "-q"]
+        base = pytest_argv("-q")
         never = Variant("in-process (`--heavy-isolate never`)", [[*base, "--heavy-isolate", "never"]], root)
         workers = []
         for n in (1, 2):
@@ -59,7 +51,7 @@ def run(quick: bool) -> Figure:
             cmd = [*base, "--heavy-isolate", "always", "--heavy-start", START, "--heavy-workers", str(n),
                    "--heavy-report", str(report)]
             workers.append(Variant(f"`--heavy-isolate always --heavy-workers {n}`", [cmd], root,
-                                   check=report_check(report, modules)))
+                                   check=report_check(report, modules, note=start_methods)))
         measure([never, *workers], reps, progress="workers")
     one, two = workers
     speedup = paired(one.walls(), two.walls())

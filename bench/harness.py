@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import json
 import os
 import platform
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,6 +128,42 @@ def measure(variants: Sequence[Variant], reps: int, warmup: Sequence[Variant] | 
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- driving a figure: its suite's folder, its pytest commands, checking what a run did ----------------
+
+
+@contextmanager
+def scratch(figure: str) -> Iterator[Path]:
+    """A fresh temporary folder for a figure's generated suite, removed when the figure is done."""
+    with tempfile.TemporaryDirectory(prefix=f"heavy-bench-{figure}-") as tmp:
+        yield Path(tmp)
+
+
+def pytest_argv(*args: str) -> list[str]:
+    """``python -m pytest ARGS`` with this interpreter (the one pytest-heavy is installed in)."""
+    return [PY, "-m", "pytest", *args]
+
+
+def exited_0(record: dict) -> bool:
+    return record["exit"] == "exit 0"
+
+
+def report_check(path: Path, expected: int, *, kind: str | None = None,
+                 passed: Callable[[dict], bool] = exited_0,
+                 note: Callable[[list[dict]], str] = lambda records: "ok") -> Callable[[], str]:
+    """A ``Variant.check`` for a run that wrote ``--heavy-report PATH``: the report holds ``expected`` rows
+    (of ``kind``, module or example, when given) that all ``passed``, or the run measured something other
+    than it claims and RunFailed says so; otherwise ``note(rows)``, e.g. the start methods children used."""
+
+    def check() -> str:
+        records = [r for r in json.loads(path.read_text())["modules"] if kind is None or r["kind"] == kind]
+        if len(records) != expected or not all(passed(r) for r in records):
+            what = f"{kind} rows" if kind else "rows"
+            raise RunFailed(f"{path}: expected {expected} {what} that passed, got {records}")
+        return note(records)
+
+    return check
 
 
 # --- statistics ---------------------------------------------------------------------------------------

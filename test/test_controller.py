@@ -48,6 +48,25 @@ def test_crash_fails_that_test_and_a_fresh_child_runs_the_rest(scripted):
     assert result.ret == pytest.ExitCode.TESTS_FAILED
 
 
+def test_a_child_that_dies_in_setup_errors_that_test_only_and_the_row_counts_both_children(scripted):
+    """The dead child's result (its status, and the test it died in) reaches the report and the heavy
+    table's row once: the setup fails with the crash, pytest never calls the test, teardown passes."""
+    scripted.makepyfile(test_a=HEAVY + "def test_setup_crash(): pass\ndef test_two(): pass\n",
+                        test_b=HEAVY + "def test_b(): pass\n")
+    result = scripted.runpytest("-rA", "--junitxml", "junit.xml", "--heavy-report", "heavy.json")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["_*_ ERROR at setup of test_setup_crash _*_",
+                                 "child process for test_a.py died with SIGSEGV during "
+                                 "test_a.py::test_setup_crash"])
+    assert requests(scripted)[:2] == [["test_a.py::test_setup_crash", "test_a.py::test_two"],
+                                      ["test_a.py::test_two"]]
+    junit = (scripted.path / "junit.xml").read_text()
+    assert junit.count('name="test_setup_crash"') == 1 and junit.count("<error ") == 1
+    row = rows(scripted)["test_a.py"]
+    assert (row["exit"], row["restarts"], row["tests"]) == ("SIGSEGV, exit 0", 1, 2)
+    assert row["outcomes"] == {"error": 1, "passed": 1}
+
+
 def test_a_child_that_dies_before_any_test_is_not_restarted(scripted):
     scripted.makepyfile(test_a=HEAVY + "def test_early(): pass\ndef test_two(): pass\n",
                         test_b=HEAVY + "def test_b(): pass\n")

@@ -1,5 +1,6 @@
-"""The whole parent/child protocol in one place: environment names, signals, exit codes, the options a
-child must not inherit, and the event stream (one JSON object per line over a pipe).
+"""The whole parent/child protocol in one place: environment names, signals, exit codes, what the parent
+sends a child (its request, the payload of a spawned child, the control pipe's message) and the event
+stream (one JSON object per line over a pipe), each message a typed class.
 
 Reports travel as pytest's own serialized form (``pytest_report_to_serializable``), so every
 plugin that extends reports through those hooks keeps working across the process boundary.
@@ -16,7 +17,7 @@ import signal
 import threading
 import warnings
 from collections.abc import Iterator, Mapping
-from typing import IO, Any
+from typing import IO, Any, Literal, TypedDict
 
 # --- environment -----------------------------------------------------------------------------------
 CHILD_ENV = "PYTEST_HEAVY_CHILD"  # "1" in isolated children: isolation off, hardware from the parent
@@ -30,34 +31,105 @@ STACK_SIGNAL = signal.SIGUSR1  # children and examples register faulthandler on 
 EXIT_PARENT_GONE = 3  # a child whose control pipe closed: nobody listens to its reports any more
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a forked child that failed before or after running its tests
 
-# Options a child must not inherit as they are: the parent alone selects, debugs and writes reports.
-CHILD_OVERRIDES: dict[str, Any] = {
-    "usepdb": False, "trace": False, "xmlpath": None, "lf": False, "failedfirst": False, "newfirst": False,
-    "keyword": "", "markexpr": "", "deselect": [], "stepwise": False, "stepwise_skip": False,
-    "collectonly": False, "heavy_isolate": "never", "heavy_split": None, "heavy_report": None,
-    "cov_source": None,  # pytest-cov stays off; coverage's own subprocess/fork patches measure us
-    "basetemp": None,  # a given --basetemp is wiped by whoever uses it first: children get their own
-}
-
 
 def in_child(env: Mapping[str, str] = os.environ) -> bool:
     """Whether this process is an isolated child (started by a pytest-heavy parent)."""
     return env.get(CHILD_ENV) == "1"
 
 
+# --- parent -> child ------------------------------------------------------------------------------
+class RunRequest(TypedDict):
+    """What a child runs: exactly these node ids, collected from ``paths`` (spawn, forkserver)."""
+
+    unit: str  # the isolated module's path, as the heavy table names it
+    nodeids: list[str]
+    paths: list[str]
+    maxfail: int  # failures left before the session stops (0: no limit)
+
+
+class SpawnPayload(TypedDict):
+    """A spawned child's pickled file (``PAYLOAD_ENV``): the parent's options, arguments and request."""
+
+    options: dict[str, Any]
+    args: list[str]
+    request: RunRequest
+
+
+STOP = b"stop\n"  # the control pipe's one message: stop after the current test (EOF: the parent is gone)
+
+
 # --- events ----------------------------------------------------------------------------------------
 class Event(str, enum.Enum):
-    """What a child tells its parent, in the order a run produces them."""
+    """What a child tells its parent, in the order a run produces them; each line's fields are the
+    typed class below of the same name."""
 
-    COLLECT_ERROR = "collecterror"  # a file failed to collect: {nodeid, longrepr}
-    MISSING = "missing"  # node ids the parent asked for that the child did not collect: {nodeids}
-    LOGSTART = "logstart"  # {nodeid, location}
-    REPORT = "report"  # {data}: pytest_report_to_serializable of a TestReport
-    LOGFINISH = "logfinish"  # {nodeid, location}
-    WARNING = "warning"  # {when, nodeid, location, message}: see serialize_warning
-    INTERRUPT = "interrupt"  # {kind, reason, returncode, where}: pytest.exit() or KeyboardInterrupt in a test
-    LEFTOVERS = "leftovers"  # {killed}: what the child killed of its descendants as it finished
-    DONE = "done"  # {exitstatus}: the child's session is over; nothing follows
+    COLLECT_ERROR = "collecterror"  # a file failed to collect
+    MISSING = "missing"  # node ids the parent asked for that the child did not collect
+    LOGSTART = "logstart"
+    REPORT = "report"  # pytest_report_to_serializable of a TestReport
+    LOGFINISH = "logfinish"
+    WARNING = "warning"  # see serialize_warning
+    INTERRUPT = "interrupt"  # pytest.exit() or KeyboardInterrupt in a test
+    LEFTOVERS = "leftovers"  # what the child killed of its descendants as it finished
+    DONE = "done"  # the child's session is over; nothing follows
+
+
+class LogStart(TypedDict):
+    event: Literal["logstart"]
+    nodeid: str
+    location: tuple[str, int | None, str]
+
+
+class Report(TypedDict):
+    event: Literal["report"]
+    data: dict[str, Any]
+
+
+class LogFinish(TypedDict):
+    event: Literal["logfinish"]
+    nodeid: str
+    location: tuple[str, int | None, str]
+
+
+class WarningEvent(TypedDict):
+    event: Literal["warning"]
+    when: str
+    nodeid: str
+    location: tuple[str, int, str] | None
+    message: dict[str, Any]
+
+
+class CollectError(TypedDict):
+    event: Literal["collecterror"]
+    nodeid: str
+    longrepr: str
+
+
+class Missing(TypedDict):
+    event: Literal["missing"]
+    nodeids: list[str]
+
+
+class Interrupt(TypedDict):
+    event: Literal["interrupt"]
+    kind: str  # 'Exit' or 'KeyboardInterrupt'
+    reason: str
+    returncode: int | None
+    where: str  # 'path:line' of the test that raised it
+
+
+class Leftovers(TypedDict):
+    event: Literal["leftovers"]
+    killed: list[str]
+
+
+class Done(TypedDict):
+    event: Literal["done"]
+    exitstatus: int
+
+
+# One parsed line of the stream, told apart by its "event" key.
+Message = LogStart | Report | LogFinish | WarningEvent | CollectError | Missing | Interrupt | Leftovers | Done
 
 
 # A report's extra key: the live-log text (log_cli) the child wrote before it, printed by the parent.
@@ -82,7 +154,7 @@ class Sender:
                 pass
 
 
-def events(stream: IO[bytes]) -> Iterator[dict[str, Any]]:
+def events(stream: IO[bytes]) -> Iterator[Message]:
     """Parse events until EOF; a torn last line (child killed mid-write) is dropped."""
     for line in stream:
         try:

@@ -5,6 +5,7 @@ generated conftest), so the controller's restart, crash, missing-test and ``-x``
 against a child whose behaviour is known exactly. By test function name:
 
 - ``test_crash*``: the child dies during the test's call (SIGSEGV), after its setup passed;
+- ``test_setup_crash*``: the child dies during the test's setup (SIGSEGV), before reporting it;
 - ``test_fail*``: the call fails;
 - ``test_missing*``: the child did not collect it;
 - ``test_early*``: the child dies before it starts any test;
@@ -82,6 +83,8 @@ class ScriptedLauncher:
             if item.name.startswith("test_early"):
                 return -signal.SIGSEGV
             lines.append({"event": "logstart", "nodeid": nodeid, "location": item.location})
+            if item.name.startswith("test_setup_crash"):
+                return -signal.SIGSEGV
             lines.append(self._report(item, "setup", "passed"))
             if item.name.startswith("test_crash"):
                 return -signal.SIGSEGV

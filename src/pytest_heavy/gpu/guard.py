@@ -37,7 +37,7 @@ PROC_PID_INIT_INO = 0xEFFFFFFC
 REMEDIES = (
     "mark that test (or its module) with a GPU marker such as requires_gpu, or requires_gpu_isolation, "
     "so it runs in a child process",
-    "start MPS first (eval \"$(pytest-heavy mps start)\"; make mps-start in pytest-heavy's own repository) "
+    "start MPS first (eval \"$(pytest-heavy mps start)\"; pytest-heavy mps stop ends it) "
     "so GPU processes share the device",
     "split the run so that test and the GPU tests run in separate pytest processes: pytest-heavy split N",
 )

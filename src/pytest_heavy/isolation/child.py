@@ -26,6 +26,7 @@ import tempfile
 import threading
 import traceback
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import psutil
@@ -39,8 +40,10 @@ from ..wire import (
     OUTSIDE_KEY,
     PAYLOAD_ENV,
     STACK_SIGNAL,
+    STOP,
     Event,
     Sender,
+    SpawnPayload,
     serialize_warning,
 )
 from . import junit, longrepr, params
@@ -208,7 +211,7 @@ def watch_control(fd: int, session: pytest.Session) -> None:
     def run() -> None:
         with os.fdopen(fd, "rb", buffering=0) as pipe:
             while data := pipe.read(64):
-                if b"stop" in data:
+                if STOP in data:
                     session.shouldstop = "stopped by pytest-heavy: the parent session is stopping"
         procs.kill_descendants()
         os._exit(EXIT_PARENT_GONE)
@@ -352,7 +355,7 @@ def start_session(config: pytest.Config) -> pytest.Session:
     return session
 
 
-def run_session(config: pytest.Config, request: dict[str, Any], sender: Sender, control_fd: int,
+def run_session(config: pytest.Config, request: Mapping[str, Any], sender: Sender, control_fd: int,
                 session: pytest.Session | None = None) -> int:
     """Collect the unit's files (in ``session``, started here unless given) and run exactly the
     requested node ids."""
@@ -520,7 +523,7 @@ def main() -> int:
     procs.guard_child_tree(os.getppid())  # a parent gone before this line: the control pipe's EOF tells
     enable_stack_dumps()
     with open(os.environ.pop(PAYLOAD_ENV), "rb") as fh:
-        payload = pickle.load(fh)
+        payload: SpawnPayload = pickle.load(fh)
     events_fd, control_fd, *captured = (int(x) for x in os.environ.pop(FDS_ENV).split(","))
     sender = Sender(events_fd)
     config = configure(payload["options"], payload["args"])

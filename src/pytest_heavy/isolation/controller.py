@@ -1,27 +1,32 @@
 """The parent's run loop when heavy modules are isolated (pytest-heavy's ``DSession``).
 
-Parent units run in-process as usual. Each heavy unit runs in a child, started where the scheduler
-places it (``schedule/``); its events are re-emitted through pytest's own hooks (``replay.py``). After a
-crash the running test fails and the rest of the module re-runs in a fresh child as long as the
-previous one made progress, so each crash costs exactly one test.
+Parent units run in-process as usual. Each heavy unit runs in a child placed by the scheduler
+(``schedule/``) and owned from launch to reap by an ``Attempt`` (``launch/attempt.py``); its events are
+handled here, one short ``on_<event>`` method each, and the unit's books (``units.py``) say what to
+replay through pytest's own hooks (``replay.py``). After a crash the running test fails and the rest of
+the module re-runs in a fresh child as long as the previous one made progress: a crash costs one test.
 """
 
 from __future__ import annotations
 
-import time
+import contextlib
+import functools
+import queue
 from collections.abc import Callable, Mapping
 
 import pytest
 
-from .. import report, supervise
+from .. import supervise, wire
 from ..gpu import guard
 from ..split.durations import ModulePeaks
 from ..state import Run
 from . import schedule, stops
 from .launch import Launchers
+from .launch.attempt import Attempt
 from .plan import Unit
-from .replay import Replay
-from .units import Attempt, Ready, UnitRun
+from .ready import Ready
+from .replay import Replay, reraise
+from .units import Replayable, UnitRun
 
 
 class Controller:
@@ -30,19 +35,20 @@ class Controller:
         self.session, self.config, self.hook = session, session.config, session.config.hook
         self.run, self.settings, self.launchers = run, run.settings, launchers
         self.replay = Replay(session.config, run.settings.junit_properties)
-        self.running: list[UnitRun] = []
+        self.inbox: queue.Queue[tuple[UnitRun, Attempt, wire.Message | None]] = queue.Queue()
+        self.interrupted: wire.Interrupt | None = None  # the first child's pytest.exit() or Ctrl-C
+        self.running: dict[UnitRun, Attempt] = {}  # each running unit's child
         self.gpu = run.gpu()
         self.env = supervise.child_environment(run.settings, run.hardware, isolated=True)
-        self.ready = Ready(schedule.make(run.settings, run.hardware, peaks or {}))
+        self.ready = Ready(schedule.make(run.settings, run.hardware, peaks or {}), run.hardware)
 
     def run_units(self, units: list[Unit]) -> None:
         parent_items = [item for unit in units if unit.module is None for item in unit.items]
         next_parent = dict(zip(parent_items, [*parent_items[1:], None], strict=False))  # no items: no pairs
-        runs = [UnitRun(unit) for unit in units if unit.module is not None]
+        runs = {unit.module: UnitRun(unit) for unit in units if unit.module is not None}
         reorders = self.ready.scheduler.reorders  # every heavy module ready at once: the scheduler orders
         if reorders:
-            self.ready.units = list(runs)
-        heavy = iter(runs)
+            self.ready.add(*runs.values())
         try:
             for unit in units:
                 if self.stopping():
@@ -50,31 +56,31 @@ class Controller:
                 if unit.module is None:
                     self.run_in_parent(unit, next_parent)
                     continue
-                ur = next(heavy)
                 if reorders:
                     self.fill()
                     continue
-                self.ready.units.append(ur)
+                self.ready.add(ur := runs[unit.module])
                 self.start_soon(self.ready.units.__contains__, ur)  # collection order: it starts first
             self.start_soon(lambda: bool(self.ready.units or self.running))  # OOM re-runs come late
             self.wait_all()
         except KeyboardInterrupt:
-            self.kill_all()
+            for attempt in self.running.values():  # Ctrl-C: end every child and everything it started
+                attempt.kill()
             raise
         finally:
             self.launchers.close()
-        if self.settings.packing and self.ready.t_first is not None:
-            self.run.schedule = report.schedule_line(self.run.records, time.monotonic() - self.ready.t_first,
-                                                     len(self.run.hardware.gpus))
-        self.replay.reraise_interrupt()  # a child's pytest.exit() or KeyboardInterrupt ends this session too
+        if self.settings.packing:
+            self.run.schedule = self.ready.schedule_line(self.run.records)
+        if self.interrupted:
+            reraise(self.interrupted)  # a child's pytest.exit() or KeyboardInterrupt ends this session too
         if self.session.shouldfail:
             raise self.session.Failed(self.session.shouldfail)
         if self.session.shouldstop:
             raise self.session.Interrupted(self.session.shouldstop)
 
     def run_in_parent(self, unit: Unit, next_parent: dict[pytest.Item, pytest.Item | None]) -> None:
-        """pytest's own protocol for each item; children keep running beside it unless it must be alone."""
-        # A parent unit with GPU tests may need whole GPUs: no packed child beside it.
+        """pytest's own protocol for each item; children keep running beside it unless it must be alone
+        (a parent unit with GPU tests may need whole GPUs: no packed child beside it)."""
         alone = (self.settings.workers == 1 and not self.settings.packing) or (
             self.settings.packing and unit.gpus > 0 and bool(self.run.hardware.gpus))
         if alone:
@@ -83,115 +89,107 @@ class Controller:
             if self.stopping():  # also a stop replayed while waiting for the children: none too many
                 break
             item.ihook.pytest_runtest_protocol(item=item, nextitem=next_parent[item])
-            self.pump(block=False)
+            self.step(block=False)
             if not alone:
                 self.fill()
 
     def start_soon(self, waiting: Callable[..., bool], *args: object) -> None:
-        """Start ready units, or wait for events, while ``waiting(*args)`` holds."""
+        """Start ready units, or handle events, while ``waiting(*args)`` holds."""
         while waiting(*args) and not self.stopping():
             if not self.fill():
-                self.pump(block=True)
+                self.step(block=True)
+
+    def wait_all(self) -> None:
+        while self.running:
+            self.step(block=True)
 
     def fill(self) -> bool:
         """Start every ready unit the scheduler places now; True when at least one started."""
         started = False
-        while not self.stopping() and (picked := self.ready.pop()) is not None:
-            ur, placement = picked
-            ur.place(placement, self.run.hardware, self.running)  # its GPUs, and who shares them
+        while not self.stopping() and (ur := self.ready.pop(list(self.running))) is not None:
             self.launch(ur)
             started = True
         return started
 
     def stopping(self) -> bool:
         """True once -x/--maxfail, a stop request or an interrupt ended the session; children are told."""
-        if not (self.session.shouldfail or self.session.shouldstop or self.replay.interrupted):
+        if not (self.session.shouldfail or self.session.shouldstop or self.interrupted):
             return False
-        for ur in self.running:
-            if ur.attempt:
-                ur.attempt.request_stop()
+        for attempt in self.running.values():
+            attempt.request_stop()
         return True
 
-    def wait_all(self) -> None:
-        while self.running:
-            self.pump(block=True)
+    def step(self, block: bool) -> None:
+        """Handle the queued events (with ``block``, wait briefly for one), then watch every child."""
+        with contextlib.suppress(queue.Empty):
+            ur, attempt, event = self.inbox.get(timeout=0.05) if block else self.inbox.get_nowait()
+            while True:
+                if not attempt.finished:  # an abandoned stream's late events belong to nothing now
+                    attempt.note(event)
+                    self.replay_events(ur, attempt, ur.take(event))
+                ur, attempt, event = self.inbox.get_nowait()
+        for ur, attempt in list(self.running.items()):
+            self.stopping()  # told first, also when the end of the child before it stopped the session
+            if attempt.watch():
+                self.on_exit(ur, attempt)
 
-    def pump(self, block: bool) -> None:
-        """Handle queued events, then check every running child for exit and timeout."""
-        self.replay.drain(block)
-        self.stopping()
-        for ur in list(self.running):
-            self.check(ur)
-
-    def launch(self, ur: UnitRun) -> None:
+    def launch(self, ur: UnitRun, restart: bool = False) -> None:
         """Start a child for the tests ``ur`` has left, where its placement says."""
         refusal = guard.refusal(self.config, f"the child process for {ur.name}") if ur.unit.gpu else None
         if refusal:  # a GPU child that would certainly fail with 'device busy': its tests fail now
-            self.replay.fail_pending(ur, lambda nodeid: f"{nodeid}: {refusal}")
-            ur.statuses.append("not started: the parent holds a CUDA context")
+            self.replay_events(ur, None, ur.refused(refusal))
             return self.end_unit(ur)
         env = {**self.env, **ur.placement.env(self.run.hardware)}
         self.hook.pytest_heavy_child_env(config=self.config, unit=ur.name, env=env)
         request = ur.request(env, stops.failures_left(self.session))
-        positions = ur.placement.gpus or None
-        baseline = self.gpu.device_used_mib(positions) if self.gpu else None
-        foreign = self.gpu.foreign_mib(positions, set()) if self.gpu and ur.placement.may_share else 0
-        method, started, why = self.launchers.start(request)
-        sup = supervise.Supervisor(started.process, self.gpu, baseline, "the child", positions, foreign)
-        ur.attempt = Attempt(started, method, sup)
-        ur.record.start_method, ur.record.start_note = method, ur.record.start_note or why
-        self.replay.listen(ur, ur.attempt)
-        self.running.append(ur)
-        self.hook.pytest_heavy_unit_start(config=self.config, unit=ur.name, method=method,
+        contexts = functools.partial(guard.context_pids, self.config) if ur.unit.gpu else None
+        attempt = Attempt.launch(self.launchers, request, placement=ur.placement, settings=self.settings,
+                                 gpu=self.gpu, contexts=contexts,
+                                 post=lambda attempt, event: self.inbox.put((ur, attempt, event)))
+        ur.launched(attempt.method, attempt.why, restart)
+        self.running[ur] = attempt
+        self.hook.pytest_heavy_unit_start(config=self.config, unit=ur.name, method=attempt.method,
                                           nodeids=request.nodeids)
 
-    # --- a child's end ----------------------------------------------------------------------------
+    # --- the events the unit's books return, one short method each ----------------------------------
 
-    def check(self, ur: UnitRun) -> None:
-        assert ur.attempt is not None
-        if ur.attempt.settle(self.settings.timeout):
-            self.finish_attempt(ur, ur.attempt)
+    def replay_events(self, ur: UnitRun, attempt: Attempt | None, events: list[Replayable]) -> None:
+        for event in events:
+            kind = "report" if isinstance(event, pytest.TestReport) else event["event"]
+            getattr(self, f"on_{kind}")(ur, attempt, event)
 
-    def finish_attempt(self, ur: UnitRun, attempt: Attempt) -> None:
-        peaks = attempt.close()
-        ur.account(attempt, peaks)
-        status = attempt.status(ur.current)
-        ur.statuses.append(status)
-        retry_alone = bool(ur.oom_held) and not self.stopping()
-        if ur.oom_held and not retry_alone:
-            self.replay.replay_dropped(ur)
-        broken = ur.current is not None or (ur.pending and not attempt.stopped and not retry_alone)
-        if broken:
-            self.replay.fail_current(ur, attempt.crash_message(ur.name, ur.current, self.settings.timeout))
-        pids = guard.context_pids(self.config, {attempt.pid, *peaks.seen}) if ur.unit.gpu else None
-        ur.account_release(attempt, self.settings, pids)
-        self.running.remove(ur)
-        if retry_alone:
-            return self.retry_alone(ur)
-        if broken and ur.pending and attempt.progress and not self.stopping():
-            ur.record.restarts += 1
-            return self.launch(ur)  # a fresh child for the tests that had not run: a crash costs one test
-        if not attempt.stopped:
-            self.replay.fail_pending(ur, lambda nodeid: f"{nodeid} was not run: the child process for "
-                                                        f"{ur.name} ended ({status}) before reaching it\n"
-                                                        f"{attempt.tail()}")
-        ur.pending.clear()
-        self.end_unit(ur)
+    def on_logstart(self, ur: UnitRun, attempt: Attempt | None, event: wire.LogStart) -> None:
+        self.replay.logstart(event)
 
-    def retry_alone(self, ur: UnitRun) -> None:
-        """Tests that ran out of GPU memory while another child shared the GPU: once more, alone, first in
-        the queue. Their first reports were never replayed: each still ends with exactly one outcome."""
-        self.ready.finished(ur)
-        self.ready.units.insert(0, ur.alone_after_oom())
+    def on_report(self, ur: UnitRun, attempt: Attempt | None, event: wire.Report | pytest.TestReport) -> None:
+        report = event if isinstance(event, pytest.TestReport) else self.replay.report(event)
+        ur.count(report)
+        self.replay.logreport(report, attempt.peaks if attempt else None)
+
+    def on_logfinish(self, ur: UnitRun, attempt: Attempt | None, event: wire.LogFinish) -> None:
+        self.replay.logfinish(event)
+
+    def on_warning(self, ur: UnitRun, attempt: Attempt | None, event: wire.WarningEvent) -> None:
+        self.replay.warning(event)
+
+    def on_interrupt(self, ur: UnitRun, attempt: Attempt | None, event: wire.Interrupt) -> None:
+        self.interrupted = self.interrupted or event  # the test has no outcome; the session ends soon
+
+    def on_exit(self, ur: UnitRun, attempt: Attempt) -> None:
+        """A child is over: its result into the unit's books; then its tests: re-run, or reported."""
+        del self.running[ur]
+        ended = attempt.close(shared=bool(ur.shared_gpus))
+        alone = bool(ur.oom_held) and not self.stopping()  # its tests that ran out of GPU memory: again
+        self.replay_events(ur, attempt, ur.took(ended, rerun_dropped=alone))
+        if alone:
+            self.ready.again_alone(ur)
+        elif ur.pending and ended.restartable and not self.stopping():
+            self.launch(ur, restart=True)  # a fresh child for the tests that had not run: a crash costs one
+        else:
+            self.replay_events(ur, attempt, ur.unreached(ended))
+            self.end_unit(ur)
 
     def end_unit(self, ur: UnitRun) -> None:
         self.ready.finished(ur)  # every unit ends after it was placed, refused children included
         self.run.records.append(ur.finish())
         self.hook.pytest_heavy_unit_finish(config=self.config, record=ur.record)
-
-    def kill_all(self) -> None:
-        """Ctrl-C: end every child and everything it started."""
-        for ur in self.running:
-            if ur.attempt:
-                ur.attempt.sup.reap()  # SIGKILL, then whatever of its tree is left
-

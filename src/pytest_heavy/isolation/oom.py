@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 OOM = re.compile(r"CUDA out of memory|OutOfMemoryError|CUDA error: out of memory|CUBLAS_STATUS_ALLOC_FAILED")
 
 
-def is_oom_failure(event: dict[str, Any]) -> bool:
+def is_oom_failure(event: Mapping[str, Any]) -> bool:
     """Whether a child's ``report`` event is a failure caused by running out of GPU memory."""
     if event.get("event") != "report":
         return False

@@ -17,6 +17,9 @@ from ..hardware import Hardware
 from ..markers import closest
 from ..settings import Settings
 
+# What plan() reads of a test that is not skipped, worked out once: its marks, and whether one implies a GPU.
+_Facts = tuple[dict[str, pytest.Mark], bool]
+
 
 @dataclass
 class Unit:
@@ -28,13 +31,14 @@ class Unit:
     gpus: int = 0  # GPUs its tests use: requires_gpu(count=N), 1 for another GPU or isolation marker
     heavy_ram: bool = False  # holds requires_heavy_ram tests: counts against the RAM budget when packing
 
-    def add(self, item: pytest.Item, settings: Settings) -> None:
-        """Take ``item`` into the unit, and what it needs (unless it is skipped) into the unit's demand."""
+    def add(self, item: pytest.Item, facts: _Facts | None) -> None:
+        """Take ``item`` into the unit, and what it needs (``facts``; None: it is skipped) into the
+        unit's demand."""
         self.items.append(item)
-        if _skipped(item):
+        if facts is None:
             return
-        marks = closest(item)
-        if gpu_marker(marks, settings) or "requires_gpu_isolation" in marks:
+        marks, gpu = facts
+        if gpu or "requires_gpu_isolation" in marks:
             mark = marks.get("requires_gpu")
             self.gpus = max(self.gpus, gpu_count(mark) if mark else 1)
         self.heavy_ram = self.heavy_ram or "requires_heavy_ram" in marks
@@ -42,11 +46,6 @@ class Unit:
 
 def module_of(item: pytest.Item) -> str:
     return item.nodeid.split("::", 1)[0]
-
-
-def _skipped(item: pytest.Item) -> bool:
-    """Unconditionally skipped (gating adds such marks): not worth a child process."""
-    return "skip" in closest(item)
 
 
 def isolation_blocker(config: pytest.Config) -> str | None:
@@ -63,15 +62,17 @@ def plan(items: list[pytest.Item], settings: Settings, hw: Hardware) -> list[Uni
         return None
     route_gpu = hw.parent_trap_risk
     heavy: dict[str, bool] = {}  # module -> holds routed GPU tests
+    facts: dict[pytest.Item, _Facts] = {}  # tests not skipped (unconditionally: gating adds such marks)
     for item in items:
-        if _skipped(item):
+        marks = closest(item)
+        if "skip" in marks:
             continue
-        marker_names = closest(item)
+        facts[item] = marks, gpu_marker(marks, settings) is not None
         # An example already runs in a process of its own: isolation markers add nothing but a second one.
         own_process = getattr(item, "runs_in_own_process", False)
-        if not own_process and any(m in marker_names for m in settings.isolate_markers):
+        if not own_process and any(m in marks for m in settings.isolate_markers):
             heavy.setdefault(module_of(item), False)
-        if route_gpu and gpu_marker(marker_names, settings):
+        if route_gpu and facts[item][1]:
             heavy[module_of(item)] = True
     if not heavy or (settings.isolate == "auto" and len(heavy) < 2 and not any(heavy.values())):
         return None
@@ -79,14 +80,14 @@ def plan(items: list[pytest.Item], settings: Settings, hw: Hardware) -> list[Uni
     by_module: dict[str, Unit] = {}
     for item in items:
         module = module_of(item)
-        if module in heavy and not _skipped(item):
+        if module in heavy and item in facts:
             unit = by_module.get(module)
             if unit is None:
                 unit = by_module[module] = Unit(module=module, gpu=heavy[module])
                 units.append(unit)
-            unit.add(item, settings)
+            unit.add(item, facts[item])
             continue
         if not units or units[-1].module is not None:
             units.append(Unit())
-        units[-1].add(item, settings)
+        units[-1].add(item, facts.get(item))
     return units

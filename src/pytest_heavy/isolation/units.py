@@ -1,160 +1,37 @@
-"""The parent's bookkeeping of one heavy unit: what is left to run, and each child that ran part of it."""
+"""The parent's books of one heavy unit across its children: what is left to run, what each test has
+reported, and the unit's heavy-table row.
+
+Its fields are written here only. The controller hands it each event of its child and, once a child
+is over, that child's ``Ended``; it answers with the events to replay (``Replayable``): a child's own,
+or the reports the parent writes itself for tests whose child could not report them (crashed, never
+started, not collected). It never calls the replayer.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import signal
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import psutil
 import pytest
 
-from .. import procs, supervise
+from .. import wire
 from ..report import HeavyRecord
-from .launch.base import Started, UnitRequest, release_parent_fds
-from .schedule import Job, Placement, Scheduler
+from . import oom, subtests
+from ._reprs import failure_repr
+from .launch.base import UnitRequest
+from .schedule import Job, Placement
 
 if TYPE_CHECKING:
     from ..hardware import Hardware
-    from ..memory import Peaks
-    from ..settings import Settings
+    from .launch.attempt import Ended
     from .plan import Unit
 
-
-class Attempt:
-    """One child process running (part of) a heavy unit."""
-
-    def __init__(self, started: Started, method: str, sup: supervise.Supervisor) -> None:
-        self.started = started
-        self.method = method
-        self.sup = sup
-        self.t0 = time.monotonic()
-        self.eof = False  # the event stream ended
-        self.done = False  # the child said all it had to say ('done', its last event)
-        self.finished = False  # over: events that still arrive for it are dropped
-        self.drain_kill_at: float | None = None  # when what held its stream open after its exit was killed
-        self.exited_at: float | None = None
-        self.stop_sent = False
-        self.interrupted: str | None = None  # 'Exit' or 'KeyboardInterrupt': a test ended the session
-        self.progress = False  # at least one test started in this attempt
-        self.inodes = procs.pipe_inodes(started.events, started.stdout, started.stderr)  # who holds them?
-        self.captured: dict[str, str] = {}  # set by close(): the dead child's last test's output
-        self.terminal = ""  # and what its terminal reporter wrote during that test
-        self.out = procs.Drain(started.stdout) if started.stdout else None
-        self.err = procs.Drain(started.stderr) if started.stderr else None
-
-    @property
-    def pid(self) -> int:
-        return self.started.process.pid
-
-    def close(self) -> Peaks:
-        """The child is over: SIGKILL what is left of its tree, collect its output, release our fds."""
-        self.finished = True
-        peaks = self.sup.reap(self.holders())
-        for drain in (self.out, self.err):
-            if drain:
-                drain.join(timeout=5)
-        os.close(self.started.control)
-        release_parent_fds(*self.started.parent_fds)  # the streams are closed at EOF by their readers
-        self.captured = self._read_captured()
-        self.terminal = self.captured.pop("terminal", "").rstrip("\n")
-        return peaks
-
-    def request_stop(self) -> None:
-        """Ask the child to stop after its current test (-x, --maxfail, Ctrl-C in the parent)."""
-        if not self.stop_sent:
-            self.stop_sent = True
-            try:
-                os.write(self.started.control, b"stop\n")
-            except OSError:
-                pass
-
-    def stderr_size(self) -> int:
-        return self.err.size if self.err else 0
-
-    def settle(self, timeout: float) -> bool:
-        """Move this child towards its end: note its exit, enforce ``timeout`` (0: none), bound the
-        wait for its exit once it said all it had to say, and bound the wait for the end of its
-        stream once it exited. True once the child is over: exited, and its stream ended or its
-        last word ('done') read."""
-        now = time.monotonic()
-        if self.exited_at is None and self.started.process.poll() is not None:
-            self.exited_at = now
-        said_all = self.eof or self.done
-        if timeout and not self.sup.timed_out and now - self.t0 > timeout and not said_all:
-            self.sup.time_out(self.stderr_size)
-        if self.exited_at is not None and not said_all and now - self.exited_at > supervise.STREAM_GRACE_S:
-            self.drain(now)
-        if said_all and self.exited_at is None:
-            if procs.wait(self.started.process, supervise.EXIT_GRACE_S) is None:
-                self.sup.end()
-            self.exited_at = time.monotonic()
-        return (self.eof or self.done) and self.exited_at is not None
-
-    def drain(self, now: float) -> None:
-        """The child died without its last word and something it started (a daemon that inherited
-        the pipe) keeps the stream open: kill what it left, which ends the stream, then read what is
-        left of it for a bounded time; after that the stream is abandoned and the run goes on."""
-        if self.drain_kill_at is None:
-            self.drain_kill_at = now
-            self.sup.killed += procs.kill_leftovers(self.pid, [*self.sup.seen(), *self.holders()])
-        elif now - self.drain_kill_at > supervise.STREAM_GRACE_S:
-            self.eof = True
-
-    @property
-    def stopped(self) -> bool:
-        """The child ended its run on purpose: told to stop, or one of its tests ended the session."""
-        return self.stop_sent or self.interrupted is not None
-
-    def status(self, current: str | None) -> str:
-        """How the child ended, for the heavy table: 'exit 0', 'SIGSEGV', 'timeout', 'stopped' (told
-        to, and between tests: ``current`` is None), 'interrupted (Exit)'."""
-        if self.interrupted:
-            return f"interrupted ({self.interrupted})"
-        if self.stop_sent and current is None:
-            return "stopped"
-        if self.sup.timed_out:
-            return "timeout"
-        returncode = self.started.process.poll()
-        return procs.signal_name(returncode if returncode is not None else -signal.SIGKILL)
-
-    def crash_message(self, unit: str, current: str | None, timeout: float) -> str:
-        if self.sup.timed_out:
-            return (f"{unit} timed out after {timeout:g}s (--heavy-timeout) during {current}; "
-                    f"the child's Python stacks and stderr:\n{self.tail(100)}")
-        message = f"child process for {unit} died with {self.status(current)} during {current}\n{self.tail()}"
-        if self.terminal:  # pytest-timeout's thread method dumps its stacks there, then exits
-            message += "\nits terminal output during the test:\n" + "\n".join(
-                self.terminal.splitlines()[-100:])
-        return message
-
-    def holders(self) -> list[psutil.Process]:
-        """Processes that still hold this child's pipes open, once it is gone: a leftover wherever it
-        went, also one that neither its session nor the tree samples saw. Scanned (a few ms through
-        /proc) only while a pipe is still open, as it may be for a moment after the child's 'done'."""
-        if self.eof and not any(d.reading() for d in (self.out, self.err) if d):
-            return []
-        return procs.pipe_holders(self.inodes)
-
-    def tail(self, lines: int = 40) -> str:
-        """The end of the child's stderr; from faulthandler's header on when it crashed (a forked
-        child's stack is deep: the header would fall outside a plain 40-line tail)."""
-        if self.err is None:
-            return "(stderr went to the terminal: -s)"
-        text = self.err.tail(lines, start_at="Fatal Python error")
-        return f"last lines of its stderr:\n{text}" if text else "(its stderr was empty)"
-
-    def _read_captured(self) -> dict[str, str]:
-        """What the child's last test had written to its capture files since its last phase, and
-        what pytest and plugins wrote to its (silenced) terminal since that test started: all that
-        is left there once the child is gone, a test that died kept it. The files are closed."""
-        texts = {}
-        for name, fd in zip(("stdout", "stderr", "terminal"), self.started.capture or (), strict=False):
-            texts[name] = os.pread(fd, min(os.fstat(fd).st_size, 1 << 20), 0).decode("utf-8", "replace")
-            os.close(fd)
-        return texts
+PHASES = ("setup", "call", "teardown")
+# Events of the child's session, not of one test: never held back with a test's events.
+SESSION_EVENTS = {wire.Event.INTERRUPT.value, wire.Event.LEFTOVERS.value, wire.Event.DONE.value}
+# What the controller replays: a child's event, or a report the parent wrote for one of its tests.
+Replayable = wire.Message | pytest.TestReport
 
 
 class UnitRun:
@@ -167,24 +44,25 @@ class UnitRun:
         self.items: dict[str, pytest.Item] = {item.nodeid: item for item in unit.items}
         self.pending = [item.nodeid for item in unit.items]
         self.phases: dict[str, dict[str, bool]] = {}  # nodeid -> when -> passed
-        self.current: str | None = None  # the test the child is running now
         self.collect_error: str | None = None
-        self.attempt: Attempt | None = None
         self.statuses: list[str] = []  # how each attempt's child ended
         self.record = HeavyRecord(unit=self.name, kind="module", start_method="", tests=len(self.pending))
-        self.t0 = time.monotonic()
+        self.t0: float | None = None  # when its first child was placed (not when it was queued)
         # Scheduling (isolation/schedule): what it needs, where it runs, whom it shared a GPU with.
         self.job = Job(self.name, gpus=unit.gpus, heavy_ram=unit.heavy_ram, routed=unit.gpu)
         self.placement = Placement()
         self.shared_gpus: set[int] = set()  # NVML indices of GPUs where another child ran beside it
-        # While it may share a GPU, each test's events are held until its logfinish (replay.py), so that
-        # a test that ran out of GPU memory can be dropped and re-run alone instead of reported failed.
+        # While it may share a GPU, each test's events are held until its logfinish, so that a test
+        # that ran out of GPU memory can be dropped and re-run alone instead of reported failed.
         self.holding = False
-        self.held: list[dict[str, Any]] = []  # the current test's events, not replayed yet
-        self.oom_held: list[dict[str, Any]] = []  # events of tests dropped after an OOM while sharing
+        self.held: list[wire.Message] = []  # the current test's events, not replayed yet
+        self.oom_held: list[wire.Message] = []  # events of tests dropped after an OOM while sharing
+
+    # --- placing and starting ------------------------------------------------------------------------
 
     def place(self, placement: Placement, hw: Hardware, running: list[UnitRun]) -> None:
         """Take ``placement``'s GPUs and note every running unit that shares one of them."""
+        self.t0 = self.t0 or time.monotonic()
         self.placement = placement
         self.holding = placement.may_share
         self.record.gpus = placement.indices(hw)
@@ -194,22 +72,126 @@ class UnitRun:
                 self.met(other, common)
                 other.met(self, common)
 
-    def account(self, attempt: Attempt, peaks: Peaks) -> None:
-        """Add a finished attempt's peaks and leftovers to the unit's heavy-table row."""
-        record = self.record
-        record.killed = [*record.killed, *attempt.sup.killed]
+    def met(self, other: UnitRun, gpus: set[int]) -> None:
+        """``other`` was placed on ``gpus`` (NVML indices) of ours while we run."""
+        self.shared_gpus |= gpus
+        if other.name not in self.record.beside:
+            self.record.beside.append(other.name)
+
+    def request(self, env: dict[str, str], maxfail: int) -> UnitRequest:
+        """What the next child runs: every test still pending, in the parent's order."""
+        return UnitRequest(unit=self.name, nodeids=list(self.pending),
+                           paths=sorted({str(self.items[n].path) for n in self.pending}),
+                           maxfail=maxfail, items=[self.items[n] for n in self.pending], env=env)
+
+    def launched(self, method: str, why: str, restart: bool) -> None:
+        """A child runs its pending tests now, started with ``method`` (``why`` not the chosen one);
+        ``restart``: after the previous one crashed."""
+        self.record.restarts += restart
+        self.record.start_method, self.record.start_note = method, self.record.start_note or why
+
+    # --- its child's events ----------------------------------------------------------------------------
+
+    def take(self, event: wire.Message | None) -> list[Replayable]:
+        """An event of its child (None: the end of the stream): what to replay now. The tests whose
+        start is replayed are no longer pending."""
+        return self._release(self._hold(event))
+
+    def _release(self, events: list[Replayable]) -> list[Replayable]:
+        for event in events:
+            if isinstance(event, dict) and event["event"] == "logstart" and event["nodeid"] in self.pending:
+                self.pending.remove(event["nodeid"])
+        return events
+
+    def _hold(self, event: wire.Message | None) -> list[Replayable]:
+        if event is None or event["event"] in SESSION_EVENTS:
+            # A test the child did not finish, or that ended its session: its held events count as they
+            # are. 'leftovers' and 'done' are about the child itself: its Attempt took them.
+            held: list[Replayable] = [*self.held]
+            self.held = []
+            return [*held, event] if event is not None and event["event"] == "interrupt" else held
+        if event["event"] == "collecterror":
+            self.collect_error = event["longrepr"]
+            return []
+        if event["event"] == "missing":
+            return self._missing(event["nodeids"])
+        if self.holding and (self.held or event["event"] == "logstart"):
+            self.held.append(event)
+            return self._test_done() if event["event"] == "logfinish" else []
+        return [event]
+
+    def _test_done(self) -> list[Replayable]:
+        """A test that ran while its unit might share a GPU is over: a failure for want of GPU memory,
+        when another child did share it, is dropped (to be re-run alone); anything else is replayed."""
+        events, self.held = self.held, []
+        if self.shared_gpus and any(oom.is_oom_failure(e) for e in events):
+            self.oom_held += events
+            return []
+        return list(events)
+
+    def _missing(self, nodeids: list[str]) -> list[Replayable]:
+        """Tests the child did not collect: each fails in setup, with the collection error if any."""
+        why = (f"could not be collected in the child process for {self.name}:\n{self.collect_error}"
+               if self.collect_error else
+               f"was not collected in the child process for {self.name} (collection differs between "
+               "the parent and the child)")
+        events: list[Replayable] = []
+        for nodeid in nodeids:
+            if nodeid in self.pending:
+                self.pending.remove(nodeid)
+                events += self._unstarted(nodeid, f"{nodeid} {why}")
+        return events
+
+    def count(self, report: pytest.TestReport) -> None:
+        """A report about to be logged: its phase's outcome, and the heavy table's counts."""
+        self.phases.setdefault(report.nodeid, {})[report.when] = report.passed
+        if not subtests.is_subtest(report):  # a subtest is part of a test, not one
+            self.record.count(report)
+
+    # --- its child's end -------------------------------------------------------------------------------
+
+    def took(self, ended: Ended, rerun_dropped: bool) -> list[Replayable]:
+        """A child is over: how it ended, its peaks, its leftovers and its GPU memory into the row. Returns
+        what to replay: the tests dropped after an OOM while sharing a GPU (unless they ``rerun_dropped``,
+        alone), and the failure of the test it died in."""
+        record, peaks = self.record, ended.peaks
+        self.statuses.append(ended.status)
+        record.killed = [*record.killed, *ended.killed]
         record.peak_rss_mib = max(record.peak_rss_mib, peaks.rss_mib)
         record.samples += peaks.samples
         if peaks.gpu_mib is not None:
             record.peak_gpu_mib = max(record.peak_gpu_mib or 0.0, peaks.gpu_mib)
             record.add_gpu_peaks(peaks.gpu_per_device(self.placement.gpus or None))
+        record.released = ended.released.text()
+        record.gpu_before_mib, record.gpu_after_mib = ended.gpu_before_mib, ended.gpu_after_mib
+        return [*([] if rerun_dropped else self._dropped()), *self._crashed(ended)]
 
-    def account_release(self, attempt: Attempt, settings: Settings, pids: set[int] | None) -> None:
-        """Wait (bounded) for the GPU memory the attempt held and note how it came back."""
-        sup = attempt.sup
-        self.record.released = sup.release(settings, pids, shared=bool(self.shared_gpus)).text()
-        self.record.gpu_before_mib = sup.baseline_gpu
-        self.record.gpu_after_mib = sup.gpu.device_used_mib(self.placement.gpus or None) if sup.gpu else None
+    def _crashed(self, ended: Ended) -> list[Replayable]:
+        """The test that was running when its child died: the first missing phase fails, with the
+        output the test had written so far (read from the dead child's capture files)."""
+        nodeid = ended.current
+        if nodeid is None:
+            return []
+        item = self.items[nodeid]
+        got = dict(self.phases.get(nodeid, {}))
+        events: list[Replayable] = []
+        sections: list[tuple[str, str]] = []
+        for when in PHASES:
+            if when in got or (when == "call" and got.get("setup") is False):
+                continue  # reported, or setup did not pass: pytest would not have called the test
+            failing = not events
+            if failing:  # later phases carry them too, as pytest's reports do (junit reads teardown's)
+                sections = [(f"Captured {name} {when}", text)
+                            for name, text in ended.captured.items() if text]
+            events.append(self._report(item, when, ended.crash if failing else None, sections))
+            got[when] = not failing
+        return [*events, wire.LogFinish(event="logfinish", nodeid=nodeid, location=item.location)]
+
+    def _dropped(self) -> list[Replayable]:
+        """Tests dropped after an OOM that will not be re-run (the session is stopping): their events."""
+        events: list[Replayable] = [*self.oom_held]
+        self.oom_held = []
+        return self._release(events)
 
     def alone_after_oom(self) -> UnitRun:
         """Its tests ran out of GPU memory beside another child: the next child runs alone."""
@@ -220,53 +202,46 @@ class UnitRun:
         self.shared_gpus = set()
         return self
 
-    def met(self, other: UnitRun, gpus: set[int]) -> None:
-        """``other`` was placed on ``gpus`` (NVML indices) of ours while we run."""
-        self.shared_gpus |= gpus
-        if other.name not in self.record.beside:
-            self.record.beside.append(other.name)
+    def unreached(self, ended: Ended) -> list[Replayable]:
+        """No child will run the tests still pending: each fails in setup, unless the child stopped on
+        purpose (the session is stopping: they are dropped, as in-process)."""
+        message = (f"was not run: the child process for {self.name} ended ({ended.status}) before "
+                   f"reaching it\n{ended.tail}")
+        return self._give_up(None if ended.stopped else message)
 
-    def started(self, nodeid: str) -> None:
-        self.current = nodeid
-        if nodeid in self.pending:
-            self.pending.remove(nodeid)
-        if self.attempt:
-            self.attempt.progress = True
+    def refused(self, why: str) -> list[Replayable]:
+        """Its child must not start (the parent holds a CUDA context): every pending test fails."""
+        self.statuses.append("not started: the parent holds a CUDA context")
+        return self._give_up(why, ": ")
 
-    def request(self, env: dict[str, str], maxfail: int) -> UnitRequest:
-        """What the next child runs: every test still pending, in the parent's order."""
-        return UnitRequest(unit=self.name, nodeids=list(self.pending),
-                           paths=sorted({str(self.items[n].path) for n in self.pending}),
-                           maxfail=maxfail, items=[self.items[n] for n in self.pending], env=env)
+    def _give_up(self, message: str | None, sep: str = " ") -> list[Replayable]:
+        events: list[Replayable] = []
+        for nodeid in self.pending if message is not None else ():
+            events += self._unstarted(nodeid, f"{nodeid}{sep}{message}")
+        self.pending.clear()
+        return events
 
     def finish(self) -> HeavyRecord:
         self.record.exit = ", ".join(self.statuses)
-        self.record.wall_s = time.monotonic() - self.t0
+        self.record.wall_s = time.monotonic() - (self.t0 or time.monotonic())
         return self.record
 
+    # --- reports the parent writes itself --------------------------------------------------------------
 
-class Ready:
-    """Heavy units ready to start, and the scheduler that says which starts now and where."""
+    def _unstarted(self, nodeid: str, message: str) -> list[Replayable]:
+        """A test that never ran: reported as an error in setup, like a failing fixture."""
+        item = self.items[nodeid]
+        return [wire.LogStart(event="logstart", nodeid=nodeid, location=item.location),
+                self._report(item, "setup", message), self._report(item, "teardown", None),
+                wire.LogFinish(event="logfinish", nodeid=nodeid, location=item.location)]
 
-    def __init__(self, scheduler: Scheduler) -> None:
-        self.scheduler = scheduler
-        self.units: list[UnitRun] = []  # in the order the loop released them; OOM re-runs go first
-        self.t_first: float | None = None  # when the first child started
-
-    def pop(self) -> tuple[UnitRun, Placement] | None:
-        """The unit the scheduler places now, taken off the queue, or None."""
-        picked = self.scheduler.pick([ur.job for ur in self.units]) if self.units else None
-        if picked is None:
-            return None
-        job, placement = picked
-        ur = next(ur for ur in self.units if ur.job is job)
-        self.units.remove(ur)
-        self.scheduler.started(job, placement)
-        now = time.monotonic()
-        self.t_first = self.t_first or now
-        if ur.attempt is None:
-            ur.t0 = now  # its wall time starts with its first child, not in the queue
-        return ur, placement
-
-    def finished(self, ur: UnitRun) -> None:
-        self.scheduler.finished(ur.job)
+    @staticmethod
+    def _report(item: pytest.Item, when: str, message: str | None,
+                sections: list[tuple[str, str]] | None = None) -> pytest.TestReport:
+        now = time.time()
+        return pytest.TestReport(
+            nodeid=item.nodeid, location=item.location, keywords={k: 1 for k in item.keywords},
+            outcome="failed" if message else "passed", when=when,  # type: ignore[arg-type]
+            longrepr=failure_repr(item, message) if message else None,
+            sections=sections or [], duration=0.0, start=now, stop=now, user_properties=[],
+        )

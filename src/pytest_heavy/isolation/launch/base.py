@@ -11,7 +11,7 @@ from typing import IO, Any, Protocol
 import pytest
 
 from ... import cleanup, procs
-from ...wire import CHILD_OVERRIDES
+from ...wire import RunRequest
 from ..threads import thread_unsafe_reason
 
 
@@ -26,8 +26,8 @@ class UnitRequest:
     items: list[pytest.Item] = field(default_factory=list)  # the parent's items (fork)
     env: dict[str, str] = field(default_factory=dict)
 
-    def wire(self) -> dict[str, Any]:
-        return {"unit": self.unit, "nodeids": self.nodeids, "paths": self.paths, "maxfail": self.maxfail}
+    def wire(self) -> RunRequest:
+        return RunRequest(unit=self.unit, nodeids=self.nodeids, paths=self.paths, maxfail=self.maxfail)
 
 
 class RefusedError(RuntimeError):
@@ -48,6 +48,19 @@ class Started:
     stderr: IO[bytes] | None
     parent_fds: tuple[int, ...] = ()  # the numbers of our ends, released once the attempt is over
     capture: tuple[int, ...] | None = None  # our fds of the child's capture files (stdout, stderr, terminal)
+
+    def close(self) -> dict[str, str]:
+        """The child is gone: close our ends (the streams are closed at EOF by their readers) and return
+        what its capture files hold: its last test's output since its last phase ('stdout', 'stderr')
+        and what its terminal reporter wrote since that test started ('terminal'). A test that died
+        kept them there; they are all that is left of it once the child is gone."""
+        os.close(self.control)
+        release_parent_fds(*self.parent_fds)
+        texts = {}
+        for name, fd in zip(("stdout", "stderr", "terminal"), self.capture or (), strict=False):
+            texts[name] = os.pread(fd, min(os.fstat(fd).st_size, 1 << 20), 0).decode("utf-8", "replace")
+            os.close(fd)
+        return texts
 
 
 class Launcher(Protocol):
@@ -119,6 +132,16 @@ PARENT_FDS: set[int] = set()
 def release_parent_fds(*fds: int) -> None:
     for fd in fds:
         PARENT_FDS.discard(fd)
+
+
+# Options a child must not inherit as they are: the parent alone selects, debugs and writes reports.
+CHILD_OVERRIDES: dict[str, Any] = {
+    "usepdb": False, "trace": False, "xmlpath": None, "lf": False, "failedfirst": False, "newfirst": False,
+    "keyword": "", "markexpr": "", "deselect": [], "stepwise": False, "stepwise_skip": False,
+    "collectonly": False, "heavy_isolate": "never", "heavy_split": None, "heavy_report": None,
+    "cov_source": None,  # pytest-cov stays off; coverage's own subprocess/fork patches measure us
+    "basetemp": None,  # a given --basetemp is wiped by whoever uses it first: children get their own
+}
 
 
 def child_options(config: pytest.Config) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from ...wire import FDS_ENV, PAYLOAD_ENV
+from ...wire import FDS_ENV, PAYLOAD_ENV, SpawnPayload
 from .base import Pipes, Started, UnitRequest, child_args, child_options
 
 
@@ -43,7 +43,7 @@ class SpawnLauncher:
         self._count += 1
         payload_path = os.path.join(self._tmp.name, f"payload-{self._count}.pickle")
         with open(payload_path, "wb") as fh:
-            pickle.dump({"options": self._options, "args": self._args, "request": request.wire()}, fh)
+            pickle.dump(SpawnPayload(options=self._options, args=self._args, request=request.wire()), fh)
         pipes = Pipes(self._capture)
         env = dict(request.env)
         env[PAYLOAD_ENV] = payload_path

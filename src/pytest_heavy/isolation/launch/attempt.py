@@ -1,0 +1,226 @@
+"""The parent's owner of one child process, from launch to reap (pytest-xdist's ``WorkerController`` is
+the model): it starts the child, reads its event stream in a thread of its own, keeps the child's flags
+from what that stream says, supervises it (timeout, exit, the end of its stream) and, once it is over,
+reaps it and hands back one ``Ended`` that the unit's books take in one call.
+
+Nothing else writes its state: the controller asks (``watch``, ``request_stop``, ``close``, ``kill``)
+and passes each event through ``note`` before the unit's books see it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psutil
+
+from ... import memory, procs, supervise, wire
+from ...settings import Settings
+from ..schedule import Placement
+from . import Launchers
+from .base import Started, UnitRequest
+
+Post = Callable[["Attempt", "wire.Message | None"], None]  # where the stream's events go; None: its end
+Contexts = Callable[[set[int]], "set[int] | None"]  # the pids whose CUDA contexts must be gone (gpu/guard)
+
+
+@dataclass(frozen=True)
+class Ended:
+    """How one child ended: all that the unit's books and the reports of its unfinished tests need."""
+
+    status: str  # for the heavy table: 'exit 0', 'SIGSEGV', 'timeout', 'stopped', 'interrupted (Exit)'
+    current: str | None  # the test it was running when it ended
+    stopped: bool  # it ended its run on purpose: told to stop, or one of its tests ended the session
+    progress: bool  # at least one test started in it
+    crash: str  # why ``current`` failed: how the child died, and the end of its stderr
+    tail: str  # the end of its stderr, for the tests it never reached
+    captured: dict[str, str]  # what ``current`` had written ('stdout', 'stderr') when the child died
+    peaks: memory.Peaks
+    killed: list[str]  # its leftovers and survivors, SIGKILLed
+    released: memory.Release  # how the GPU memory it held came back
+    gpu_before_mib: int | None
+    gpu_after_mib: int | None
+
+    @property
+    def restartable(self) -> bool:
+        """It broke off after running at least one test (died in a test, or ended without being told
+        to stop): a fresh child may run the tests it left."""
+        return self.progress and (self.current is not None or not self.stopped)
+
+
+class Attempt:
+    """One child process running (part of) a heavy unit."""
+
+    def __init__(self, started: Started, method: str, why: str, sup: supervise.Supervisor, name: str,
+                 settings: Settings, contexts: Contexts | None) -> None:
+        self.started, self.method, self.why, self.sup = started, method, why, sup
+        self.name, self.settings, self.contexts = name, settings, contexts
+        self.t0 = time.monotonic()
+        self.eof = False  # the event stream ended
+        self.done = False  # the child said all it had to say ('done', its last event)
+        self.finished = False  # over: events that still arrive for it are dropped
+        self.stream_kill_at: float | None = None  # when what held its stream open after its exit was killed
+        self.exited_at: float | None = None
+        self.stop_sent = False
+        self.interrupted: str | None = None  # 'Exit' or 'KeyboardInterrupt': a test ended the session
+        self.progress = False  # at least one test started in this attempt
+        self.current: str | None = None  # the test it runs now
+        self.inodes = procs.pipe_inodes(started.events, started.stdout, started.stderr)  # who holds them?
+        self.out = procs.Drain(started.stdout) if started.stdout else None
+        self.err = procs.Drain(started.stderr) if started.stderr else None
+
+    @classmethod
+    def launch(cls, launchers: Launchers, request: UnitRequest, *, placement: Placement, settings: Settings,
+               gpu: memory.GpuReader | None, post: Post, contexts: Contexts | None = None) -> Attempt:
+        """Start a child for ``request`` where ``placement`` says and read its events into ``post``.
+        ``contexts``: after it, wait for its CUDA contexts to be gone too (the parent trap)."""
+        positions = placement.gpus or None
+        baseline = gpu.device_used_mib(positions) if gpu else None
+        foreign = gpu.foreign_mib(positions, set()) if gpu and placement.may_share else 0
+        method, started, why = launchers.start(request)
+        sup = supervise.Supervisor(started.process, gpu, baseline, "the child", positions, foreign)
+        attempt = cls(started, method, why, sup, request.unit, settings, contexts)
+        threading.Thread(target=attempt._read, args=(post,), name=f"heavy-events-{request.unit}",
+                         daemon=True).start()
+        return attempt
+
+    def _read(self, post: Post) -> None:
+        with self.started.events:
+            for event in wire.events(self.started.events):
+                post(self, event)
+        post(self, None)
+
+    @property
+    def pid(self) -> int:
+        return self.started.process.pid
+
+    @property
+    def peaks(self) -> memory.Peaks:
+        """Its tree's peaks so far."""
+        return self.sup.monitor.peaks
+
+    def note(self, event: wire.Message | None) -> None:
+        """What an event (None: the end of the stream) says about the child itself, in the main thread."""
+        if event is None:
+            self.eof = True
+        elif event["event"] == "logstart":
+            self.current, self.progress = event["nodeid"], True
+        elif event["event"] == "logfinish":
+            self.current = None
+        elif event["event"] == "interrupt":
+            self.current, self.interrupted = None, event["kind"]
+        elif event["event"] == "leftovers":
+            self.sup.killed += event["killed"]
+        elif event["event"] == "done":
+            self.done = True
+
+    def request_stop(self) -> None:
+        """Ask the child to stop after its current test (-x, --maxfail, Ctrl-C in the parent)."""
+        if not self.stop_sent:
+            self.stop_sent = True
+            try:
+                os.write(self.started.control, wire.STOP)
+            except OSError:
+                pass
+
+    def watch(self) -> bool:
+        """Move this child towards its end: note its exit, enforce the timeout, bound the wait for its
+        exit once it said all it had to say, and bound the wait for the end of its stream once it
+        exited. True once the child is over: exited, and its stream ended or its last word ('done') read."""
+        now, timeout = time.monotonic(), self.settings.timeout
+        if self.exited_at is None and self.started.process.poll() is not None:
+            self.exited_at = now
+        said_all = self.eof or self.done
+        if timeout and not self.sup.timed_out and now - self.t0 > timeout and not said_all:
+            self.sup.time_out(self._stderr_size)
+        if self.exited_at is not None and not said_all and now - self.exited_at > supervise.STREAM_GRACE_S:
+            self._end_stream(now)
+        if said_all and self.exited_at is None:
+            if procs.wait(self.started.process, supervise.EXIT_GRACE_S) is None:
+                self.sup.end()
+            self.exited_at = time.monotonic()
+        return (self.eof or self.done) and self.exited_at is not None
+
+    def _end_stream(self, now: float) -> None:
+        """The child died without its last word and something it started (a daemon that inherited
+        the pipe) keeps the stream open: kill what it left, which ends the stream, then read what is
+        left of it for a bounded time; after that the stream is abandoned and the run goes on."""
+        if self.stream_kill_at is None:
+            self.stream_kill_at = now
+            self.sup.killed += procs.kill_leftovers(self.pid, [*self.sup.seen(), *self._holders()])
+        elif now - self.stream_kill_at > supervise.STREAM_GRACE_S:
+            self.eof = True
+
+    def kill(self) -> None:
+        """Ctrl-C: SIGKILL the child, then whatever of its tree is left."""
+        self.sup.reap()
+
+    def close(self, shared: bool) -> Ended:
+        """The child is over: SIGKILL what is left of its tree, collect its output, close our ends,
+        then wait (bounded) for the GPU memory it held; ``shared``: other children ran on its GPUs."""
+        self.finished = True
+        peaks = self.sup.reap(self._holders())
+        for drain in (self.out, self.err):
+            if drain:
+                drain.join(timeout=5)
+        captured = self.started.close()
+        terminal = captured.pop("terminal", "").rstrip("\n")
+        pids = self.contexts({self.pid, *peaks.seen}) if self.contexts else None
+        released = self.sup.release(self.settings, pids, shared=shared)
+        gpu = self.sup.gpu
+        return Ended(status=self.status(), current=self.current, stopped=self.stopped, progress=self.progress,
+                     crash=self._crash_message(terminal), tail=self.tail(), captured=captured, peaks=peaks,
+                     killed=list(self.sup.killed), released=released, gpu_before_mib=self.sup.baseline_gpu,
+                     gpu_after_mib=gpu.device_used_mib(self.sup.positions) if gpu else None)
+
+    @property
+    def stopped(self) -> bool:
+        """The child ended its run on purpose: told to stop, or one of its tests ended the session."""
+        return self.stop_sent or self.interrupted is not None
+
+    def status(self) -> str:
+        """How the child ended, for the heavy table: 'exit 0', 'SIGSEGV', 'timeout', 'stopped' (told
+        to, and between tests), 'interrupted (Exit)'."""
+        if self.interrupted:
+            return f"interrupted ({self.interrupted})"
+        if self.stop_sent and self.current is None:
+            return "stopped"
+        if self.sup.timed_out:
+            return "timeout"
+        returncode = self.started.process.poll()
+        return procs.signal_name(returncode if returncode is not None else -signal.SIGKILL)
+
+    def _crash_message(self, terminal: str) -> str:
+        """Why the test it was running fails: how it died, with its stderr's end and, unless it timed
+        out, what its terminal reporter wrote during that test (``terminal``)."""
+        if self.sup.timed_out:
+            return (f"{self.name} timed out after {self.settings.timeout:g}s (--heavy-timeout) during "
+                    f"{self.current}; the child's Python stacks and stderr:\n{self.tail(100)}")
+        message = (f"child process for {self.name} died with {self.status()} during {self.current}\n"
+                   f"{self.tail()}")
+        if terminal:  # pytest-timeout's thread method dumps its stacks there, then exits
+            message += "\nits terminal output during the test:\n" + "\n".join(terminal.splitlines()[-100:])
+        return message
+
+    def _stderr_size(self) -> int:
+        return self.err.size if self.err else 0
+
+    def _holders(self) -> list[psutil.Process]:
+        """Processes that still hold this child's pipes open, once it is gone: a leftover wherever it
+        went, also one that neither its session nor the tree samples saw. Scanned (a few ms through
+        /proc) only while a pipe is still open, as it may be for a moment after the child's 'done'."""
+        if self.eof and not any(d.reading() for d in (self.out, self.err) if d):
+            return []
+        return procs.pipe_holders(self.inodes)
+
+    def tail(self, lines: int = 40) -> str:
+        """The end of the child's stderr; from faulthandler's header on when it crashed (a forked
+        child's stack is deep: the header would fall outside a plain 40-line tail)."""
+        if self.err is None:
+            return "(stderr went to the terminal: -s)"
+        text = self.err.tail(lines, start_at="Fatal Python error")
+        return f"last lines of its stderr:\n{text}" if text else "(its stderr was empty)"
