@@ -5,6 +5,9 @@ The public types are the ones its hooks hand out or expect (``pytest_heavy_unit_
 the hardware snapshot, an item's needs). They are imported on first use: pytest imports this package
 for every session (the entry point is ``pytest_heavy.plugin``), and a session that did not opt in must
 pay for nothing more than that module.
+
+PYTEST_DONT_REWRITE: isolated children import this package before pytest configures its assertion
+rewriting, and pytest would warn that it cannot rewrite it (an error under ``-W error``).
 """
 
 from __future__ import annotations

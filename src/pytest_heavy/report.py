@@ -60,6 +60,11 @@ class HeavyRecord:
     peak_gpu_per_device_mib: list[float] | None = None  # per GPU, in the child's CUDA_VISIBLE_DEVICES order
     note: str = ""  # e.g. "retried alone after OOM while sharing GPU 1"
     start_note: str = ""  # why the child did not start with the chosen method (fork unsafe, refused)
+    ran: set[str] = field(default_factory=set, repr=False)  # node ids that reported; not in the JSON
+
+    def tests_run(self) -> int:
+        """The unit's tests, less those a stop rule (-x, --maxfail, --sw) kept from running."""
+        return len(self.ran) if self.exit.startswith("stopped") else self.tests
 
     def add_gpu_peaks(self, per_device: list[float] | None) -> None:
         """Merge one attempt's per-GPU peaks into the record's (the maximum per GPU)."""
@@ -72,6 +77,7 @@ class HeavyRecord:
 
     def count(self, report: pytest.TestReport) -> None:
         """Tally one report the way the terminal summary counts outcomes."""
+        self.ran.add(report.nodeid)
         if report.when == "call" or (report.when == "setup" and not report.passed):
             key = outcome_key(report)
         elif report.when == "teardown" and report.failed:
@@ -112,7 +118,7 @@ def heavy_table(tr: pytest.TerminalReporter, records: list[HeavyRecord], schedul
         if r.note:
             exit_ += f" ({r.note})"
         where = (",".join(map(str, r.gpus)) or "-", str(len(r.beside))) if placed else ()
-        rows.append((r.unit, str(r.tests), outcomes, f"{r.wall_s:.1f}s", r.start_method, *where,
+        rows.append((r.unit, str(r.tests_run()), outcomes, f"{r.wall_s:.1f}s", r.start_method, *where,
                      _mib(r.peak_rss_mib), _mib(r.peak_gpu_mib), r.released, exit_))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
@@ -153,7 +159,8 @@ def write_json(path: str, records: list[HeavyRecord], hardware: dict[str, object
                extra: dict[str, object] | None = None) -> None:
     """--heavy-report: the same rows as JSON (schema in docs/isolation.md: 'The --heavy-report JSON'),
     plus the top-level keys other concerns add (``extra``: memory attribution's ``tests`` and ``leaks``)."""
-    rows = [{k: v for k, v in asdict(r).items() if k != "samples"} for r in records]
+    rows = [{**{k: v for k, v in asdict(r).items() if k not in ("samples", "ran")}, "tests": r.tests_run()}
+            for r in records]
     doc = {**(extra or {}), "schema": 1, "hardware": hardware, "modules": rows}
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(doc, fh, indent=2, sort_keys=True)

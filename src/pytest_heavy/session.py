@@ -7,6 +7,8 @@ for importing what they use); only ``plugin.py``'s option declarations and one h
 from __future__ import annotations
 
 import json
+import os
+from typing import Any
 
 import pytest
 
@@ -14,12 +16,15 @@ from . import gating, markers, report, tiers
 from .isolation import plan
 from .records import DurationsError, ModulePeaks, Store
 from .state import Run
+from .wire import LIVE_LOG_KEY, OUTSIDE_KEY
 
 
 class HeavySession:
     def __init__(self, config: pytest.Config, run: Run) -> None:
         self.config = config
         self.run = run
+        self.session: pytest.Session | None = None
+        self.params_files: list[str] = []  # written for children, removed at the session's end
 
     def pytest_report_header(self) -> list[str]:
         hardware, tier = self.run.hardware.summary(), tiers.describe(self.config, self.run.settings)
@@ -27,11 +32,14 @@ class HeavySession:
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         run = self.run
+        self.session = session
         xdist = xdist_worker(self.config) or self.config.pluginmanager.has_plugin("dsession")
         if not isolation_possible(self.config, run) or xdist:  # with -n no child starts: no server either
             return
-        from .isolation import threads
+        from .isolation import junit, threads
 
+        shared_log_file(self.config)
+        junit.announce(self.config)
         threads.record_thread_baseline()  # before any test module is imported: plugins' threads are known
         if run.settings.early_forkserver:
             from . import supervise
@@ -91,6 +99,46 @@ class HeavySession:
         Controller(session, run, launchers, peaks).run_units(units)
         return True
 
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_report_from_serializable(self, data: dict[str, Any]) -> pytest.TestReport | None:
+        """A child's report: its live-log text printed first (see ``child.LiveLogTap``), junit
+        records applied (``isolation.junit``), and a report rebuilt as in-process where pytest's own
+        rebuilding differs (``isolation.longrepr``, ``isolation.subtests``). Not in an xdist
+        controller: its workers' reports are xdist's to rebuild."""
+        if self.config.pluginmanager.has_plugin("dsession"):
+            return None
+        live_log = data.pop(LIVE_LOG_KEY, None)
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        outside = data.pop(OUTSIDE_KEY, None)
+        if outside and reporter is not None:  # past the terminal writer, as the test's own writes were
+            reporter._tw._file.write(outside)
+            reporter._tw._file.flush()
+        if live_log and reporter is not None:  # the child's log_cli output, just before its report
+            reporter.write(live_log)
+        from .isolation import junit, longrepr, subtests
+
+        junit.apply(self.config, data)  # what the child's tests recorded for junit
+        return longrepr.rebuild(data) or subtests.rebuild(data)
+
+    def pytest_heavy_child_env(self, unit: str, env: dict[str, str]) -> None:
+        """Tell the child where tmp_path directories go (``child.share_basetemp``), and hand a
+        fresh interpreter the parameters of the unit's tests when its hash order differs from ours
+        (``isolation.params``)."""
+        from .isolation import child, params
+
+        # Made now, once, by the parent (a given --basetemp emptied once, retention applied once); a
+        # fork inherits it, and the others are told where it is.
+        factory = getattr(self.config, "_tmp_path_factory", None)
+        if factory is not None:
+            env[child.BASETEMP_ENV] = str(factory.getbasetemp())
+        session = self.session
+        if session is None or not params.hash_order_differs():
+            return
+        path = params.write([item for item in session.items if plan.module_of(item) == unit])
+        if path is not None:
+            env[params.PARAMS_ENV] = path
+            self.params_files.append(path)
+
     def note(self, text: str) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
@@ -113,9 +161,25 @@ class HeavySession:
 
     def pytest_sessionfinish(self) -> None:
         run = self.run
+        for path in self.params_files:
+            os.unlink(path)
         if run.settings.report_path and not run.settings.child:
             report.write_json(run.settings.report_path, run.records, json.loads(run.hardware.to_json()),
                               run.report_extra)
+
+
+def shared_log_file(config: pytest.Config) -> None:
+    """Children append to the parent's ``--log-file`` (or ini ``log_file``): they are handed its
+    absolute path, and the parent's handler appends from now on (``child.append_to_log_file``)."""
+    from .isolation import child
+
+    plugin = config.pluginmanager.get_plugin("logging-plugin")
+    handler = getattr(plugin, "log_file_handler", None)
+    path = getattr(handler, "baseFilename", None)
+    if handler is None or not path or path == os.devnull:
+        return
+    config.option.log_file = path
+    child.append_to_log_file(config, handler)
 
 
 def isolation_possible(config: pytest.Config, run: Run) -> bool:

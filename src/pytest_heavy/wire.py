@@ -150,6 +150,12 @@ class Done(TypedDict):
 Message = LogStart | Report | LogFinish | WarningEvent | CollectError | Missing | Interrupt | Leftovers | Done
 
 
+# A report's extra key: the live-log text (log_cli) the child wrote before it, printed by the parent.
+LIVE_LOG_KEY = "pytest_heavy_live_log"
+# A report's extra key: what the test wrote to stdout past pytest's capture, written out by the parent.
+OUTSIDE_KEY = "pytest_heavy_outside_output"
+
+
 class Sender:
     """Writes events; safe to call from any thread of the child."""
 

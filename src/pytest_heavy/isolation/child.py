@@ -13,23 +13,31 @@ writer, and a child without one loses every assertion message. The child never r
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import fcntl
+import io
+import logging
 import os
+import pathlib
 import pickle
 import sys
+import tempfile
 import threading
 import traceback
 import warnings
 from collections.abc import Mapping
 from typing import Any
 
+import psutil
 import pytest
 
 from .. import procs
 from ..wire import (
     EXIT_PARENT_GONE,
     FDS_ENV,
+    LIVE_LOG_KEY,
+    OUTSIDE_KEY,
     PAYLOAD_ENV,
     STACK_SIGNAL,
     STOP,
@@ -39,6 +47,7 @@ from ..wire import (
     claim_child_markers,
     serialize_warning,
 )
+from . import junit, longrepr, params
 
 INTERRUPTS = (KeyboardInterrupt, pytest.exit.Exception)  # a test ends the whole session, as in-process
 
@@ -54,13 +63,17 @@ class Forwarder:
         # pytest_warning_recorded is historic: registering replays every earlier call (config-time
         # warnings, and in a fork the warnings the parent re-emitted). Only live ones are ours.
         self.live = False
+        self.live_log = LiveLogTap.install(config)
+        self.outside = OutsideOutput.install(config)
+        self.renamed: dict[str, str] = {}  # child's node id -> the parent's (see params.rematch)
+        self.junit = junit.install(config)
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         """Keep exactly the parent's node ids, in the parent's order; name any this child lacks."""
         if self.nodeids is None:
             return
-        by_id = {item.nodeid: item for item in items}
+        by_id, self.renamed = params.rematch(items)  # the parent's parameters under the parent's ids
         items[:] = [by_id[n] for n in self.nodeids if n in by_id]
         missing = [n for n in self.nodeids if n not in by_id]
         if missing:
@@ -74,22 +87,115 @@ class Forwarder:
         if _terminal_file is not None:  # it keeps what the running test's plugins print, for a crash
             _terminal_file.flush()
             os.ftruncate(_terminal_file.fileno(), 0)
-        self.sender.send(Event.LOGSTART, nodeid=nodeid, location=location)
+        self.sender.send(Event.LOGSTART, nodeid=self.renamed.get(nodeid, nodeid), location=location)
 
+    @pytest.hookimpl(trylast=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Sent last, as the other plugins left it: pytest's ``pytest_report_teststatus`` (called by
+        the terminal reporter) fails a passed test that holds failed subtests."""
         self.failed += report.failed
         data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
+        params.relabel(data, self.renamed)
+        longrepr.mark(report, data)
+        if self.outside is not None and (out := self.outside.take()):
+            data[OUTSIDE_KEY] = out
+        if self.live_log is not None and (text := self.live_log.take()):
+            data[LIVE_LOG_KEY] = text
+        if self.junit is not None and (recorded := self.junit.take()):
+            data[junit.TAKE_KEY] = recorded
         self.sender.send(Event.REPORT, data=data)
 
     def pytest_runtest_logfinish(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
-        self.sender.send(Event.LOGFINISH, nodeid=nodeid, location=location)
+        self.sender.send(Event.LOGFINISH, nodeid=self.renamed.get(nodeid, nodeid), location=location)
 
     def pytest_warning_recorded(self, warning_message: warnings.WarningMessage, when: str, nodeid: str,
                                 location: tuple[str, int, str] | None) -> None:
         if not self.live:
             return
-        self.sender.send(Event.WARNING, when=when, nodeid=nodeid, location=location,
+        self.sender.send(Event.WARNING, when=when, nodeid=self.renamed.get(nodeid, nodeid), location=location,
                          message=serialize_warning(warning_message))
+
+
+class OutsideOutput:
+    """What the child's tests write to stdout past pytest's capture: ``capsys.disabled()``,
+    ``--capture=tee-sys``'s echo, fd writes under ``--capture=sys``. In one process that reaches
+    the terminal; here stdout leads to the parent, which only keeps its tail for crash messages.
+    So stdout (and the fd pytest's capture restores it to between tests) goes to a file of our own,
+    and what a test wrote rides on its next report, for the parent to write to its terminal just
+    before replaying that report, where an in-process run would have printed it."""
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+        self._read = 0
+
+    @classmethod
+    def install(cls, config: pytest.Config) -> OutsideOutput | None:
+        """Divert this child's stdout; None with ``-s`` (the terminal has it already)."""
+        capman = config.pluginmanager.get_plugin("capturemanager")
+        if capman is None or config.getoption("capture", "fd") == "no":
+            return None
+        file = tempfile.TemporaryFile()  # noqa: SIM115  (lives as long as this process)
+        sys.stdout.flush()
+        out = getattr(getattr(capman, "_global_capturing", None), "out", None)
+        saved = getattr(out, "targetfd_save", None)
+        for fd in (1, saved) if isinstance(saved, int) else (1,):
+            os.dup2(file.fileno(), fd)
+        return cls(file)
+
+    def take(self) -> str:
+        """What was written since the last take."""
+        for stream in (sys.__stdout__, sys.stdout):
+            if stream is not None:
+                stream.flush()
+        size = os.fstat(self._file.fileno()).st_size
+        if size <= self._read:
+            return ""
+        data = os.pread(self._file.fileno(), size - self._read, self._read)
+        self._read = size
+        return data.decode("utf-8", "replace")
+
+
+class LiveLogTap:
+    """Where a child's live logging (``log_cli``) writes instead of its silenced terminal: the text
+    of each phase, section header included, rides on the report that follows it, and the parent
+    prints it just before replaying that report, where an in-process run prints it."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        from _pytest.config import create_terminal_writer
+
+        self._buffer = io.StringIO()
+        self._tw = create_terminal_writer(config, self._buffer)
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:  # the parent's colour choice and width travel in the options
+            self._tw.hasmarkup, self._tw.fullwidth = reporter._tw.hasmarkup, reporter._tw.fullwidth
+
+    @classmethod
+    def install(cls, config: pytest.Config) -> LiveLogTap | None:
+        """Point the live-logging handler at a new tap; None when live logging is off."""
+        from _pytest.logging import _LiveLoggingStreamHandler
+
+        handler = getattr(config.pluginmanager.get_plugin("logging-plugin"), "log_cli_handler", None)
+        if not isinstance(handler, _LiveLoggingStreamHandler):
+            return None
+        tap = cls(config)
+        handler.stream = tap  # type: ignore[assignment]
+        return tap
+
+    # the parts of TerminalReporter that the live-logging handler uses
+    def write(self, content: str, *, flush: bool = False, **markup: bool) -> None:
+        self._tw.write(content, **markup)
+
+    def section(self, title: str, sep: str = "=", **kw: bool) -> None:
+        self._tw.sep(sep, title, **kw)
+
+    def flush(self) -> None:
+        pass
+
+    def take(self) -> str:
+        text = self._buffer.getvalue()
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        return text
 
 
 def register_forwarder(forwarder: Forwarder) -> Forwarder:
@@ -114,13 +220,76 @@ def watch_control(fd: int, session: pytest.Session) -> None:
     threading.Thread(target=run, name="heavy-control", daemon=True).start()
 
 
+def mute_conftest_report_hooks(config: pytest.Config) -> None:
+    """A conftest's ``pytest_runtest_logreport`` runs in the parent, where every report is replayed:
+    run in the child as well, each report would reach it twice (a hook that counts, writes or adds
+    to the report would do it twice). Plugins' hooks stay: pytest's own (counting toward
+    ``--maxfail``, the terminal's outcome words) and ours are needed here. (A conftest's
+    logstart/logfinish hooks still run on both sides: what they write to stderr between tests is
+    part of a crashed child's message.)"""
+    for name in ("pytest_runtest_logreport",):
+        for impl in getattr(config.hook, name).get_hookimpls():
+            path = getattr(impl.plugin, "__file__", None) or ""
+            if os.path.basename(path) == "conftest.py" and not (impl.hookwrapper or impl.wrapper):
+                impl.function = _ignore
+
+
+def _ignore(*args: object) -> None:
+    return None
+
+
 def run_items(session: pytest.Session, items: list[pytest.Item]) -> None:
     """pytest's own run loop over ``items``: nextitem keeps module fixtures alive across tests."""
+    mute_conftest_report_hooks(session.config)
     for i, item in enumerate(items):
         nextitem = items[i + 1] if i + 1 < len(items) else None
         item.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
         if session.shouldfail or session.shouldstop:
             break
+
+
+BASETEMP_ENV = "PYTEST_HEAVY_BASETEMP"  # the parent's tmp_path base directory, shared by its children
+
+
+def share_basetemp(config: pytest.Config) -> None:
+    """Make tmp_path directories in the parent's base directory: one tree per session, numbered
+    as in-process, its retention applied once, by the parent. Taken as given (``--basetemp``), so
+    that this child neither empties it when it starts nor removes it when its session ends."""
+    path = os.environ.get(BASETEMP_ENV)
+    factory = getattr(config, "_tmp_path_factory", None)
+    if path and factory is not None:
+        factory._basetemp = factory._given_basetemp = pathlib.Path(path)
+
+
+def run_logging(config: pytest.Config) -> contextlib.ExitStack:
+    """What pytest's logging plugin does around its own run loop, which a spawned or forkserver child
+    replaces: attach the live-log (``log_cli``) and ``--log-file`` handlers. (A fork of the parent
+    runs inside the parent's loop: its handlers are attached already.)"""
+    from _pytest.logging import catching_logs
+
+    plugin = config.pluginmanager.get_plugin("logging-plugin")
+    stack = contextlib.ExitStack()
+    if plugin is not None:
+        stack.enter_context(catching_logs(plugin.log_cli_handler, level=plugin.log_cli_level))
+        stack.enter_context(catching_logs(plugin.log_file_handler, level=plugin.log_file_level))
+    return stack
+
+
+def append_to_log_file(config: pytest.Config, handler: logging.FileHandler | None = None) -> None:
+    """``--log-file`` is one file for the session: the parent created it (emptying it), and every
+    process appends to it from then on. pytest opens it at configure with mode ``w``, which in a
+    child would empty it again: a child is configured with ``os.devnull`` (see ``configure``) and
+    pointed at the parent's file here; the parent's own handler is reopened to append, so its writes
+    land after the children's instead of over them."""
+    plugin = config.pluginmanager.get_plugin("logging-plugin")
+    handler = handler or getattr(plugin, "log_file_handler", None)
+    path = config.getoption("log_file", None)
+    if handler is None or not path or path == os.devnull:
+        return
+    handler.baseFilename, handler.mode = os.path.abspath(path), "a"
+    old = handler.setStream(handler._open())
+    if old is not None:
+        old.close()
 
 
 def configure(options: dict[str, Any], args: list[str]) -> pytest.Config:
@@ -129,8 +298,12 @@ def configure(options: dict[str, Any], args: list[str]) -> pytest.Config:
     ``Config.fromdictargs`` is pytest's constructor for subprocesses (xdist's workers use it):
     the parent's resolved options, no second pass over addopts.
     """
-    config = pytest.Config.fromdictargs(options, args)
+    log_file = options.get("log_file")  # the parent's, absolute: see append_to_log_file
+    config = pytest.Config.fromdictargs({**options, "log_file": os.devnull} if log_file else options, args)
     config._do_configure()  # what pytest's wrap_session does first; done once, shared by forked children
+    if log_file:
+        config.option.log_file = log_file
+        append_to_log_file(config)
     silence_terminal(config)
     return config
 
@@ -150,8 +323,9 @@ def silence_terminal(config: pytest.Config, fd: int | None = None) -> None:
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is None:
         return
+    close_null_sink()
     if fd is None:
-        file = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115
+        file = _null_sink[0] = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115
     else:
         # appending: writes follow the truncation at each test start
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
@@ -160,6 +334,15 @@ def silence_terminal(config: pytest.Config, fd: int | None = None) -> None:
     sink = create_terminal_writer(config, file)
     sink.hasmarkup, sink.code_highlight, sink.fullwidth = old.hasmarkup, old.code_highlight, old.fullwidth
     reporter._tw = sink
+
+
+def close_null_sink() -> None:
+    """Close the null sink an earlier ``silence_terminal`` opened (a spawned or forkserver child is
+    silenced at configure time, then again onto its terminal file): left to the garbage collector,
+    it is a ResourceWarning, which ``-W error`` turns into the next test's error."""
+    if _null_sink[0] is not None:
+        _null_sink[0].close()
+        _null_sink[0] = None
 
 
 def start_session(config: pytest.Config) -> pytest.Session:
@@ -180,12 +363,14 @@ def run_session(config: pytest.Config, request: Mapping[str, Any], sender: Sende
     register_forwarder(Forwarder(sender, config, request["nodeids"]))
     config.option.maxfail = request["maxfail"]
     config.args = list(request["paths"])
+    share_basetemp(config)
     if session is None:
         session = start_session(config)
     watch_control(control_fd, session)
     try:
         config.hook.pytest_collection(session=session)
-        run_items(session, session.items)
+        with run_logging(config):
+            run_items(session, session.items)
         if session.shouldfail:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
     except (session.Failed, session.Interrupted):  # before INTERRUPTS: Interrupted is a KeyboardInterrupt
@@ -272,6 +457,7 @@ def own_output(config: pytest.Config, fds: list[int]) -> None:
 
 _dump_file: Any = None
 _terminal_file: Any = None  # where the silenced terminal reporter writes, when the parent reads it
+_null_sink: list[Any] = [None]  # the devnull file a silenced terminal reporter writes to, if any
 
 
 def finish(sender: Sender, exitstatus: int) -> int:
@@ -281,9 +467,42 @@ def finish(sender: Sender, exitstatus: int) -> int:
     daemon that double-forked into a session of its own a moment ago; a few rounds catch what a
     dying leftover forked meanwhile. The parent still kills what it saw of a child that crashed.
     """
+    stop_multiprocessing_helpers()
     sender.send(Event.LEFTOVERS, killed=procs.kill_descendants())
     sender.send(Event.DONE, exitstatus=int(exitstatus))
     return int(exitstatus)
+
+
+HELPER_GRACE_S = 2.0  # how long multiprocessing's helpers get to exit once told to, before the kill
+
+
+def stop_multiprocessing_helpers() -> None:
+    """Let the helpers multiprocessing started in this child exit on their own, as they do once it is
+    gone: its resource tracker and forkserver (a spawn/forkserver Pool, ProcessPoolExecutor,
+    DataLoader) each watch a pipe from this process and exit at its EOF. Closing our end now lets
+    them go within ``HELPER_GRACE_S``; only one still alive after it is a leftover. A forked child
+    leaves its parent's helpers alone: only helpers whose parent is this process are ours."""
+    helpers = []  # (owner object, fd attribute, pid attribute)
+    if (tracker := sys.modules.get("multiprocessing.resource_tracker")) is not None:
+        helpers.append((tracker._resource_tracker, "_fd", "_pid"))
+    if (server := sys.modules.get("multiprocessing.forkserver")) is not None:
+        helpers.append((server._forkserver, "_forkserver_alive_fd", "_forkserver_pid"))
+    waiting = []
+    for owner, fd_name, pid_name in helpers:
+        fd, pid = getattr(owner, fd_name, None), getattr(owner, pid_name, None)
+        if fd is None or pid is None:
+            continue
+        try:
+            helper = psutil.Process(pid)
+            if helper.ppid() != os.getpid():
+                continue
+            os.close(fd)
+        except (psutil.Error, OSError):
+            continue
+        setattr(owner, fd_name, None)
+        setattr(owner, pid_name, None)
+        waiting.append(helper)
+    psutil.wait_procs(waiting, timeout=HELPER_GRACE_S)  # reaps them too: no zombie counts as a leftover
 
 
 def enable_stack_dumps() -> None:
@@ -293,9 +512,11 @@ def enable_stack_dumps() -> None:
     with the process: the dump the parent asks for on timeout must reach the parent's pipe.
     """
     global _dump_file
-    _dump_file = os.fdopen(os.dup(2), "w")
+    replaced, _dump_file = _dump_file, os.fdopen(os.dup(2), "w")
     faulthandler.enable(file=_dump_file)
     faulthandler.register(STACK_SIGNAL, file=_dump_file, all_threads=True)
+    if replaced is not None:  # the forkserver's, in each child it forks: unclosed, -W error fails a test
+        replaced.close()
 
 
 def main() -> int:

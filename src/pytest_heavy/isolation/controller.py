@@ -20,7 +20,7 @@ from .. import supervise, wire
 from ..gpu import guard
 from ..records import ModulePeaks
 from ..state import Run
-from . import schedule
+from . import schedule, stops
 from .launch import Launchers
 from .launch.attempt import Attempt
 from .plan import Unit
@@ -86,10 +86,10 @@ class Controller:
         if alone:
             self.wait_all()
         for item in unit.items:
+            if self.stopping():  # also a stop replayed while waiting for the children: none too many
+                break
             item.ihook.pytest_runtest_protocol(item=item, nextitem=next_parent[item])
             self.step(block=False)
-            if self.stopping():
-                break
             if not alone:
                 self.fill()
 
@@ -141,8 +141,7 @@ class Controller:
             return self.end_unit(ur)
         env = {**self.env, **ur.placement.env(self.run.hardware)}
         self.hook.pytest_heavy_child_env(config=self.config, unit=ur.name, env=env)
-        maxfail = self.config.getoption("maxfail") or 0
-        request = ur.request(env, max(maxfail - self.session.testsfailed, 1) if maxfail else 0)
+        request = ur.request(env, stops.failures_left(self.session))
         contexts = functools.partial(guard.context_pids, self.config) if ur.unit.gpu else None
         attempt = Attempt.launch(self.launchers, request, placement=ur.placement, settings=self.settings,
                                  gpu=self.gpu, contexts=contexts,

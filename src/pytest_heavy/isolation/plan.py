@@ -51,7 +51,8 @@ class Unit:
 
 def isolation_blocker(config: pytest.Config) -> str | None:
     """Why this run must stay in one process whatever the settings, or None."""
-    if config.option.usepdb or config.option.trace:
+    # Both options belong to pytest's debugging plugin, which ``-p no:debugging`` leaves out.
+    if config.getoption("usepdb", False) or config.getoption("trace", False):
         return "--pdb/--trace given: heavy isolation is off for this run"
     return None
 

@@ -17,7 +17,7 @@ import pytest
 
 from .. import wire
 from ..report import HeavyRecord
-from . import oom
+from . import oom, subtests
 from ._reprs import failure_repr
 from .launch.base import UnitRequest
 from .schedule import Placement
@@ -145,7 +145,8 @@ class UnitRun:
     def count(self, report: pytest.TestReport) -> None:
         """A report about to be logged: its phase's outcome, and the heavy table's counts."""
         self.phases.setdefault(report.nodeid, {})[report.when] = report.passed
-        self.record.count(report)
+        if not subtests.is_subtest(report):  # a subtest is part of a test, not one
+            self.record.count(report)
 
     # --- its child's end -------------------------------------------------------------------------------
 
