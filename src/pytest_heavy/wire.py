@@ -22,7 +22,6 @@ from typing import IO, Any
 CHILD_ENV = "PYTEST_HEAVY_CHILD"  # "1" in isolated children: isolation off, hardware from the parent
 FDS_ENV = "PYTEST_HEAVY_FDS"  # a spawned child's fds: "events,control"
 PAYLOAD_ENV = "PYTEST_HEAVY_PAYLOAD"  # a spawned child's pickled options and request
-SERVER_FD_ENV = "PYTEST_HEAVY_FORKSERVER_FD"  # the forkserver's end of its socket pair
 MEMORY_ENV = "PYTEST_HEAVY_MEMORY"  # "1": measure every test (memattr); figures ride on teardown reports
 
 # --- signals and exit codes ------------------------------------------------------------------------
