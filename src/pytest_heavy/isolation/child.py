@@ -311,7 +311,7 @@ def start_up(config: pytest.Config, parent: int, fds: list[int], *, capture: boo
     if capture:
         own_output(config, output)
     else:
-        for fd, target in zip(output, (1, 2), strict=True):  # the parent's terminal (-s)
+        for fd, target in zip(output, (1, 2), strict=bool(output)):  # the parent's terminal (-s)
             os.dup2(fd, target)
             os.close(fd)
         silence_terminal(config)
