@@ -1,16 +1,19 @@
-"""Automatic preload: the packages each heavy module pulls in, imported once by the template.
+"""Automatic preload: the packages test modules import, imported once by the template.
 
-While pytest collects, each module's import is watched: the top-level packages that appeared in
-``sys.modules`` during it, from outside the project (site-packages: torch, transformers...), are what
-its child would import again. As soon as a collected module looks heavy (an isolation marker on the
-module or on one of its functions, or ``heavy_isolate = always``), its packages go to the template,
-which imports them while the parent goes on collecting; a module whose marks only its class methods
-carry is caught at the end of collection. ``heavy_preload`` names more, up front.
+While pytest imports a test module, a finder placed first on ``sys.meta_path`` sees each top-level
+package the import reaches for the first time. One from outside the project and the standard library
+(torch, transformers...) is named to the template at once, which imports it while the parent does the
+same: the children then start with it loaded, and the parent's collection does not wait for a second
+import after its own. It is done for every test module, as whether a module is heavy is only known once
+it has been imported; a package that only light modules use is imported by the template for nothing,
+beside the parent's collection (and the template is killed at the end). ``heavy_preload`` names more,
+up front.
 """
 
 from __future__ import annotations
 
-import os
+import importlib.abc
+import importlib.machinery
 import sys
 from collections.abc import Generator
 from pathlib import Path
@@ -19,69 +22,58 @@ from typing import Any
 import pytest
 
 from ... import supervise
-from ...markers import closest
 from ...state import Run
 from .template import TemplateLauncher, unavailable_reason
 
 
 def start_template(config: pytest.Config, run: Run) -> None:
-    """Fork the template (idle until a heavy module is collected) and watch collection for it."""
+    """Fork the template (idle until a test module imports a package) and watch collection for it."""
     missing = unavailable_reason()
     if missing:
         run.template_missing = missing
         return
     env = supervise.child_environment(run.settings, run.hardware, isolated=True)
     run.template = TemplateLauncher(config, config.option.capture != "no", run.settings.preload, env)
-    config.pluginmanager.register(Preloads(config, run, run.template), "heavy-preloads")
+    config.pluginmanager.register(Preloads(config, run.template), "heavy-preloads")
 
 
-def external_packages(names: set[str], root: Path) -> list[str]:
-    """The top-level packages among ``names`` (modules that just appeared) that live outside ``root``:
-    the project's own test modules and conftests are collected by each child, not preloaded."""
-    found = []
-    for name in sorted({n.partition(".")[0] for n in names}):
-        module = sys.modules.get(name)
-        origin = getattr(module, "__file__", None)
-        if module is None or name.startswith("_") or not origin:
-            continue
-        if not Path(os.path.abspath(origin)).is_relative_to(root):
-            found.append(name)
-    return found
+class Spotter(importlib.abc.MetaPathFinder):
+    """First on ``sys.meta_path`` while a test module is imported: the moment that import starts on a
+    package from outside the project (torch), the template is told, and imports it beside the parent
+    instead of after it. It finds nothing itself (``None``): the import goes on as usual."""
+
+    def __init__(self, root: Path, template: TemplateLauncher) -> None:
+        self._root = root
+        self._template = template
+        self._seen: set[str] = set()
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> None:
+        if path is not None or name in self._seen or name in sys.stdlib_module_names:
+            return None  # a submodule, already judged, or the standard library (cheap, often loaded)
+        self._seen.add(name)
+        try:
+            spec = importlib.machinery.PathFinder.find_spec(name)
+        except Exception:  # whatever the real import would say, it says it
+            return None
+        origin = spec.origin if spec is not None else None
+        if origin and origin not in ("built-in", "frozen") and not Path(origin).resolve().is_relative_to(
+                self._root):
+            self._template.preload([name])
+        return None
 
 
 class Preloads:
-    """Registered in the parent while a template exists: records and sends each module's packages."""
+    """Registered in the parent while a template exists: spots the packages test modules import."""
 
-    def __init__(self, config: pytest.Config, run: Run, template: TemplateLauncher) -> None:
-        self._root = config.rootpath
-        self._markers = set(run.settings.isolate_markers)
-        self._always = run.settings.isolate == "always"
-        self._template = template
-        self._packages: dict[str, list[str]] = {}  # module node id -> packages its import brought
+    def __init__(self, config: pytest.Config, template: TemplateLauncher) -> None:
+        self._spotter = Spotter(config.rootpath.resolve(), template)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_make_collect_report(self, collector: pytest.Collector) -> Generator[None, Any, Any]:
         if not isinstance(collector, pytest.Module):
             return (yield)
-        before = set(sys.modules)
-        report = yield
-        new = set(sys.modules) - before
-        packages = external_packages(new, self._root) if new else []
-        if packages:
-            self._packages[collector.nodeid] = packages
-            if self._always or any(self._heavy(node) for node in [collector, *(report.result or ())]):
-                self._template.preload(packages)
-        return report
-
-    def _heavy(self, node: pytest.Item | pytest.Collector) -> bool:
-        return not self._markers.isdisjoint(closest(node))
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        """Modules whose isolation marks sit deeper than their functions (a class's methods)."""
-        if not self._packages:
-            return
-        for item in items:
-            module = item.nodeid.split("::", 1)[0]
-            if module in self._packages and self._heavy(item):
-                self._template.preload(self._packages.pop(module))
+        sys.meta_path.insert(0, self._spotter)
+        try:
+            return (yield)
+        finally:
+            sys.meta_path.remove(self._spotter)
