@@ -18,11 +18,11 @@ import pytest
 
 from ...settings import Settings
 from ...state import RUN
-from .base import Launcher, RefusedError, Started, UnitRequest, fork_unsafe_reason
 
-__all__ = ["Launcher", "Launchers", "resolve"]
+__all__ = ["Launchers", "resolve"]
 
-if TYPE_CHECKING:  # the launchers themselves are imported when a run needs them, not at session start
+if TYPE_CHECKING:  # imported when a run needs them: forking the template at session start stays cheap
+    from .base import Launcher, RefusedError, Started, UnitRequest
     from .template import TemplateLauncher
 
 
@@ -93,6 +93,8 @@ class Launchers:
         child, and why it is not the first choice ('' when it is, and when the previous child fell
         back for the same reason: an OpenMP pool refuses every later fork, and the heavy table names
         it once, not under every module)."""
+        from .base import RefusedError, fork_unsafe_reason
+
         reasons: list[str] = []
         for name in self.chain:
             if name in self._dead:

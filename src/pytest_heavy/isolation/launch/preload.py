@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 
-from ... import supervise
 from ...state import Run
 from .template import TemplateLauncher, unavailable_reason
 
@@ -32,7 +31,11 @@ def start_template(config: pytest.Config, run: Run) -> None:
     if missing:
         run.template_missing = missing
         return
-    env = supervise.child_environment(run.settings, run.hardware, isolated=True)
+    def env() -> dict[str, str]:  # called in the template: pytest never imports supervise (psutil) for it
+        from ... import supervise
+
+        return supervise.child_environment(run.settings, run.hardware, isolated=True)
+
     run.template = TemplateLauncher(config, config.option.capture != "no", run.settings.preload, env)
     config.pluginmanager.register(Preloads(config, run.template), "heavy-preloads")
 

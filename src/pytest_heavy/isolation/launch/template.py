@@ -33,25 +33,16 @@ import socket
 import sys
 import threading
 import traceback
-from typing import Any, NoReturn
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import psutil
 import pytest
 
-from ... import cleanup, procs, wire
-from .. import child
+from ... import cleanup, wire
 from ..threads import fork_quietly, record_thread_baseline, thread_unsafe_reason
-from .base import (
-    Pipes,
-    RefusedError,
-    Started,
-    UnitRequest,
-    child_args,
-    child_options,
-    fork_unsafe_reason,
-    import_for_children,
-    release_parent_fds,
-)
+
+if TYPE_CHECKING:  # imported where a child starts: forking the template at session start stays cheap
+    from .base import Started, UnitRequest
 
 REPLY_TIMEOUT_S = 300.0  # a reply waits for the template's imports: torch + transformers on a slow disk
 PIECE = 32768  # a request's JSON is sent in pieces: 5,000 node ids do not fit one socket message
@@ -86,22 +77,19 @@ class TemplateLauncher:
     name = "template"
 
     def __init__(self, config: pytest.Config, capture_output: bool, preload: tuple[str, ...],
-                 env: dict[str, str]) -> None:
+                 env: Callable[[], dict[str, str]]) -> None:
+        """Fork the template; ``env`` makes the children's environment, called in the template."""
         self._capture = capture_output
         self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        err_r, err_w = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
         parent = os.getpid()
         pid = fork_quietly()
         if pid == 0:
             self._sock.close()
-            os.close(err_r)
-            template_process(config, theirs, err_w, parent, env)
+            template_process(config, theirs, parent, env)
         theirs.close()
-        os.close(err_w)
         self.pid = pid
-        self._stderr = procs.Drain(os.fdopen(err_r, "rb"))
         self._lock = threading.Lock()  # one request at a time: replies come back in order
         self._error: str | None = None
         self._replies: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -148,13 +136,17 @@ class TemplateLauncher:
     def returncode(self, pid: int) -> int | None:
         if pid in self._exits:
             return self._exits[pid]
+        import psutil
+
         if self._gone and not psutil.pid_exists(pid):
             return -signal.SIGKILL  # its template died: the status is lost
         return None
 
     def start(self, request: UnitRequest) -> Started:
+        from .base import Pipes, RefusedError, release_parent_fds
+
         if self._gone:
-            raise RefusedError(f"{self._error}\n{self._stderr.tail(20)}".strip(), final=True)
+            raise RefusedError(self._error or "the template process exited", final=True)
         body = json.dumps({**request.wire(), "env": request.env}).encode()
         pipes = Pipes(self._capture)
         terminal = [] if self._capture else [os.dup(1), os.dup(2)]  # -s: the child writes to our terminal
@@ -203,20 +195,24 @@ class TemplateLauncher:
 # --- the template process -------------------------------------------------------------------------
 
 
-def template_process(parent_config: pytest.Config, sock: socket.socket, err_fd: int, parent: int,
-                     env: dict[str, str]) -> NoReturn:
-    """The forked template: detached from the terminal, environment of an isolated child, then serve."""
+def template_process(parent_config: pytest.Config, sock: socket.socket, parent: int,
+                     env: Callable[[], dict[str, str]]) -> NoReturn:
+    """The forked template: detached from the terminal's signals, its stdin and stdout on /dev/null
+    (its stderr stays the parent's: it writes there only a traceback when it cannot go on), the
+    environment of an isolated child, then serve."""
     code = 0
     try:
+        from ... import procs
+
         os.setsid()  # Ctrl-C in the terminal is the parent's to handle
         procs.guard_child_tree(parent)  # the parent killed (even SIGKILL): the template and its children go
         devnull = os.open(os.devnull, os.O_RDWR)
-        for fd, target in ((devnull, 0), (devnull, 1), (err_fd, 2)):
-            os.dup2(fd, target)
+        for target in (0, 1):
+            os.dup2(devnull, target)
         os.close(devnull)
-        os.close(err_fd)
+        child_env = env()
         os.environ.clear()
-        os.environ.update(env)
+        os.environ.update(child_env)
         serve(parent_config, sock)
     except BaseException:
         traceback.print_exc()
@@ -238,6 +234,9 @@ class Template:
 
     def setup(self) -> pytest.Session:
         """Configure pytest as a child does, once: every plugin and conftest it loads is already imported."""
+        from .. import child
+        from .base import child_args, child_options, import_for_children
+
         if self.session is None:
             assert self._parent_config is not None
             options, args = child_options(self._parent_config), child_args(self._parent_config)
@@ -272,6 +271,9 @@ class Template:
             _send(self.sock, failed=failed)
 
     def fork_child(self, request: dict[str, Any], fds: list[int]) -> None:
+        from .. import child
+        from .base import fork_unsafe_reason
+
         session = self.setup()
         unsafe = self.poisoned or fork_unsafe_reason()
         if unsafe:
