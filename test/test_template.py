@@ -126,3 +126,21 @@ def test_a_request_larger_than_one_socket_message_reaches_the_child(heavy_pytest
     result = heavy_pytester.runpytest_subprocess("--heavy-start", "template", "-q")
     result.assert_outcomes(passed=5000)
     result.stdout.fnmatch_lines(["test_m1.py *2500 *template *"])
+
+
+def test_a_preload_that_creates_a_cuda_context_stops_the_template_not_the_run(fake_gpu, monkeypatch):
+    """heavy_preload names a package whose import creates a CUDA context (the torch double's): the
+    template must not fork with it. It refuses for good, says why once, and the children fork from the
+    parent, which never imported that package and holds no context."""
+    prepend_path(monkeypatch, TORCH_DOUBLE)
+    fake_gpu.makeini("[pytest]\nheavy_ram_gib = 4\nheavy_release_timeout_s = 0\n"
+                     "heavy_preload = makes_context\n")
+    fake_gpu.makepyfile(makes_context="import torch\ntorch.cuda.init()\n",
+                        test_g1=GPU_MODULE.replace("assert PRELOADED", "pass"),
+                        test_g2=GPU_MODULE.replace("assert PRELOADED", "pass"))
+    result = fake_gpu.runpytest_subprocess("-p", "pynvml")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines([
+        "pytest-heavy: template refused (the template cannot fork safely: CUDA is initialized in this "
+        "process); no later child starts with it",
+        "test_g1.py *fork *", "test_g2.py *fork *"])

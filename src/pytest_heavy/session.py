@@ -108,6 +108,8 @@ class HeavySession:
 
     def pytest_sessionfinish(self) -> None:
         run = self.run
+        if run.template is not None:  # a session that never reached its run loop (an interrupted collection)
+            run.template.close()
         if run.settings.report_path and not run.settings.child:
             report.write_json(run.settings.report_path, run.records, json.loads(run.hardware.to_json()),
                               run.report_extra)

@@ -97,6 +97,7 @@ class TemplateLauncher:
         self._preload_failed: list[str] = []
         self._sent: set[str] = set()
         self._gone = False
+        self._closed = False
         threading.Thread(target=self._read, name="heavy-template", daemon=True).start()
         if preload:
             self.preload(preload, explicit=True)
@@ -179,7 +180,11 @@ class TemplateLauncher:
 
     def close(self) -> None:
         """End the template at once: it runs no test and writes nothing, so there is nothing to wait
-        for (a template still importing torch for a run that needed no child would take seconds)."""
+        for (a template still importing torch for a run that needed no child would take seconds).
+        Once only: its pid, reaped here, may be another process's afterwards."""
+        if self._closed:
+            return
+        self._closed = True
         try:  # shutdown, not just close: our reader thread is blocked in recv on this socket
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
