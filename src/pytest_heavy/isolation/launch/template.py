@@ -32,6 +32,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -45,6 +46,7 @@ if TYPE_CHECKING:  # imported where a child starts: forking the template at sess
     from .base import Started, UnitRequest
 
 REPLY_TIMEOUT_S = 300.0  # a reply waits for the template's imports: torch + transformers on a slow disk
+EXIT_GRACE_S = 0.3  # for the template to exit on its own, then after SIGTERM
 PIECE = 32768  # a request's JSON is sent in pieces: 5,000 node ids do not fit one socket message
 
 
@@ -179,9 +181,10 @@ class TemplateLauncher:
         return failed
 
     def close(self) -> None:
-        """End the template at once: it runs no test and writes nothing, so there is nothing to wait
-        for (a template still importing torch for a run that needed no child would take seconds).
-        Once only: its pid, reaped here, may be another process's afterwards."""
+        """End the template: closing our end tells it to exit, which an idle template does at once
+        (through ``os._exit``, which coverage's patch saves its data in). One still importing for a
+        run that needed no child is not waited for: SIGTERM (its guard, coverage's handler), then
+        SIGKILL. Once only: its pid, reaped here, may be another process's afterwards."""
         if self._closed:
             return
         self._closed = True
@@ -190,11 +193,27 @@ class TemplateLauncher:
         except OSError:
             pass
         self._sock.close()
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-            os.waitpid(self.pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
+        for sig, grace in ((0, EXIT_GRACE_S), (signal.SIGTERM, EXIT_GRACE_S), (signal.SIGKILL, None)):
+            try:
+                if sig:
+                    os.kill(self.pid, sig)
+                if _reaped(self.pid, grace):
+                    return
+            except (ProcessLookupError, ChildProcessError):
+                return
+
+
+def _reaped(pid: int, within: float | None) -> bool:
+    """Whether our child ``pid`` exited within ``within`` seconds (None: wait as long as it takes)."""
+    if within is None:
+        os.waitpid(pid, 0)
+        return True
+    deadline = time.monotonic() + within
+    while not os.waitpid(pid, os.WNOHANG)[0]:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 # --- the template process -------------------------------------------------------------------------
@@ -202,9 +221,10 @@ class TemplateLauncher:
 
 def template_process(parent_config: pytest.Config, sock: socket.socket, parent: int,
                      env: Callable[[], dict[str, str]]) -> NoReturn:
-    """The forked template: detached from the terminal's signals, its stdin and stdout on /dev/null
-    (its stderr stays the parent's: it writes there only a traceback when it cannot go on), the
-    environment of an isolated child, then serve."""
+    """The forked template: detached from the terminal's signals, its standard streams on /dev/null
+    (what goes wrong reaches the parent over the socket; what a library prints as it exits, coverage's
+    "no data collected" for one, is not the user's business), the environment of an isolated child,
+    then serve."""
     code = 0
     try:
         from ... import procs
@@ -212,7 +232,7 @@ def template_process(parent_config: pytest.Config, sock: socket.socket, parent: 
         os.setsid()  # Ctrl-C in the terminal is the parent's to handle
         procs.guard_child_tree(parent)  # the parent killed (even SIGKILL): the template and its children go
         devnull = os.open(os.devnull, os.O_RDWR)
-        for target in (0, 1):
+        for target in (0, 1, 2):
             os.dup2(devnull, target)
         os.close(devnull)
         child_env = env()
@@ -362,6 +382,6 @@ def serve(parent_config: pytest.Config, sock: socket.socket) -> None:
         except EOFError:
             return
         except Exception as exc:  # configuring failed: no child can start from here
-            traceback.print_exc()
-            _send(sock, error=f"the template process could not start: {type(exc).__name__}: {exc}")
+            _send(sock, error=f"the template process could not start: {type(exc).__name__}: {exc}\n"
+                              f"{traceback.format_exc()}")
             return
