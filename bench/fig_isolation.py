@@ -2,7 +2,7 @@
 
 Every variant runs the same suite at two sizes, K1 and K2 heavy modules. The difference between the
 sizes, minus the in-process run's difference, divided by K2 - K1, is what one more isolated module
-costs; what is left at K1 is the fixed cost (the forkserver's start, say), paid once per session.
+costs; what is left at K1 is the fixed cost (the template's imports, say), paid once per session.
 The comparison users make today, one ``python -m pytest <module>`` per module (without the plugin),
 has no fixed part: its per-module cost is its total over K2.
 
@@ -35,7 +35,7 @@ from harness import (
     table,
 )
 
-METHODS = ("spawn", "fork", "forkserver")
+METHODS = ("spawn", "fork", "template")
 FORK_TARGET_S = 0.060
 SPAWN_TARGET = 1.2
 TESTS = 4
@@ -127,33 +127,74 @@ def suite_section(title: str, reps: int, runs: SuiteRuns, verdicts: list[Verdict
     return f"## {title} ({reps} repetitions)\n\n" + table(header, rows)
 
 
-SUITE_TARGET = 1.3  # a torch suite isolated by default at most this much slower than in-process
+SUITE_TARGET = 1.3  # a torch suite isolated by default at most this much slower than in-process (wall)
+SUITE_CPU_TARGET = 1.6  # ... and CPU
+BIG_TARGET = 1.25  # 2 heavy modules of 5,000 tests
+MODEL_FIXTURE = ("@pytest.fixture(scope='module')\ndef model():\n    torch.manual_seed(0)\n"
+                 "    return torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.ReLU(),\n"
+                 "                               torch.nn.Linear(256, 10))\n\n\n"
+                 "def test_model(model, x):\n    assert model(torch.ones(4, 256)).shape == (4, 10)\n")
+LIGHT_LARGE_OP = ("import torch\n\n\ndef test_light():\n    torch.set_num_threads(2)\n"
+                  "    assert (torch.ones(512, 512) @ torch.ones(512, 512)).sum().item() > 0\n")
+# The issue #21 shapes, default configuration (no heavy_preload): small ops; an op above ATen's grain
+# size at import (starts the OpenMP pool in the parent while it collects); a model built in a
+# module-scoped fixture; a light test in the parent that runs a large op before the heavy modules.
+SHAPES = ("small ops", "`W = torch.ones(256, 256)` at import", "model in a module fixture",
+          "light test with a large op first")
+
+
+def shape_suite(root: Path, shape: str, modules: int) -> list[str]:
+    names = suites.heavy_suite(root, modules, 3, torch=True, weights=shape == SHAPES[1])
+    if shape == SHAPES[2]:
+        for name in names:
+            path = root / name
+            path.write_text(path.read_text().split("@pytest.mark.parametrize")[0]
+                            + "@pytest.fixture(params=range(3))\ndef x(request):\n"
+                            + "    return request.param\n\n\n" + MODEL_FIXTURE)
+    if shape == SHAPES[3]:
+        (root / "test_000_light.py").write_text(LIGHT_LARGE_OP)
+        names = ["test_000_light.py", *names]
+    return names
+
+
+def ab_row(label: str, root: Path, names: list[str], modules: int, reps: int, wall_target: float,
+           cpu_target: float | None, verdicts: list[Verdict]) -> list[str]:
+    """In-process against the default configuration, paired per repetition."""
+    base = pytest_argv("-q", *names)
+    report = root / "report.json"
+    never = Variant("in-process", [[*base, "--heavy-isolate", "never"]], root)
+    auto = Variant("auto", [[*base, "--heavy-report", str(report)]], root,
+                   check=report_check(report, modules, "auto", []))
+    measure([never, auto], reps, warmup=[never], progress=f"isolation, {label}")
+    rel = paired(auto.walls(), never.walls())
+    rel_cpu = paired(auto.cpus(), never.cpus())
+    used = "; ".join(sorted(auto.notes))
+    ok = median(rel) <= wall_target and (cpu_target is None or median(rel_cpu) <= cpu_target)
+    goal = f"at most {wall_target}x wall" + (f", {cpu_target}x CPU" if cpu_target else "")
+    verdicts.append(Verdict(f"{label}, isolated by default: {goal} of in-process",
+                            f"{ratio(median(rel))} wall, {ratio(median(rel_cpu))} CPU ({used})", ok))
+    return [label, spread(never.walls(), secs), spread(auto.walls(), secs), used, spread(rel, ratio),
+            spread(rel_cpu, ratio)]
 
 
 def torch_suites(quick: bool, verdicts: list[Verdict]) -> str:
-    """Whole torch suites, ``auto`` (the default) against in-process: what a HuggingFace-style suite
-    pays for isolating every module. Two shapes: modules that only import torch (the parent can fork),
-    and modules whose import starts torch's OpenMP pool (it cannot: the forkserver runs them)."""
+    """Whole torch suites, ``auto`` (the default, no heavy_preload) against in-process, in each shape of
+    issue #21, and 2 heavy modules of 5,000 tests (the report transport)."""
     modules, reps = (4, 1) if quick else (10, 3)
     rows = []
-    for shape, weights in (("`import torch`", False), ("`import torch` + `W = torch.ones(256, 256)`", True)):
+    for shape in SHAPES:
         with scratch("torch") as root:
-            names = suites.heavy_suite(root, modules, 3, torch=True, preload=True, weights=weights)
-            base = pytest_argv("-q", *names)
-            report = root / "report.json"
-            never = Variant("in-process", [[*base, "--heavy-isolate", "never"]], root)
-            auto = Variant("auto", [[*base, "--heavy-report", str(report)]], root,
-                           check=isolated_check(report, modules, "auto", []))
-            measure([never, auto], reps, warmup=[never], progress=f"isolation, torch suite {shape}")
-        rel = paired(auto.walls(), never.walls())
-        used = "; ".join(sorted(auto.notes))
-        rows.append([shape, spread(never.walls(), secs), spread(auto.walls(), secs), used,
-                     spread(rel, ratio)])
-        verdicts.append(Verdict(f"{modules} modules ({shape}, heavy_preload = torch) isolated by default: at "
-                                f"most {SUITE_TARGET}x in-process", f"{ratio(median(rel))} ({used})",
-                                median(rel) <= SUITE_TARGET))
-    return (f"## Whole torch suites ({modules} modules of 3 tests, {reps} repetitions)\n\n"
-            + table(["module shape", "in-process", "isolated (`auto`)", "children ran as", "ratio"], rows))
+            names = shape_suite(root, shape, modules)
+            rows.append(ab_row(f"{modules} torch modules, {shape}", root, names, modules, reps,
+                               SUITE_TARGET, SUITE_CPU_TARGET, verdicts))
+    with scratch("big") as root:
+        big = 500 if quick else 5000
+        names = suites.heavy_suite(root, 2, big)
+        rows.append(ab_row(f"2 modules x {big} tests", root, names, 2, reps, BIG_TARGET, None,
+                           verdicts))
+    return (f"## Whole suites, default configuration ({reps} repetitions)\n\n"
+            + table(["suite", "in-process", "isolated (`auto`)", "children ran as", "wall ratio",
+                     "CPU ratio"], rows))
 
 
 def run(quick: bool) -> Figure:
@@ -176,14 +217,14 @@ def run(quick: bool) -> Figure:
         "run at two sizes with `--heavy-isolate always` and each start method, in-process with "
         "`--heavy-isolate never`, and as one `python -m pytest -p no:heavy <module>` per module (what suites "
         "do today). The torch suite imports torch in every module and runs a small torch op in every test; "
-        "its ini sets `heavy_preload = torch`, which the forkserver imports once.\n\n"
+        "its ini sets `heavy_preload = torch`, which the template imports once.\n\n"
         "- *added per module*: (K2-run − K1-run − (in-process K2 − in-process K1)) / (K2 − K1), per "
         "repetition.\n"
         "- *fixed cost*: what the K1 run costs beyond in-process and beyond K1 × the per-module cost "
-        "(server start, waiting for it).\n"
+        "(the template's imports, waiting for them).\n"
         "- *child wall per module*: the module's wall time in `--heavy-report` (start of the child to its "
         "end).\n"
-        f"- Targets: fork and forkserver add at most {ms(FORK_TARGET_S)} per module; spawn adds at most "
+        f"- Targets: fork and template add at most {ms(FORK_TARGET_S)} per module; spawn adds at most "
         f"{SPAWN_TARGET}x the per-module cost of one `python -m pytest <module>`.\n\n"
         + "\n".join(sections) + f"\n{NOISE_NOTE}\n"
     )

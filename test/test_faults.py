@@ -34,7 +34,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-METHODS = ["spawn", "fork", "forkserver"]
+METHODS = ["spawn", "fork", "template"]
 RUN_BOUND_S = 120  # a run that takes longer than this never ends, as far as these tests are concerned
 GONE_BOUND_S = 15  # how long processes of a run may take to disappear after it ended
 
@@ -401,20 +401,20 @@ def test_example_header_timeout_must_be_finite():
         parse_header(1, "timeout=1e999")
 
 
-def test_a_preload_typo_is_one_line_once_and_the_server_goes_on(heavy_pytester):
+def test_a_preload_typo_is_one_line_once_and_the_template_goes_on(heavy_pytester):
     heavy_pytester.makeini("[pytest]\nheavy_ram_gib = 4\nheavy_preload = json no_such_module_xyz\n")
     body = ("import sys, pytest\npytestmark = pytest.mark.requires_heavy_ram\n"
             "def test_preloaded(): assert 'json' in sys.modules\n")
     heavy_pytester.makepyfile(test_p1=body, test_p2=body, test_p3=body)
-    result = heavy_pytester.runpytest_subprocess("--heavy-start", "forkserver")  # auto would fork
+    result = heavy_pytester.runpytest_subprocess()
     result.assert_outcomes(passed=3)
     out = result.stdout.str()
     named = [line for line in result.outlines if "no_such_module_xyz" in line]
-    assert named == ["pytest-heavy: ini heavy_preload: the forkserver could not import "
+    assert named == ["pytest-heavy: ini heavy_preload: the template process could not import "
                      "'no_such_module_xyz' (ModuleNotFoundError: No module named 'no_such_module_xyz'); "
                      "it goes on without it"], out
     assert "Traceback" not in out
-    result.stdout.fnmatch_lines([f"test_p{i}.py *forkserver*" for i in (1, 2, 3)])
+    result.stdout.fnmatch_lines([f"test_p{i}.py *template*" for i in (1, 2, 3)])
 
 
 EXAMPLE_DAEMON = '''# pytest:

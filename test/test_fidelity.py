@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-METHODS = ["spawn", "fork", "forkserver"]
+METHODS = ["spawn", "fork", "template"]
 PYTEST_9 = int(pytest.__version__.split(".")[0]) >= 9
 SHORT = re.compile(r"^(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS|SUB[A-Z]+)\b")
 
@@ -167,7 +167,7 @@ from concurrent.futures import ProcessPoolExecutor
 def square(x):
     return x * x
 
-@pytest.mark.parametrize("start", ["spawn", "forkserver"])
+@pytest.mark.parametrize("start", ["spawn", "template"])
 def test_pool(start):
     with multiprocessing.get_context(start).Pool(2) as pool:
         assert pool.map(square, [1, 2, 3]) == [1, 4, 9]
@@ -215,7 +215,7 @@ def progress(result):
 @pytest.mark.parametrize("args", [["-o", "log_cli=true"], ["--log-cli-level=DEBUG"]], ids=["ini", "level"])
 @pytest.mark.parametrize("method", METHODS)
 def test_live_logs_of_isolated_tests(heavy_pytester, method, args):
-    """pytest attaches its live-log handler in its own run loop, which spawn and forkserver children
+    """pytest attaches its live-log handler in its own run loop, which spawn and template children
     replace, and a child's terminal is silenced: live logs were lost."""
     light = "import logging\ndef test_light(): logging.getLogger('app').warning('light-line')\n"
     heavy_pytester.makepyfile(test_h1=LOGGING, test_h2=LOGGING, test_l=light)

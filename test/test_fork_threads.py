@@ -101,32 +101,53 @@ def test_a_fork_the_rule_allowed_does_not_warn_even_under_warnings_as_errors():
 
 
 @NEEDS_TORCH
-@pytest.mark.parametrize("preload", ["", "torch"])
-def test_modules_that_import_torch_are_forked_from_the_parent(heavy_pytester, preload):
-    """Collection imported torch in the parent: its fork has nothing left to import or collect."""
-    heavy_pytester.makeini(f"[pytest]\nheavy_ram_gib = 4\nheavy_preload = {preload}\n")
+@pytest.mark.parametrize(("start", "method"), [("auto", "template"), ("fork", "fork")])
+def test_modules_that_import_torch_start_from_the_template_or_the_parent(heavy_pytester, start, method):
+    """No heavy_preload: the template imports torch because the heavy modules did; asked for, fork from
+    the parent still works after collection imported torch (its idle thread is allowed)."""
+    heavy_pytester.makeini("[pytest]\nheavy_ram_gib = 4\n")
     heavy_pytester.makepyfile(test_t1=IMPORTS_TORCH, test_t2=IMPORTS_TORCH, test_t3=IMPORTS_TORCH)
-    assert start_methods(heavy_pytester) == {"test_t1.py": "fork", "test_t2.py": "fork", "test_t3.py": "fork"}
+    assert start_methods(heavy_pytester, "--heavy-start", start) == dict.fromkeys(
+        ["test_t1.py", "test_t2.py", "test_t3.py"], method)
 
 
 @NEEDS_TORCH
-@pytest.mark.parametrize(("preload", "fallback"), [("", "spawn"), ("torch", "forkserver")])
-def test_an_openmp_pool_started_at_import_stops_fork_and_the_run_finishes(heavy_pytester, preload, fallback):
+@pytest.mark.parametrize("preload", ["", "torch"])
+def test_an_openmp_pool_started_at_import_in_the_parent_leaves_the_template_alone(heavy_pytester, preload):
+    """The pool starts in the parent while it collects test_t2; the template was forked before, so
+    every child still starts from it, and none hangs on its first parallel op."""
     heavy_pytester.makeini(f"[pytest]\nheavy_ram_gib = 4\nheavy_preload = {preload}\n")
-    heavy_pytester.makepyfile(test_t1=IMPORTS_TORCH, test_t2=IMPORTS_TORCH + STARTS_POOL)
+    parallel_test = "def test_parallel():\n    assert (torch.ones(256, 256) @ torch.ones(256, 256)).sum()\n"
+    heavy_pytester.makepyfile(test_t1=IMPORTS_TORCH + parallel_test,
+                              test_t2=IMPORTS_TORCH + STARTS_POOL + parallel_test)
+    result = heavy_pytester.runpytest_subprocess(*TIMEOUT)
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["test_t1.py *template *", "test_t2.py *template *"])
+    assert "unsafe" not in result.stdout.str() and "refused" not in result.stdout.str()
+
+
+@NEEDS_TORCH
+def test_a_light_test_that_starts_the_pool_in_the_parent_leaves_the_template_alone(heavy_pytester):
+    heavy_pytester.makeini("[pytest]\nheavy_ram_gib = 4\n")
+    light = "import torch\ndef test_light():\n    " + STARTS_POOL.replace("\n", "\n    ")
+    heavy_pytester.makepyfile(test_1_heavy=IMPORTS_TORCH, test_2_light=light, test_3_heavy=IMPORTS_TORCH)
+    assert start_methods(heavy_pytester) == {"test_1_heavy.py": "template", "test_3_heavy.py": "template"}
+
+
+@NEEDS_TORCH
+def test_a_package_that_starts_the_pool_at_import_is_named_once_and_children_fork_from_the_parent(
+        heavy_pytester):
+    """The template imports heavy_preload's ``poolpkg``, whose import runs a parallel op: the template
+    cannot fork safely any more. It says so once, and the children fork from the parent (which never
+    imported poolpkg, so has no pool)."""
+    heavy_pytester.makeini("[pytest]\nheavy_ram_gib = 4\nheavy_preload = poolpkg\n")
+    heavy_pytester.makepyfile(poolpkg="import torch\n" + STARTS_POOL,
+                              test_t1=IMPORTS_TORCH, test_t2=IMPORTS_TORCH)
     result = heavy_pytester.runpytest_subprocess(*TIMEOUT)
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines([
-        f"test_t1.py *{fallback} *", f"test_t2.py *{fallback} *",
-        f"test_t1.py: started with {fallback}: fork is unsafe here (an OpenMP pool (libgomp*) "
-        "started by a parallel op)",
-    ])
-    assert result.stdout.str().count("fork is unsafe") == 1  # said once, not under every module
-
-
-@NEEDS_TORCH
-def test_a_light_test_that_starts_the_pool_stops_fork_for_the_modules_after_it(heavy_pytester):
-    heavy_pytester.makeini("[pytest]\nheavy_ram_gib = 4\nheavy_preload = torch\n")
-    light = "import torch\ndef test_light():\n    " + STARTS_POOL.replace("\n", "\n    ")
-    heavy_pytester.makepyfile(test_1_heavy=IMPORTS_TORCH, test_2_light=light, test_3_heavy=IMPORTS_TORCH)
-    assert start_methods(heavy_pytester) == {"test_1_heavy.py": "fork", "test_3_heavy.py": "forkserver"}
+        "pytest-heavy: template refused (the template cannot fork safely: importing poolpkg left an "
+        "OpenMP pool (libgomp*) started by a parallel op); no later child starts with it",
+        "test_t1.py *fork *", "test_t2.py *fork *",
+        "test_t1.py: started with fork: template refused (*importing poolpkg*)"])
+    assert result.stdout.str().count("importing poolpkg") == 2  # the line above and the table's, once

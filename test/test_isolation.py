@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 import psutil
 import pytest
 
-METHODS = ["spawn", "fork", "forkserver"]
+METHODS = ["spawn", "fork", "template"]
 # Checked without importing torch here: this process stays as light as the parents it tests.
 NEEDS_TORCH = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
 
@@ -397,27 +397,28 @@ def test_matmul():
     assert (torch.ones(128, 128) @ torch.ones(128, 128)).sum().item() == 128 ** 3
 """
     iso.makepyfile(test_t1=heavy, test_t2=heavy)
-    result = iso.runpytest_subprocess("--heavy-timeout", "120")
+    result = iso.runpytest_subprocess("--heavy-timeout", "120")  # the template never had the pool
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["test_t1.py *spawn*", "test_t2.py *spawn*"])
+    result.stdout.fnmatch_lines(["test_t1.py *template*", "test_t2.py *template*"])
     result = iso.runpytest_subprocess("--heavy-start", "fork", "--heavy-timeout", "120")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*fork is unsafe here*OpenMP*children start with spawn*",
                                  "test_t1.py *spawn*"])
 
 
-def test_forkserver_preloads_once(iso):
+def test_forkserver_is_the_template_and_preloads_once(iso):
+    """``--heavy-start forkserver`` (the process the template replaced) still works: it names the template."""
     iso.makeini("[pytest]\nheavy_ram_gib = 4\nheavy_preload = json decimal\n")
     body = ("import sys, pytest\npytestmark = pytest.mark.requires_heavy_ram\n"
             "def test_preloaded(): assert 'decimal' in sys.modules\n")
     iso.makepyfile(test_p1=body, test_p2=body)
     result = iso.runpytest_subprocess("--heavy-start", "forkserver")
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["test_p1.py *forkserver*", "test_p2.py *forkserver*"])
+    result.stdout.fnmatch_lines(["test_p1.py *template*", "test_p2.py *template*"])
 
 
-def test_forkserver_children_see_conftest_plugin_and_ini_fixtures(iso):
-    """The server builds the session's FixtureManager once for all its children: fixtures of plugins,
+def test_template_children_see_conftest_plugin_and_ini_fixtures(iso):
+    """The template builds the session's FixtureManager once for all its children: fixtures of plugins,
     of the root conftest (parsed in the server), of a subdirectory's conftest (parsed in the child)
     and the ini's usefixtures all still reach each module, once per child."""
     iso.makeini("[pytest]\nheavy_ram_gib = 4\nusefixtures = root_auto\n")
@@ -432,21 +433,21 @@ def test_forkserver_children_see_conftest_plugin_and_ini_fixtures(iso):
             "def test_one_session_per_child(per_session):\n    assert SEEN == [per_session]\n")
     (sub / "test_f1.py").write_text(body)
     (sub / "test_f2.py").write_text(body)
-    result = iso.runpytest_subprocess("--heavy-start", "forkserver")
+    result = iso.runpytest_subprocess("--heavy-start", "template")
     result.assert_outcomes(passed=4)
-    result.stdout.fnmatch_lines(["sub/test_f1.py *forkserver*", "sub/test_f2.py *forkserver*"])
+    result.stdout.fnmatch_lines(["sub/test_f1.py *template*", "sub/test_f2.py *template*"])
 
 
 @NEEDS_TORCH
-def test_forkserver_forks_torch_modules_after_preloading_torch(iso):
-    """Importing torch starts an idle thread; only threads beyond those make the server refuse."""
+def test_template_forks_torch_modules_after_preloading_torch(iso):
+    """Importing torch starts an idle thread; only threads beyond those make the template refuse."""
     iso.makeini("[pytest]\nheavy_ram_gib = 4\nheavy_preload = torch\n")
     body = ("import torch, pytest\npytestmark = pytest.mark.requires_heavy_ram\n"
             "def test_op(): assert (torch.ones(64, 64) @ torch.ones(64, 64)).sum().item() == 64 ** 3\n")
     iso.makepyfile(test_p1=body, test_p2=body)
-    result = iso.runpytest_subprocess("--heavy-start", "forkserver", "--heavy-timeout", "120")
+    result = iso.runpytest_subprocess("--heavy-start", "template", "--heavy-timeout", "120")
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["test_p1.py *forkserver*", "test_p2.py *forkserver*"])
+    result.stdout.fnmatch_lines(["test_p1.py *template*", "test_p2.py *template*"])
     assert "refused" not in result.stdout.str()
 
 

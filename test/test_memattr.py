@@ -377,8 +377,8 @@ def test_context(): pynvml.fake_create_context(os.getpid(), 0, used_mib=1024)
     assert rows["test_ctx.py"]["kept_gpu_mib"] == 1024.0 and rows["test_clean.py"]["kept_gpu_mib"] == 0.0
 
 
-def test_parent_figures_leave_out_the_forkserver_but_count_what_the_test_starts(heavy_pytester):
-    """In the pytest process, sessions pytest-heavy started before the test (the forkserver, which here
+def test_parent_figures_leave_out_the_template_but_count_what_the_test_starts(heavy_pytester):
+    """In the pytest process, sessions pytest-heavy started before the test (the template, which here
     preloads 192 MiB) are not the test's; an example's process, started by the test, is."""
     heavy_pytester.makeini("[pytest]\nheavy_ram_gib = 4\nheavy_preload = big_import\n"
                            "heavy_examples_dirs = examples\n")
@@ -389,10 +389,10 @@ def test_parent_figures_leave_out_the_forkserver_but_count_what_the_test_starts(
     (heavy_pytester.path / "examples").mkdir()
     (heavy_pytester.path / "examples" / "hold.py").write_text(
         "# pytest:\nimport time\nblock = b'\\x01' * (160 << 20)\ntime.sleep(1.0)\n")
-    result = heavy_pytester.runpytest_subprocess("--heavy-report=heavy.json", "--heavy-start=forkserver",
+    result = heavy_pytester.runpytest_subprocess("--heavy-report=heavy.json", "--heavy-start=template",
                                                  *NO_SHUFFLE)
     result.assert_outcomes(passed=8)
-    result.stdout.fnmatch_lines(["test_b_heavy.py *forkserver*"])
+    result.stdout.fnmatch_lines(["test_b_heavy.py *template*"])
     tests = {t["nodeid"]: t for t in json.loads((heavy_pytester.path / "heavy.json").read_text())["tests"]}
     light = tests["test_a_light.py::test_light"]
     assert light["process"] == "parent" and light["rss_mib"]["peak"] < 150  # the server's 192 MiB left out

@@ -8,10 +8,10 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-METHODS = ["spawn", "fork", "forkserver"]
+METHODS = ["spawn", "fork", "template"]
 # For tests that wait out real timeouts: fork in the default tier, the other methods in the slow tier.
 METHODS_FORK_FAST = [pytest.param("spawn", marks=pytest.mark.slow), "fork",
-                     pytest.param("forkserver", marks=pytest.mark.slow)]
+                     pytest.param("template", marks=pytest.mark.slow)]
 
 
 def needs(module):
@@ -178,9 +178,10 @@ def test_rerunfailures_reruns_in_the_child_reported_as_in_process(heavy_pytester
 @needs("xdist")
 def test_rerunfailures_server_thread_does_not_change_the_start_method(heavy_pytester):
     """With xdist installed, rerunfailures starts a socket server thread at configure time:
-    it was there before collection, so auto still forks."""
+    it was there before collection, so fork from the parent is still safe."""
     heavy_pytester.makepyfile(test_a=FLAKY_MODULE, test_b=FLAKY_MODULE)
-    result = heavy_pytester.runpytest_subprocess("-p", "xdist", "-p", "rerunfailures")
+    result = heavy_pytester.runpytest_subprocess("-p", "xdist", "-p", "rerunfailures",
+                                                 "--heavy-start", "fork")
     assert result.parseoutcomes() == {"passed": 2, "failed": 2, "rerun": 2}
     result.stdout.fnmatch_lines(["test_a.py *fork *", "test_b.py *fork *"])
     assert "started with spawn" not in result.stdout.str()
@@ -194,7 +195,10 @@ def test_x():
     pass
 """)
     heavy_pytester.makepyfile(test_a=body, test_b=body)
-    result = heavy_pytester.runpytest_subprocess()
+    result = heavy_pytester.runpytest_subprocess()  # the template never had those threads
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["test_a.py *template *", "test_b.py *template *"])
+    result = heavy_pytester.runpytest_subprocess("--heavy-start", "fork")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["test_a.py *spawn *", "test_a.py: started with spawn: fork is unsafe here "
                                  "(2 Python threads started since the session began (Thread-* (sleep), *))"])

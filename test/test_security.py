@@ -274,7 +274,7 @@ def test_an_absurd_gpu_count_is_refused_at_once(heavy_pytester):
 
 # --- what crosses from a child to the parent, and from a child to what its tests start ---------------
 
-METHODS = ["spawn", "fork", "forkserver"]
+METHODS = ["spawn", "fork", "template"]
 ISOLATED = "import pytest\npytestmark = pytest.mark.requires_heavy_ram\n"
 
 

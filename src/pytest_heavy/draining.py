@@ -36,7 +36,7 @@ def wait(proc: Process, timeout: float | None, drains: Sequence[Drain] = (),
 
     Sleeps in ``select`` on a pidfd (Linux 5.3+), which wakes the moment the process exits: no polling
     delay is added to a short example or child. ``poll()`` is still asked at least every
-    ``RECHECK_S``, so a pid that was reaped elsewhere (a forkserver's child) cannot hold us up.
+    ``RECHECK_S``, so a pid that was reaped elsewhere (a template's child) cannot hold us up.
     Unthreaded ``drains`` are read in the same ``select`` while it waits, and ``tick`` is called at
     each wake (at least every ``RECHECK_S``).
     """

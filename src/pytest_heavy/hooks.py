@@ -30,7 +30,7 @@ def pytest_heavy_unit_finish(config: pytest.Config, record: HeavyRecord) -> None
 
 @pytest.hookspec(firstresult=True)
 def pytest_heavy_make_launcher(config: pytest.Config, method: str) -> object | None:
-    """Return the launcher that starts children for ``method`` (``spawn``, ``fork`` or ``forkserver``),
+    """Return the launcher that starts children for ``method`` (``template``, ``fork`` or ``spawn``),
     or None to use pytest-heavy's own.
 
     The object follows ``pytest_heavy.isolation.launch.base.Launcher``: ``name``, ``start(request) ->

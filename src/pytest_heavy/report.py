@@ -40,7 +40,7 @@ class HeavyRecord:
 
     unit: str  # module path ("test/test_x.py") or example node id
     kind: str  # "module" or "example"
-    start_method: str  # spawn, fork, forkserver, subprocess (examples)
+    start_method: str  # template, fork, spawn, subprocess (examples)
     tests: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
     wall_s: float = 0.0

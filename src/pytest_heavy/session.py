@@ -30,24 +30,22 @@ class HeavySession:
         hardware, tier = self.run.hardware.summary(), tiers.describe(self.config, self.run.settings)
         return [f"heavy: {hardware}", f"heavy tier: {tier}"]
 
+    @pytest.hookimpl(trylast=True)  # after the fixture manager and every plugin's session start
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         run = self.run
         self.session = session
         xdist = xdist_worker(self.config) or self.config.pluginmanager.has_plugin("dsession")
-        if not isolation_possible(self.config, run) or xdist:  # with -n no child starts: no server either
+        if not isolation_possible(self.config, run) or xdist:  # with -n no child starts: no template either
             return
         from .isolation import junit, threads
 
         shared_log_file(self.config)
         junit.announce(self.config)
         threads.record_thread_baseline()  # before any test module is imported: plugins' threads are known
-        if run.settings.early_forkserver:
-            from . import supervise
-            from .isolation.launch.forkserver import ForkserverLauncher
+        if run.settings.template:
+            from .isolation.launch import preload
 
-            env = supervise.child_environment(run.settings, run.hardware, isolated=True)
-            run.forkserver = ForkserverLauncher(self.config, self.config.option.capture != "no",
-                                                run.settings.preload, env)
+            preload.start_template(self.config, run)
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
@@ -82,8 +80,8 @@ class HeavySession:
             config.workeroutput["heavy_modules"] = sorted({u.module for u in units if u.module})  # type: ignore[attr-defined]
             units = None
         if units is None:
-            if run.forkserver is not None:
-                run.forkserver.close()
+            if run.template is not None:
+                run.template.close()
             return None
         from .isolation import launch
         from .isolation.controller import Controller
@@ -91,11 +89,12 @@ class HeavySession:
         try:
             peaks = recorded_peaks(config, run)
         except pytest.UsageError:
-            if run.forkserver is not None:
-                run.forkserver.close()
+            if run.template is not None:
+                run.template.close()
             raise
         method = launch.resolve(run.settings)
-        launchers = launch.Launchers(session, method, run.forkserver, note=self.note)
+        launchers = launch.Launchers(session, method, run.template, note=self.note,
+                                     template_missing=run.template_missing)
         Controller(session, run, launchers, peaks).run_units(units)
         return True
 
@@ -163,6 +162,8 @@ class HeavySession:
         run = self.run
         for path in self.params_files:
             os.unlink(path)
+        if run.template is not None:  # a session that never reached its run loop (an interrupted collection)
+            run.template.close()
         if run.settings.report_path and not run.settings.child:
             report.write_json(run.settings.report_path, run.records, json.loads(run.hardware.to_json()),
                               run.report_extra)

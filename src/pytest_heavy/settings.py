@@ -20,7 +20,10 @@ from . import wire
 ASSUME_ENV = "PYTEST_HEAVY_ASSUME"  # --heavy-assume's value when the option is not given
 
 ISOLATE_CHOICES = ("auto", "always", "never")
-START_CHOICES = ("auto", "spawn", "fork", "forkserver")
+START_CHOICES = ("auto", "template", "fork", "spawn", "forkserver")
+# The forkserver (a second interpreter) was replaced by the template process, forked from pytest itself;
+# its name still selects it, so existing configurations keep working.
+START_ALIASES = {"forkserver": "template"}
 CLEANUP_CHOICES = ("auto", "always", "never")
 
 ENABLE_ENV = "PYTEST_HEAVY"  # 1: this run opts in, 0: this run opts out, whatever the configuration says
@@ -34,7 +37,8 @@ FALSE = ("0", "false", "no", "off")
 INI: dict[str, tuple[str, str, object]] = {
     "heavy_enabled": ("turn pytest-heavy on (true) or off (false) for this project", "scalar", None),
     "heavy_isolate": ("isolate heavy modules: auto, always or never", "scalar", "auto"),
-    "heavy_start": ("child start method: auto, spawn, fork or forkserver", "scalar", "auto"),
+    "heavy_start": ("how children start: auto, template, fork, spawn (forkserver: template)", "scalar",
+                    "auto"),
     "heavy_isolate_markers": ("markers that make a module heavy (isolated)", "args",
                               ["requires_heavy_ram", "requires_gpu_isolation", "vllm"]),
     "heavy_gpu_markers": ("markers that imply a GPU (gated, routed)", "args",
@@ -50,7 +54,7 @@ INI: dict[str, tuple[str, str, object]] = {
     "heavy_skip_slow_by_default": ("deselect slow tests unless -m names slow or --heavy-run-slow", "scalar",
                                    True),
     "heavy_env": ("KEY=VALUE lines added to children's environment", "linelist", []),
-    "heavy_preload": ("modules the forkserver imports once (e.g. torch transformers)", "args", []),
+    "heavy_preload": ("more modules the template imports once (e.g. torch)", "args", []),
     "heavy_timeout_s": ("seconds an isolated module may run (0: no limit)", "scalar", "0"),
     "heavy_release_timeout_s": ("seconds to wait for GPU memory to be released after a child", "scalar",
                                 "30"),
@@ -93,7 +97,7 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption("--heavy-isolate", choices=ISOLATE_CHOICES, default=None,
                     help="run heavy modules in child processes: auto (2+ heavy modules), always, never")
     group.addoption("--heavy-start", choices=START_CHOICES, default=None,
-                    help="how children start: auto, spawn, fork, forkserver")
+                    help="how children start: auto, template, fork, spawn (forkserver: an alias of template)")
     group.addoption("--heavy-workers", default=None, metavar="N|auto",
                     help="heavy modules run at once: N, or auto to pack them onto the GPUs and RAM by "
                          "their recorded peaks (ini heavy_workers; default 1)")
@@ -244,10 +248,9 @@ class Settings:
     child: bool
 
     @property
-    def early_forkserver(self) -> bool:
-        """Whether the forkserver starts before collection, so that it preloads while pytest collects:
-        asked for by name, or under ``auto`` with ``heavy_preload`` as the fallback where fork is unsafe."""
-        return self.start == "forkserver" or (self.start == "auto" and bool(self.preload))
+    def template(self) -> bool:
+        """Whether the template process is forked at session start (``auto`` prefers it where fork exists)."""
+        return self.start in ("auto", "template")
 
 
 def cicd_mode(env: dict[str, str] | None = None) -> bool:
@@ -361,9 +364,10 @@ def load(config: pytest.Config) -> Settings:
         raise pytest.UsageError(f"--heavy-timeout {timeout}: expected a finite number >= 0 (0: no limit)")
     cleanup = _choice(config, "heavy_cleanup", CLEANUP_CHOICES)
     cwd = _choice(config, "heavy_examples_cwd", ("rootdir", "file"))
+    start = opt.heavy_start or _choice(config, "heavy_start", START_CHOICES)
     return Settings(
         isolate=isolate,
-        start=opt.heavy_start or _choice(config, "heavy_start", START_CHOICES),
+        start=START_ALIASES.get(start, start),
         workers=workers,
         packing=packing,
         timeout=timeout,

@@ -25,7 +25,8 @@ class Run:
     records: list[HeavyRecord] = field(default_factory=list)  # heavy table rows, in finishing order
     report_extra: dict[str, Any] = field(default_factory=dict)  # more top-level keys of --heavy-report
     schedule: str = ""  # the packing scheduler's summary line under the heavy table
-    forkserver: Any = None  # isolation.launch.forkserver.ForkserverLauncher, started before collection
+    template: Any = None  # isolation.launch.template.TemplateLauncher, forked at session start
+    template_missing: str = ""  # why no template was forked where one was wanted
     in_xdist_workers: set[str] = field(default_factory=set)  # heavy modules pytest-xdist workers ran
     _gpu: GpuReader | None = None
     _gpu_opened: bool = False

@@ -29,6 +29,7 @@ import time
 
 import pytest
 
+from pytest_heavy import wire
 from pytest_heavy.isolation.launch.base import Started, UnitRequest
 
 OOM_TEXT = ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
@@ -65,7 +66,7 @@ class ScriptedLauncher:
         returncode = self._play(request, lines)
         control_r, control_w = os.pipe()
         os.close(control_r)  # a 'stop' written to it fails quietly, as to a child that already ended
-        events = io.BytesIO(b"".join(json.dumps(e).encode() + b"\n" for e in lines))
+        events = io.BytesIO(b"".join(wire.encode(e) for e in lines))
         stderr = io.BytesIO(b"Fatal Python error: Segmentation fault\n" if returncode < 0 else b"")
         return Started(process=ScriptedProcess(returncode), events=events, control=control_w,
                        stdout=io.BytesIO(b""), stderr=stderr, parent_fds=(control_w,))

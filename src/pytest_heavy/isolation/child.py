@@ -1,7 +1,7 @@
 """The child side of isolation: run exactly the node ids the parent chose and stream every report back.
 
 Kept self-contained (pytest and ``wire`` only) because it runs in three kinds of process: a fresh
-interpreter (spawn), a fork of the forkserver (configured once, so a module costs only its own
+interpreter (spawn), a fork of the template process (configured once, so a module costs only its own
 collection), and a fork of the pytest parent (nothing to collect: the parent's items are reused).
 
 The child never writes terminal output, junit or coverage reports: the parent does, from the
@@ -262,7 +262,7 @@ def share_basetemp(config: pytest.Config) -> None:
 
 
 def run_logging(config: pytest.Config) -> contextlib.ExitStack:
-    """What pytest's logging plugin does around its own run loop, which a spawned or forkserver child
+    """What pytest's logging plugin does around its own run loop, which a spawned or template child
     replaces: attach the live-log (``log_cli``) and ``--log-file`` handlers. (A fork of the parent
     runs inside the parent's loop: its handlers are attached already.)"""
     from _pytest.logging import catching_logs
@@ -337,7 +337,7 @@ def silence_terminal(config: pytest.Config, fd: int | None = None) -> None:
 
 
 def close_null_sink() -> None:
-    """Close the null sink an earlier ``silence_terminal`` opened (a spawned or forkserver child is
+    """Close the null sink an earlier ``silence_terminal`` opened (a spawned or template child is
     silenced at configure time, then again onto its terminal file): left to the garbage collector,
     it is a ResourceWarning, which ``-W error`` turns into the next test's error."""
     if _null_sink[0] is not None:
@@ -347,7 +347,7 @@ def close_null_sink() -> None:
 
 def start_session(config: pytest.Config) -> pytest.Session:
     """A session whose ``pytest_sessionstart`` hooks have run. The fixture manager built there parses
-    every plugin's fixtures, about half of what a forkserver child would cost, so the server starts
+    every plugin's fixtures, about half of what a template child would cost, so the template starts
     the session once and each fork inherits it, as a fork of the parent inherits the parent's. Which
     files it collects is decided later, by ``config.args``."""
     session = pytest.Session.from_config(config)
@@ -428,10 +428,10 @@ def interrupted(sender: Sender, exc: BaseException) -> int:
 
 
 def own_output(config: pytest.Config, fds: list[int]) -> None:
-    """Make this child's output its own: ``fds`` are its stdout and stderr pipes (fork and forkserver
+    """Make this child's output its own: ``fds`` are its stdout and stderr pipes (fork and template
     only), then the three capture files the parent can read (stdout, stderr, terminal).
 
-    A forked child inherits pytest's global fd capture from its parent (or the forkserver): its
+    A forked child inherits pytest's global fd capture from its parent (or the template): its
     temporary files and the saved terminal fds it restores between tests. Shared, they would mix
     siblings' output into each other's reports and leave a dead child's output to the next one.
     The capture files the parent handed over replace them (same fd numbers, so pytest's objects
@@ -515,22 +515,46 @@ def enable_stack_dumps() -> None:
     replaced, _dump_file = _dump_file, os.fdopen(os.dup(2), "w")
     faulthandler.enable(file=_dump_file)
     faulthandler.register(STACK_SIGNAL, file=_dump_file, all_threads=True)
-    if replaced is not None:  # the forkserver's, in each child it forks: unclosed, -W error fails a test
+    if replaced is not None:  # the template's, in each child it forks: unclosed, -W error fails a test
         replaced.close()
+
+
+def start_up(config: pytest.Config, parent: int, fds: list[int], *, capture: bool,
+             env: dict[str, str] | None) -> tuple[Sender, int]:
+    """The one start-up sequence of every child (spawned, forked from the parent or from the template),
+    before it runs tests. Returns the event sender and the control pipe's fd.
+
+    ``fds``: events, control, then with ``capture`` the child's output (stdout and stderr pipes where
+    the child was forked, none where spawn gave them at exec) and its three capture files; without
+    it, the parent's terminal (stdout, stderr) where the child was forked from the template, else none.
+    ``env`` replaces the environment of a forked child (spawn got its own at exec).
+    """
+    if os.getsid(0) != os.getpid():  # spawn starts a session of its own already; a fork does not
+        os.setsid()
+    procs.guard_child_tree(parent)  # a parent gone before this line: the control pipe's EOF tells
+    events_fd, control_fd, *output = fds
+    if capture:
+        own_output(config, output)
+    else:
+        for fd, target in zip(output, (1, 2), strict=bool(output)):  # the parent's terminal (-s)
+            os.dup2(fd, target)
+            os.close(fd)
+        silence_terminal(config)
+    if env is not None:
+        os.environ.clear()
+        os.environ.update(env)
+    claim_child_markers()  # read by configure; not for what the tests start
+    enable_stack_dumps()
+    return Sender(events_fd), control_fd
 
 
 def main() -> int:
     """Entry point of a spawned child: ``python -m pytest_heavy.isolation.child``."""
-    procs.guard_child_tree(os.getppid())  # a parent gone before this line: the control pipe's EOF tells
-    enable_stack_dumps()
     with open(os.environ.pop(PAYLOAD_ENV), "rb") as fh:
         payload: SpawnPayload = pickle.load(fh)
-    events_fd, control_fd, *captured = (int(x) for x in os.environ.pop(FDS_ENV).split(","))
-    sender = Sender(events_fd)
+    fds = [int(x) for x in os.environ.pop(FDS_ENV).split(",")]
     config = configure(payload["options"], payload["args"])
-    claim_child_markers()  # read by configure; not for what the tests start
-    if captured:
-        own_output(config, captured)
+    sender, control_fd = start_up(config, os.getppid(), fds, capture=len(fds) > 2, env=None)
     try:
         exitstatus = run_session(config, payload["request"], sender, control_fd)
     finally:

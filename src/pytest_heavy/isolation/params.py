@@ -2,12 +2,13 @@
 
 ``@pytest.mark.parametrize("x", {...})`` over a set (or anything iterated in hash order) gives ids
 by position (``test[x0]``, ``test[x1]``) when the values have no readable id. With hash
-randomization, a spawned or forkserver child (a fresh interpreter, whose random hash secret differs
-from the parent's and cannot be handed over) iterates the set in another order: ``test[x0]`` would
+randomization, a spawned child (a fresh interpreter, whose random hash secret differs from the
+parent's and cannot be handed over) iterates the set in another order: ``test[x0]`` would
 silently run the other value. So the parent writes each parametrized test's parameters (their
 reprs) to a file named in the child's environment, and the child runs, under each node id the
-parent asked for, the test that holds the parent's parameters. A fork shares the parent's hash
-secret and needs none of this; neither does a run with ``PYTHONHASHSEED`` set (children inherit it).
+parent asked for, the test that holds the parent's parameters. A fork of the parent or of the
+template shares the parent's hash secret and needs none of this; neither does a run with
+``PYTHONHASHSEED`` set (children inherit it).
 """
 
 from __future__ import annotations

@@ -120,7 +120,7 @@ def tree_rss(pid: int, skip: frozenset[int] = frozenset()) -> tuple[int, set[int
 
 def other_sessions(pid: int) -> frozenset[int]:
     """Descendants of ``pid`` that lead a session of their own, as every process pytest-heavy starts
-    does (module children, the forkserver, examples)."""
+    does (module children, the template, examples)."""
     found = set()
     for member in tree_rss(pid)[1] - {pid}:
         try:
@@ -176,7 +176,7 @@ class TestMonitor(TreeMonitor):
     """This process's tree, sampled at test boundaries and every ``interval`` seconds in between.
 
     In the pytest parent (``in_parent``) the subtrees that already lead sessions of their own when a
-    test starts are left out: the forkserver and the module children running beside the test are
+    test starts are left out: the template and the module children running beside the test are
     pytest-heavy's, not the test's (what the test itself starts is counted, sessions included).
 
     Its thread is named ``heavy-monitor-<pid>`` like the parent's monitors, so a pytest process that

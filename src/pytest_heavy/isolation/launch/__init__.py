@@ -1,11 +1,12 @@
-"""How a child starts: spawn, fork or forkserver, behind one ``Launcher`` protocol.
+"""How a child starts: template, fork or spawn, behind one ``Launcher`` protocol.
 
-``resolve`` turns ``auto`` into fork: the parent has collected every module and imported what they
-import (torch included), so its fork has nothing left to pay. Before each fork ``Launchers.start``
-checks that the parent holds no CUDA context and no thread a child would wait for (``../threads.py``:
-an OpenMP pool, a Python thread started since the session began); where it does, the child starts
-with the forkserver when ``heavy_preload`` is set (it has the heavy imports already), else with
-spawn, and the heavy table says why. Spawn is always available as the last fallback.
+``auto`` starts children from the template (``template.py``): a process forked from pytest at session
+start, before any test module was imported, which imports what the heavy modules use once and forks a
+child per module. Where it cannot (no fork on this platform, CUDA initialized at configure time, a
+package whose import starts an OpenMP pool), a child is forked from the parent itself where that is
+safe now (``../threads.py``: no CUDA context, no OpenMP pool, no Python thread started since the session
+began), else spawned. Spawn is always available as the last fallback, and the heavy table says why a
+child did not start with the first choice.
 """
 
 from __future__ import annotations
@@ -17,40 +18,46 @@ import pytest
 
 from ...settings import Settings
 from ...state import RUN
-from .base import Launcher, RefusedError, Started, UnitRequest, fork_unsafe_reason
 
-__all__ = ["Launcher", "Launchers", "resolve"]
+__all__ = ["Launchers", "resolve"]
 
-if TYPE_CHECKING:  # the launchers themselves are imported when a run needs them, not at session start
-    from .forkserver import ForkserverLauncher
+if TYPE_CHECKING:  # imported when a run needs them: forking the template at session start stays cheap
+    from .base import Launcher, RefusedError, Started, UnitRequest
+    from .template import TemplateLauncher
 
 
 def resolve(settings: Settings) -> str:
-    """The method each child is tried with first: ``auto`` tries fork (``Launchers`` falls back)."""
-    return "fork" if settings.start == "auto" else settings.start
+    """The method each child is tried with first: ``auto`` tries the template (``Launchers`` falls back)."""
+    return "template" if settings.start == "auto" else settings.start
 
 
 class Launchers:
-    """The chosen launcher plus its fallbacks: spawn always, and under ``auto`` the forkserver started
-    before collection (``heavy_preload``) for the children fork cannot start safely.
+    """The chosen launcher plus its fallbacks, tried in order for each child: under ``auto``, the
+    template, then fork, then spawn; a method asked for by name, then spawn.
 
     Each comes from the ``pytest_heavy_make_launcher`` hook when a plugin provides one (a test's fake,
     a remote launcher), else from this package; a fallback is made the first time it is needed.
     """
 
-    def __init__(self, session: pytest.Session, method: str, forkserver: ForkserverLauncher | None,
-                 note: Callable[[str], None]) -> None:
+    def __init__(self, session: pytest.Session, method: str, template: TemplateLauncher | None,
+                 note: Callable[[str], None], template_missing: str = "") -> None:
         self.method = method
         self.forced = session.config.stash[RUN].settings.start == method  # not resolved from auto
-        self.fallback = "forkserver" if method == "fork" and not self.forced and forkserver else "spawn"
+        self.chain = ["template", "fork", "spawn"] if method == "template" and not self.forced else [method]
+        if method != "spawn" and self.chain[-1] != "spawn":
+            self.chain.append("spawn")
         self.note = note
         self._session = session
-        self._fallback_noted = False
-        self._unsafe_said: str | None = None  # why the previous child could not fork
-        self._forkserver = forkserver
+        self._noted = False
+        self._said = ""  # why the previous child did not start with the first choice
+        self._template = template
+        self._dead: dict[str, str] = {}  # method -> why it can start no child at all
+        if method == "template" and template is None:
+            self._dead["template"] = f"no template process ({template_missing or 'not started'})"
         self.found: dict[str, Launcher] = {}
         for name in {"spawn", method}:
-            self.launcher(name)
+            if name not in self._dead:
+                self.launcher(name)
 
     def launcher(self, name: str) -> Launcher:
         """The launcher for ``name``, made the first time it is asked for."""
@@ -70,48 +77,60 @@ class Launchers:
             from .spawn import SpawnLauncher
 
             return SpawnLauncher(self._session.config, capture)
-        assert self._forkserver is not None, "forkserver is chosen only when one was started"
-        return self._forkserver
+        assert self._template is not None, "the template is chosen only when one was started"
+        return self._template
 
-    def fork_or_fallback(self) -> tuple[str, str]:
-        """fork where it is safe now, else the fallback and why."""
-        unsafe, said = fork_unsafe_reason(), self._unsafe_said
-        self._unsafe_said = unsafe
-        if not unsafe:
-            return "fork", ""
-        if self.forced and not self._fallback_noted:  # asked for by name: say so at once
-            self._fallback_noted = True
-            self.note(f"fork is unsafe here ({unsafe}); children start with spawn")
-        return self.fallback, "" if unsafe == said else f"fork is unsafe here ({unsafe})"
+    def _refused(self, name: str, exc: RefusedError) -> str:
+        """Why ``name`` refused this child; a final refusal takes it out of the chain for good."""
+        why = f"{name} refused ({str(exc).splitlines()[0] if str(exc) else 'no reason given'})"
+        if exc.final:
+            self._dead[name] = why
+            self.note(f"{why}; no later child starts with it")
+        return why
 
     def start(self, request: UnitRequest) -> tuple[str, Started, str]:
-        """Start a child with the chosen method; the fallback where fork is unsafe now, spawn where
-        the server refuses. Returns the method used, the child, and why it is not the chosen one
-        ('' when it is, and when the previous child fell back for the same reason: an OpenMP pool
-        refuses every later fork, and the heavy table names it once, not under every module)."""
-        method, why = self.fork_or_fallback() if self.method == "fork" else (self.method, "")
-        launcher = self.launcher(method)
-        try:
-            started = launcher.start(request)
-        except RefusedError as exc:  # the forkserver could not fork safely: spawn instead
-            if exc.final:  # never again: the fallback, or the chosen method
-                if method == self.fallback:
-                    self.fallback = "spawn"
-                else:
-                    self.method = "spawn"
-                self.note(f"{method} failed ({exc}); children start with spawn")
-            else:
-                self.note(f"{method} refused ({exc}); {request.unit} starts with spawn")
-            why = f"{method} refused ({str(exc).splitlines()[0] if str(exc) else 'no reason given'})"
-            return "spawn", self.found["spawn"].start(request), why
-        if launcher is self._forkserver and self._forkserver is not None:
-            for failure in self._forkserver.take_preload_failures():
-                self.note(f"ini heavy_preload: the forkserver could not import {failure}; "
+        """Start a child with the first method of the chain that can; returns the method used, the
+        child, and why it is not the first choice ('' when it is, and when the previous child fell
+        back for the same reason: an OpenMP pool refuses every later fork, and the heavy table names
+        it once, not under every module)."""
+        from .base import RefusedError, fork_unsafe_reason
+
+        reasons: list[str] = []
+        for name in self.chain:
+            if name in self._dead:
+                reasons.append(self._dead[name])
+                continue
+            unsafe = fork_unsafe_reason() if name == "fork" and name != self.chain[-1] else None
+            if unsafe:
+                reasons.append(f"fork is unsafe here ({unsafe})")
+                continue
+            launcher = self.launcher(name)
+            try:
+                started = launcher.start(request)
+            except RefusedError as exc:
+                if name == self.chain[-1]:
+                    raise
+                reasons.append(self._refused(name, exc))
+                continue
+            self._say(name, reasons)
+            why = "; ".join(reasons)
+            shown, self._said = ("" if why == self._said else why), why
+            return name, started, shown
+        raise AssertionError("spawn, the last method of every chain, never refuses")
+
+    def _say(self, name: str, reasons: list[str]) -> None:
+        """Once: the first choice was asked for by name and cannot be used; the template could not
+        import an explicit heavy_preload module."""
+        if reasons and self.forced and not self._noted:
+            self._noted = True
+            self.note(f"{reasons[0]}; children start with {name}")
+        if name == "template" and self._template is not None:
+            for failure in self._template.take_preload_failures():
+                self.note(f"ini heavy_preload: the template process could not import {failure}; "
                           "it goes on without it")
-        return method, started, why
 
     def close(self) -> None:
         for launcher in self.found.values():
             launcher.close()
-        if self._forkserver is not None and self._forkserver not in self.found.values():
-            self._forkserver.close()  # started before collection, never used or replaced by a plugin's
+        if self._template is not None and self._template not in self.found.values():
+            self._template.close()  # started at session start, never used or replaced by a plugin's

@@ -21,7 +21,7 @@ class UnitRequest:
 
     unit: str
     nodeids: list[str]
-    paths: list[str]  # files to collect (spawn, forkserver)
+    paths: list[str]  # files to collect (spawn, template)
     maxfail: int  # failures left before the session stops (0: no limit)
     items: list[pytest.Item] = field(default_factory=list)  # the parent's items (fork)
     env: dict[str, str] = field(default_factory=dict)

@@ -2,7 +2,8 @@
 
 The fastest method (no interpreter start, no import, no collection), and safe only while the
 parent has no CUDA context and no thread a child would wait for (``threads.py``): ``Launchers``
-checks before every fork and falls back to the forkserver or spawn otherwise.
+checks before every fork; ``auto`` prefers the template (``template.py``), which no thread or
+OpenMP pool of the parent reaches, and uses this where the template cannot start a child.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import traceback
 
 import pytest
 
-from ... import procs, wire
+from ... import wire
 from .. import child
 from ..threads import fork_quietly
 from .base import PARENT_FDS, Pipes, Started, UnitRequest, import_for_children
@@ -61,22 +62,14 @@ class ForkLauncher:
         return pipes.started(ForkProcess(pid))
 
     def _child(self, pipes: Pipes, request: UnitRequest, parent: int) -> int:
-        os.setsid()
-        procs.guard_child_tree(parent)
         for fd in PARENT_FDS - set(pipes.child_fds()):  # a number may be stale and reused by our own ends
             try:
                 os.close(fd)
             except OSError:  # closed in the parent already, its number not reused
                 pass
-        if self._capture:
-            child.own_output(self._session.config, pipes.child_fds()[2:])
-        else:
-            child.silence_terminal(self._session.config)
-        os.environ.clear()
-        os.environ.update(request.env)
-        wire.claim_child_markers()  # the parent's config is configured: not for what the tests start
-        child.enable_stack_dumps()
-        return child.run_forked(self._session, request.items, wire.Sender(pipes.events_w), pipes.control_r)
+        sender, control = child.start_up(self._session.config, parent, pipes.child_fds(),
+                                         capture=self._capture, env=request.env)
+        return child.run_forked(self._session, request.items, sender, control)
 
     def close(self) -> None:
         pass
