@@ -167,7 +167,7 @@ from concurrent.futures import ProcessPoolExecutor
 def square(x):
     return x * x
 
-@pytest.mark.parametrize("start", ["spawn", "template"])
+@pytest.mark.parametrize("start", ["spawn", "forkserver"])
 def test_pool(start):
     with multiprocessing.get_context(start).Pool(2) as pool:
         assert pool.map(square, [1, 2, 3]) == [1, 4, 9]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import queue
 import select
@@ -238,6 +239,7 @@ def template_process(parent_config: pytest.Config, sock: socket.socket, parent: 
         child_env = env()
         os.environ.clear()
         os.environ.update(child_env)
+        _drop_parent_log_handlers(parent_config)
         serve(parent_config, sock)
     except BaseException:
         traceback.print_exc()
@@ -245,6 +247,21 @@ def template_process(parent_config: pytest.Config, sock: socket.socket, parent: 
     finally:
         sys.stderr.flush()
         os._exit(code)  # never the parent's atexit handlers or buffered output
+
+
+def _drop_parent_log_handlers(parent_config: pytest.Config) -> None:
+    """The template is forked inside pytest's session start, while the parent's logging plugin has its
+    live-log and ``--log-file`` handlers on the root logger. They are the parent's: each child attaches
+    its own (``child.run_logging``), and with the parent's left in place every record a child logs
+    would be written twice."""
+    plugin = parent_config.pluginmanager.get_plugin("logging-plugin")
+    if plugin is None:
+        return
+    root = logging.getLogger()
+    for name in ("log_cli_handler", "log_file_handler"):
+        handler = getattr(plugin, name, None)
+        if handler in root.handlers:
+            root.removeHandler(handler)
 
 
 class Template:
