@@ -142,9 +142,14 @@ def test_d(): assert 0
 """)
 
 
-@pytest.mark.parametrize("args", [["--sw"], ["--sw-skip"], ["-x"], ["--maxfail=2"]],
-                         ids=["sw", "sw-skip", "x", "maxfail"])
-@pytest.mark.parametrize("method", METHODS)
+STOP_RULES = {"sw": ["--sw"], "sw-skip": ["--sw-skip"], "x": ["-x"], "maxfail": ["--maxfail=2"]}
+
+
+# --sw-skip shares --sw's path; its fork and template cells (5 s each) run in the slow tier.
+@pytest.mark.parametrize("method, args", [
+    pytest.param(method, args, id=f"{method}-{rule}",
+                 marks=[pytest.mark.slow] if rule == "sw-skip" and method != "spawn" else [])
+    for method in METHODS for rule, args in STOP_RULES.items()])
 def test_stop_rules_stop_after_the_same_test(heavy_pytester, method, args):
     """A child stops itself after the failure that stops the session (the parent's 'stop' arrives
     too late), an in-process module after a heavy one does not run a test too many, and a second
