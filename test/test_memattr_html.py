@@ -123,7 +123,7 @@ pytestmark = pytest.mark.requires_heavy_ram
 _KEEP = []
 
 def test_one_long_c_call():
-    _KEEP.append(hashlib.shake_128(b"seed").digest(960 << 20))   # holds the GIL throughout (~2 s, idle machine)
+    _KEEP.append(hashlib.shake_128(b"seed").digest(960 << 20))  # holds the GIL throughout (~2 s when idle)
 """)
     result = heavy_pytester.runpytest_subprocess("--heavy-isolate", "always", "--heavy-report-html=gil.html",
                                                  "--heavy-report=gil.json", *NO_SHUFFLE)
