@@ -214,13 +214,28 @@ def read_needs(by_name: Mapping[str, pytest.Mark], settings: Settings) -> Needs:
 
 
 _NEEDS = pytest.StashKey[Needs]()
+NO_NEEDS = Needs()  # most items: none of the marks ``read_needs`` reads, so nothing to read or check
+_read: tuple[Settings, frozenset[str]] | None = None  # the names read_needs looks at, for these settings
+
+
+def read_names(settings: Settings) -> frozenset[str]:
+    """Every marker name ``read_needs`` looks at: an item with none of them needs nothing."""
+    global _read
+    if _read is None or _read[0] is not settings:
+        found = {*gpu_markers(settings), "requires_heavy_ram", "requires_gpu_isolation", "qualitative",
+                 "slow", *settings.isolate_markers, *(m for m, _ in settings.resource_markers),
+                 *(m for m, _ in settings.marker_packages)}
+        _read = (settings, frozenset(found))
+    return _read[1]
 
 
 def needs(item: pytest.Item, settings: Settings) -> Needs:
     """``item``'s needs record, read once (at collection, where ``NeedsError`` becomes a usage error)."""
     found = item.stash.get(_NEEDS, None)
     if found is None:
-        found = item.stash[_NEEDS] = read_needs(closest(item), settings)
+        by_name = closest(item)
+        found = NO_NEEDS if read_names(settings).isdisjoint(by_name) else read_needs(by_name, settings)
+        item.stash[_NEEDS] = found
     return found
 
 
