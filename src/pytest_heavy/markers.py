@@ -68,15 +68,17 @@ def closest(node: pytest.Item | pytest.Collector) -> dict[str, pytest.Mark]:
     """
     own = node.own_markers
     inherited = closest(node.parent) if node.parent is not None else {}
-    cached = node.stash.get(_CLOSEST, None)
-    if cached is not None and cached[0] == len(own) and cached[1] is inherited:
-        return cached[2]
+    stash = node.stash
+    if _CLOSEST in stash:  # a hit costs no exception (Stash.get raises and catches on a miss)
+        cached = stash[_CLOSEST]
+        if cached[0] == len(own) and cached[1] is inherited:
+            return cached[2]
     found = inherited
     if own:
         found = dict(inherited)
         for mark in reversed(own):  # within a node the first mark is the closest, as in iter_markers
             found[mark.name] = mark
-    node.stash[_CLOSEST] = (len(own), inherited, found)
+    stash[_CLOSEST] = (len(own), inherited, found)
     return found
 
 
@@ -231,11 +233,11 @@ def read_names(settings: Settings) -> frozenset[str]:
 
 def needs(item: pytest.Item, settings: Settings) -> Needs:
     """``item``'s needs record, read once (at collection, where ``NeedsError`` becomes a usage error)."""
-    found = item.stash.get(_NEEDS, None)
-    if found is None:
-        by_name = closest(item)
-        found = NO_NEEDS if read_names(settings).isdisjoint(by_name) else read_needs(by_name, settings)
-        item.stash[_NEEDS] = found
+    if _NEEDS in item.stash:
+        return item.stash[_NEEDS]
+    by_name = closest(item)
+    found = item.stash[_NEEDS] = (NO_NEEDS if read_names(settings).isdisjoint(by_name)
+                                  else read_needs(by_name, settings))
     return found
 
 

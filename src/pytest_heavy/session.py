@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -62,12 +62,11 @@ class HeavySession:
         run = self.run
         if run.settings.child:
             return
-        sorted_items = sort_items(self.config, run, items)
-        run.tier_deselected = tiers.deselect(self.config, items, sorted_items.slow)
-        self.isolation_candidates = sorted_items.isolation_candidates
-        remember_isolation(self.config, sorted_items.isolation_candidates)
-        if sorted_items.gated:
-            run.gated = gating.GatedReports(sorted_items.gated)
+        slow, gated, self.isolation_candidates = sort_items(self.config, run, items)
+        run.tier_deselected = tiers.deselect(self.config, items, slow)
+        remember_isolation(self.config, self.isolation_candidates)
+        if gated:
+            run.gated = gating.GatedReports(gated)
             self.config.pluginmanager.register(run.gated, "heavy-gated")
 
     @pytest.hookimpl(tryfirst=True)
@@ -222,17 +221,14 @@ def remember_isolation(config: pytest.Config, candidates: bool) -> None:
         cache.set(ISOLATED_KEY, candidates)
 
 
-class SortedItems(NamedTuple):
-    """What one pass over the collected items' needs records found."""
-
-    slow: list[pytest.Item]  # to deselect: slow, outside the selected tier
-    gated: dict[str, str]  # node id -> the reason gating skips it with
-    isolation_candidates: bool  # a kept, not gated item has an isolation or a routed GPU mark
-
-
-def sort_items(config: pytest.Config, run: Run, items: list[pytest.Item]) -> SortedItems:
+def sort_items(config: pytest.Config, run: Run,
+               items: list[pytest.Item]) -> tuple[list[pytest.Item], dict[str, str], bool]:
     """Each item's needs record read once (a bad mark is a usage error naming the test), for tiers,
-    gating and the plan alike; an item with no mark of ours (``markers.NO_NEEDS``) costs one lookup."""
+    gating and the plan alike; an item with no mark of ours (``markers.NO_NEEDS``) costs one lookup.
+
+    Returns the slow items to deselect (outside the selected tier), the reason gating skips each gated
+    item with (by node id), and whether a kept, not gated item has an isolation or a routed GPU mark.
+    """
     settings, hardware = run.settings, run.hardware
     deselect_slow = not tiers.slow_is_selected(config, settings)
     route_gpu = hardware.parent_trap_risk
@@ -252,7 +248,7 @@ def sort_items(config: pytest.Config, run: Run, items: list[pytest.Item]) -> Sor
             gated[item.nodeid] = reason
         elif needs.isolate or (route_gpu and needs.gpu_marker):
             candidates = True
-    return SortedItems(slow, gated, candidates)
+    return slow, gated, candidates
 
 
 def isolation_blocker(config: pytest.Config) -> str | None:
