@@ -54,6 +54,7 @@ def configured(settings: Settings) -> tuple[str, ...]:
             *(m for m, _ in settings.marker_packages))
 
 
+_NO_MARKS: dict[str, pytest.Mark] = {}  # the session's inherited marks: one object, so its answer is kept too
 _CLOSEST = pytest.StashKey[tuple[int, dict[str, pytest.Mark], dict[str, pytest.Mark]]]()
 
 
@@ -67,7 +68,7 @@ def closest(node: pytest.Item | pytest.Collector) -> dict[str, pytest.Mark]:
     parent's answer changed.
     """
     own = node.own_markers
-    inherited = closest(node.parent) if node.parent is not None else {}
+    inherited = closest(node.parent) if node.parent is not None else _NO_MARKS
     stash = node.stash
     if _CLOSEST in stash:  # a hit costs no exception (Stash.get raises and catches on a miss)
         cached = stash[_CLOSEST]
