@@ -332,6 +332,8 @@ def test_closest_marks_are_built_once_per_node(heavy_pytester: pytest.Pytester) 
     from pytest_heavy import markers
 
     for item in items:
+        assert markers.closest_mark(item, "slow") is item.get_closest_marker("slow")  # builds no answer
+        assert markers.closest_mark(item, "parametrize") is item.get_closest_marker("parametrize")
         first = markers.closest(item)
         assert markers.closest(item) is first and "slow" in first
         item.add_marker(pytest.mark.skip(reason="gated"))  # as gating adds its skips

@@ -83,6 +83,16 @@ def closest(node: pytest.Item | pytest.Collector) -> dict[str, pytest.Mark]:
     return found
 
 
+def closest_mark(item: pytest.Item, name: str) -> pytest.Mark | None:
+    """``closest(item).get(name)``, without building and keeping the item's own answer: asked of every
+    item at collection, it then leaves no object behind per item (thousands of them would bring on
+    another full garbage collection of the whole session's heap)."""
+    for mark in item.own_markers:  # the first is the closest, as in closest()
+        if mark.name == name:
+            return mark
+    return closest(item.parent).get(name) if item.parent is not None else None
+
+
 def names(item: pytest.Item) -> KeysView[str]:
     return closest(item).keys()
 
@@ -236,9 +246,14 @@ def needs(item: pytest.Item, settings: Settings) -> Needs:
     """``item``'s needs record, read once (at collection, where ``NeedsError`` becomes a usage error)."""
     if _NEEDS in item.stash:
         return item.stash[_NEEDS]
-    by_name = closest(item)
-    found = item.stash[_NEEDS] = (NO_NEEDS if read_names(settings).isdisjoint(by_name)
-                                  else read_needs(by_name, settings))
+    read = read_names(settings)
+    # As closest_mark: an item with none of those marks, its own or its parents', needs no answer of its own.
+    inherited = closest(item.parent) if item.parent is not None else _NO_MARKS
+    if read.isdisjoint(inherited) and not any(mark.name in read for mark in item.own_markers):
+        found = NO_NEEDS
+    else:
+        found = read_needs(closest(item), settings)
+    item.stash[_NEEDS] = found
     return found
 
 
