@@ -128,7 +128,10 @@ def run(quick: bool) -> Figure:
         f"Accounted by `bench/hook_timer.py` in {runs} more sessions each (least per component). The share "
         "is of the baseline's best CPU time above; 1 + the total's share is the estimate the verdict "
         f"compares with the target of {TARGET:.2f}x. Not counted: `pytest_addoption` (it runs before the "
-        "timer can wrap it; well under 1 ms) and pluggy's dispatch to the extra hook implementations. "
+        "timer can wrap it; well under 1 ms), pluggy's dispatch to the extra hook implementations, and "
+        "the full garbage collections the plugin's objects bring on sooner (in `--collect-only` on this "
+        "suite, measured by hand with `gc.callbacks`: one more than without the plugin, about 30 ms, at "
+        "the end of collection; the whole runs include it). "
         "In an opted-in session `pytest_configure` includes importing what the session uses (the rest "
         "of the package is imported only there).\n\n"
         + table(["run", "component", "CPU time", "share of the baseline"], account_table)
