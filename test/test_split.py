@@ -87,6 +87,32 @@ def test_records_setup_call_teardown_in_cache_and_committed_file(split_pytester)
     assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"
 
 
+@pytest.mark.parametrize("args", [[], ["-p", "no:terminal"]], ids=["stats", "no-terminal"])
+def test_durations_come_from_the_terminal_reporter_or_without_it_from_each_report(split_pytester, args):
+    """The terminal reporter keeps every report, read at the session's end; without it, our hook takes
+    each one. Either way: setup + call + teardown, skips left out."""
+    split_pytester.makepyfile(test_rec="""
+        import time
+        import pytest
+
+        @pytest.fixture
+        def fixture():
+            time.sleep(0.05)
+            yield
+            time.sleep(0.05)
+
+        def test_timed(fixture):
+            time.sleep(0.05)
+
+        def test_skipped():
+            pytest.skip("a skip's time says nothing")
+    """)
+    assert split_pytester.runpytest(*args).ret == 0
+    cached = json.loads((split_pytester.path / ".pytest_cache/v/heavy/durations").read_text())
+    assert set(cached) == {"test_rec.py::test_timed"}
+    assert cached["test_rec.py::test_timed"] >= 0.14
+
+
 def test_cache_overrides_committed_file_and_unknown_items_count_as_the_mean(split_pytester):
     split_pytester.makepyfile(test_abc="""
         import pytest

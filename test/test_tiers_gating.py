@@ -312,3 +312,29 @@ def test_closest_marks_match_pytest_at_every_level(heavy_pytester: pytest.Pytest
             assert "slow" in pytest_closest(request.node)
     ''')
     heavy_pytester.runpytest("--heavy-run-slow").assert_outcomes(passed=3)
+
+
+def test_closest_marks_are_built_once_per_node(heavy_pytester: pytest.Pytester) -> None:
+    """Asked again with no mark added since, every node answers from its stash: the same object."""
+    items = heavy_pytester.getitems("""
+        import pytest
+
+        pytestmark = pytest.mark.slow
+
+        class TestGroup:
+            def test_plain(self):
+                pass
+
+            @pytest.mark.parametrize("n", [1])
+            def test_marked(self, n):
+                pass
+    """)
+    from pytest_heavy import markers
+
+    for item in items:
+        assert markers.closest_mark(item, "slow") is item.get_closest_marker("slow")  # builds no answer
+        assert markers.closest_mark(item, "parametrize") is item.get_closest_marker("parametrize")
+        first = markers.closest(item)
+        assert markers.closest(item) is first and "slow" in first
+        item.add_marker(pytest.mark.skip(reason="gated"))  # as gating adds its skips
+        assert "skip" in markers.closest(item) and markers.closest(item) is not first

@@ -54,6 +54,7 @@ def configured(settings: Settings) -> tuple[str, ...]:
             *(m for m, _ in settings.marker_packages))
 
 
+_NO_MARKS: dict[str, pytest.Mark] = {}  # the session's inherited marks: one object, so its answer is kept too
 _CLOSEST = pytest.StashKey[tuple[int, dict[str, pytest.Mark], dict[str, pytest.Mark]]]()
 
 
@@ -67,17 +68,29 @@ def closest(node: pytest.Item | pytest.Collector) -> dict[str, pytest.Mark]:
     parent's answer changed.
     """
     own = node.own_markers
-    inherited = closest(node.parent) if node.parent is not None else {}
-    cached = node.stash.get(_CLOSEST, None)
-    if cached is not None and cached[0] == len(own) and cached[1] is inherited:
-        return cached[2]
+    inherited = closest(node.parent) if node.parent is not None else _NO_MARKS
+    stash = node.stash
+    if _CLOSEST in stash:  # a hit costs no exception (Stash.get raises and catches on a miss)
+        cached = stash[_CLOSEST]
+        if cached[0] == len(own) and cached[1] is inherited:
+            return cached[2]
     found = inherited
     if own:
         found = dict(inherited)
         for mark in reversed(own):  # within a node the first mark is the closest, as in iter_markers
             found[mark.name] = mark
-    node.stash[_CLOSEST] = (len(own), inherited, found)
+    stash[_CLOSEST] = (len(own), inherited, found)
     return found
+
+
+def closest_mark(item: pytest.Item, name: str) -> pytest.Mark | None:
+    """``closest(item).get(name)``, without building and keeping the item's own answer: asked of every
+    item at collection, it then leaves no object behind per item (thousands of them would bring on
+    another full garbage collection of the whole session's heap)."""
+    for mark in item.own_markers:  # the first is the closest, as in closest()
+        if mark.name == name:
+            return mark
+    return closest(item.parent).get(name) if item.parent is not None else None
 
 
 def names(item: pytest.Item) -> KeysView[str]:
@@ -214,13 +227,33 @@ def read_needs(by_name: Mapping[str, pytest.Mark], settings: Settings) -> Needs:
 
 
 _NEEDS = pytest.StashKey[Needs]()
+NO_NEEDS = Needs()  # most items: none of the marks ``read_needs`` reads, so nothing to read or check
+_read: tuple[Settings, frozenset[str]] | None = None  # the names read_needs looks at, for these settings
+
+
+def read_names(settings: Settings) -> frozenset[str]:
+    """Every marker name ``read_needs`` looks at: an item with none of them needs nothing."""
+    global _read
+    if _read is None or _read[0] is not settings:
+        found = {*gpu_markers(settings), "requires_heavy_ram", "requires_gpu_isolation", "qualitative",
+                 "slow", *settings.isolate_markers, *(m for m, _ in settings.resource_markers),
+                 *(m for m, _ in settings.marker_packages)}
+        _read = (settings, frozenset(found))
+    return _read[1]
 
 
 def needs(item: pytest.Item, settings: Settings) -> Needs:
     """``item``'s needs record, read once (at collection, where ``NeedsError`` becomes a usage error)."""
-    found = item.stash.get(_NEEDS, None)
-    if found is None:
-        found = item.stash[_NEEDS] = read_needs(closest(item), settings)
+    if _NEEDS in item.stash:
+        return item.stash[_NEEDS]
+    read = read_names(settings)
+    # As closest_mark: an item with none of those marks, its own or its parents', needs no answer of its own.
+    inherited = closest(item.parent) if item.parent is not None else _NO_MARKS
+    if read.isdisjoint(inherited) and not any(mark.name in read for mark in item.own_markers):
+        found = NO_NEEDS
+    else:
+        found = read_needs(closest(item), settings)
+    item.stash[_NEEDS] = found
     return found
 
 

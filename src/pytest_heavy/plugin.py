@@ -36,7 +36,7 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     from . import assume, cleanup, hardware, markers
     from .examples import plugin as examples
-    from .gpu import guard, mps
+    from .gpu import mps
     from .memattr import plugin as memattr
     from .session import HeavySession
     from .split import plugin as split
@@ -57,8 +57,12 @@ def pytest_configure(config: pytest.Config) -> None:
     run = config.stash[RUN] = Run(settings=settings, hardware=hw)
     config.pluginmanager.register(HeavySession(config, run), "heavy-session")
     # Concerns that keep per-session state register a plugin object of their own, when they have work.
-    for concern in (split, examples, guard, memattr):
+    for concern in (split, examples, memattr):
         concern.register(config, run)
+    if hw.gpus:  # without a GPU (real or assumed) no test can create a CUDA context: nothing to guard
+        from .gpu import guard
+
+        guard.register(config, run)
     cleanup.register(config, settings)
 
 

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import gating, markers, report, tiers
-from .isolation import plan
-from .records import DurationsError, ModulePeaks, Store
+from . import gating, markers, tiers
 from .state import Run
 from .wire import LIVE_LOG_KEY, OUTSIDE_KEY
+
+if TYPE_CHECKING:
+    from .records import ModulePeaks
+
+
+ISOLATED_KEY = "heavy/isolated"  # whether a session here ever had a test to isolate (first session: False)
 
 
 class HeavySession:
@@ -25,6 +29,8 @@ class HeavySession:
         self.run = run
         self.session: pytest.Session | None = None
         self.params_files: list[str] = []  # written for children, removed at the session's end
+        # Whether a selected item may need a child: False when collection saw none (no plan is made).
+        self.isolation_candidates = True
 
     def pytest_report_header(self) -> list[str]:
         hardware, tier = self.run.hardware.summary(), tiers.describe(self.config, self.run.settings)
@@ -37,44 +43,44 @@ class HeavySession:
         xdist = xdist_worker(self.config) or self.config.pluginmanager.has_plugin("dsession")
         if not isolation_possible(self.config, run) or xdist:  # with -n no child starts: no template either
             return
-        from .isolation import junit, threads
+        from .isolation import threads
 
         shared_log_file(self.config)
-        junit.announce(self.config)
         threads.record_thread_baseline()  # before any test module is imported: plugins' threads are known
         if run.settings.template:
+            run.template_missing = nothing_isolated_here(self.config, run)
+        if run.settings.template and not run.template_missing:
+            from .isolation import junit
             from .isolation.launch import preload
 
+            junit.announce(self.config)  # the template's copy of the options must carry it too
             preload.start_template(self.config, run)
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        """Tiers, then gating: both read each item's markers through ``markers.closest``, built once."""
+        """Tiers, gating and whether any item may need a child, in one pass over the items' needs records."""
         run = self.run
         if run.settings.child:
             return
-        run.tier_deselected = tiers.deselect_slow(self.config, run.settings, items)
-        reasons: dict[str, str] = {}
-        for item in items:
-            needs = markers.needs_or_usage_error(item, run.settings)
-            reason = gating.verdict(needs, run.settings, run.hardware)
-            if reason is not None:
-                item.add_marker(pytest.mark.skip(reason=reason))
-                reasons[item.nodeid] = reason
-        if reasons:
-            run.gated = gating.GatedReports(reasons)
+        slow, gated, self.isolation_candidates = sort_items(self.config, run, items)
+        run.tier_deselected = tiers.deselect(self.config, items, slow)
+        remember_isolation(self.config, self.isolation_candidates)
+        if gated:
+            run.gated = gating.GatedReports(gated)
             self.config.pluginmanager.register(run.gated, "heavy-gated")
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool | None:
         """Take over the run loop when heavy modules are to be isolated; otherwise leave it to pytest."""
         config, run = self.config, self.run
-        blocker = plan.isolation_blocker(config)
+        blocker = isolation_blocker(config)
         if blocker and not run.settings.child and run.settings.isolate != "never":
             config.get_terminal_writer().line(f"pytest-heavy: {blocker}", yellow=True)
         units = None
         collection_ok = not session.testsfailed or config.option.continue_on_collection_errors
-        if isolation_possible(config, run) and collection_ok:
+        if isolation_possible(config, run) and collection_ok and self.isolation_candidates:
+            from .isolation import plan
+
             units = plan.plan(session.items, run.settings, run.hardware)
         if units is not None and xdist_worker(config):  # run in this worker, and the controller says so
             config.workeroutput["heavy_modules"] = sorted({u.module for u in units if u.module})  # type: ignore[attr-defined]
@@ -83,9 +89,10 @@ class HeavySession:
             if run.template is not None:
                 run.template.close()
             return None
-        from .isolation import launch
+        from .isolation import junit, launch
         from .isolation.controller import Controller
 
+        junit.announce(config)  # before the first child (a template forked at session start has it already)
         try:
             peaks = recorded_peaks(config, run)
         except pytest.UsageError:
@@ -123,7 +130,7 @@ class HeavySession:
         """Tell the child where tmp_path directories go (``child.share_basetemp``), and hand a
         fresh interpreter the parameters of the unit's tests when its hash order differs from ours
         (``isolation.params``)."""
-        from .isolation import child, params
+        from .isolation import child, params, plan
 
         # Made now, once, by the parent (a given --basetemp emptied once, retention applied once); a
         # fork inherits it, and the others are told where it is.
@@ -151,6 +158,11 @@ class HeavySession:
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         run = self.run
+        if run.gated is None and not run.records and not run.in_xdist_workers:
+            tiers.summary(terminalreporter, run.tier_deselected)  # all an idle session may have to say
+            return
+        from . import report
+
         if run.gated is not None:
             report.gated_summary(terminalreporter, run.gated.gated, len(run.gated.theirs))
         tiers.summary(terminalreporter, run.tier_deselected)
@@ -165,6 +177,8 @@ class HeavySession:
         if run.template is not None:  # a session that never reached its run loop (an interrupted collection)
             run.template.close()
         if run.settings.report_path and not run.settings.child:
+            from . import report
+
             report.write_json(run.settings.report_path, run.records, json.loads(run.hardware.to_json()),
                               run.report_extra)
 
@@ -172,20 +186,82 @@ class HeavySession:
 def shared_log_file(config: pytest.Config) -> None:
     """Children append to the parent's ``--log-file`` (or ini ``log_file``): they are handed its
     absolute path, and the parent's handler appends from now on (``child.append_to_log_file``)."""
-    from .isolation import child
-
     plugin = config.pluginmanager.get_plugin("logging-plugin")
     handler = getattr(plugin, "log_file_handler", None)
     path = getattr(handler, "baseFilename", None)
     if handler is None or not path or path == os.devnull:
         return
+    from .isolation import child  # only here: a session without a log file never imports the child side
+
     config.option.log_file = path
     child.append_to_log_file(config, handler)
 
 
+def nothing_isolated_here(config: pytest.Config, run: Run) -> str:
+    """Why no template is forked for this session under ``heavy_start = auto``, or "".
+
+    The template must be forked before collection, when whether a test will need a child is not known
+    yet: a project whose sessions never had one (``ISOLATED_KEY`` in the pytest cache) is not charged
+    for a process it never uses. Should one appear, its children start by fork (or spawn) this once.
+    """
+    cache = getattr(config, "cache", None)
+    if run.settings.start != "auto" or cache is None or cache.get(ISOLATED_KEY, None) is not False:
+        return ""
+    return "no earlier session here had a test to isolate (the pytest cache); it is forked from the next one"
+
+
+def remember_isolation(config: pytest.Config, candidates: bool) -> None:
+    """Record in the pytest cache whether this project's sessions have ever had a test to isolate:
+    False only from the first session, True for good once one had (``nothing_isolated_here``)."""
+    cache = getattr(config, "cache", None)
+    if cache is None:
+        return
+    seen = cache.get(ISOLATED_KEY, None)
+    if (candidates and seen is not True) or (not candidates and seen is None):
+        cache.set(ISOLATED_KEY, candidates)
+
+
+def sort_items(config: pytest.Config, run: Run,
+               items: list[pytest.Item]) -> tuple[list[pytest.Item], dict[str, str], bool]:
+    """Each item's needs record read once (a bad mark is a usage error naming the test), for tiers,
+    gating and the plan alike; an item with no mark of ours (``markers.NO_NEEDS``) costs one lookup.
+
+    Returns the slow items to deselect (outside the selected tier), the reason gating skips each gated
+    item with (by node id), and whether a kept, not gated item has an isolation or a routed GPU mark.
+    """
+    settings, hardware = run.settings, run.hardware
+    deselect_slow = not tiers.slow_is_selected(config, settings)
+    route_gpu = hardware.parent_trap_risk
+    slow: list[pytest.Item] = []
+    gated: dict[str, str] = {}
+    candidates = False
+    for item in items:
+        needs = markers.needs_or_usage_error(item, settings)
+        if needs is markers.NO_NEEDS:
+            continue
+        if deselect_slow and needs.slow:
+            slow.append(item)
+            continue
+        reason = gating.verdict(needs, settings, hardware)
+        if reason is not None:
+            item.add_marker(pytest.mark.skip(reason=reason))
+            gated[item.nodeid] = reason
+        elif needs.isolate or (route_gpu and needs.gpu_marker):
+            candidates = True
+    return slow, gated, candidates
+
+
+def isolation_blocker(config: pytest.Config) -> str | None:
+    """Why this run must stay in one process whatever the settings, or None."""
+    # Both options belong to pytest's debugging plugin, which ``-p no:debugging`` leaves out.
+    if config.getoption("usepdb", False) or config.getoption("trace", False):
+        return "--pdb/--trace given: heavy isolation is off for this run"
+    return None
+
+
 def isolation_possible(config: pytest.Config, run: Run) -> bool:
     return not (run.settings.child or run.settings.isolate == "never" or config.option.collectonly
-                or plan.isolation_blocker(config))
+                or isolation_blocker(config))
 
 
 def xdist_worker(config: pytest.Config) -> bool:
@@ -198,6 +274,8 @@ def recorded_peaks(config: pytest.Config, run: Run) -> dict[str, ModulePeaks]:
     """What --heavy-workers auto packs by; a store it cannot read is a usage error naming the file."""
     if not run.settings.packing:
         return {}
+    from .records import DurationsError, Store
+
     try:
         return Store(config, run.settings.durations_path).read_peaks()
     except DurationsError as exc:

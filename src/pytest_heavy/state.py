@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .hardware import Hardware
-from .report import HeavyRecord
 from .settings import Settings
 
 if TYPE_CHECKING:
     from .gating import GatedReports
     from .memory import GpuReader
+    from .report import HeavyRecord
 
 
 @dataclass

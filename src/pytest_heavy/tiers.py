@@ -13,7 +13,6 @@ import re
 
 import pytest
 
-from .markers import needs_or_usage_error
 from .settings import Settings
 
 SLOW_DESELECTED = "deselected by default (run with -m slow or --heavy-run-slow)"
@@ -31,18 +30,14 @@ def slow_reason(config: pytest.Config, settings: Settings) -> str | None:
     return None if slow_is_selected(config, settings) else SLOW_DESELECTED
 
 
-def deselect_slow(config: pytest.Config, settings: Settings, items: list[pytest.Item]) -> int:
-    """Drop slow tests from ``items`` in place, reporting them as deselected; how many were dropped."""
-    if slow_is_selected(config, settings):
-        return 0
-    keep: list[pytest.Item] = []
-    drop: list[pytest.Item] = []
-    for item in items:
-        (drop if needs_or_usage_error(item, settings).slow else keep).append(item)
-    if drop:
-        config.hook.pytest_deselected(items=drop)
-        items[:] = keep
-    return len(drop)
+def deselect(config: pytest.Config, items: list[pytest.Item], slow: list[pytest.Item]) -> int:
+    """Drop the ``slow`` tests the tier leaves out from ``items`` in place, reporting them as
+    deselected (``session.sort_items`` finds them in its one pass); how many were dropped."""
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        dropped = set(slow)
+        items[:] = [item for item in items if item not in dropped]
+    return len(slow)
 
 
 def summary(tr: pytest.TerminalReporter, deselected: int) -> None:

@@ -49,14 +49,6 @@ class Unit:
                    ram_mib=self.ram_gib * 1024, vram_mib=self.vram_gib * 1024)
 
 
-def isolation_blocker(config: pytest.Config) -> str | None:
-    """Why this run must stay in one process whatever the settings, or None."""
-    # Both options belong to pytest's debugging plugin, which ``-p no:debugging`` leaves out.
-    if config.getoption("usepdb", False) or config.getoption("trace", False):
-        return "--pdb/--trace given: heavy isolation is off for this run"
-    return None
-
-
 def plan(items: list[pytest.Item], settings: Settings, hw: Hardware) -> list[Unit] | None:
     """Units in collection order, or None when everything runs in the parent as usual.
 

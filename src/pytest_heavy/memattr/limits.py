@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from ..assume import AssumeError, parse_size_mib
-from ..markers import closest
+from ..markers import closest_mark
 
 if TYPE_CHECKING:
     from .sampler import Reading
@@ -49,7 +49,7 @@ def _size(value: object, what: str) -> float:
 
 def of(item: pytest.Item) -> Limit | None:
     """The item's limit, or None without the marker; ValueError naming the marker when malformed."""
-    mark = closest(item).get(MARKER)
+    mark = closest_mark(item, MARKER)
     if mark is None:
         return None
     if mark.args:

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .. import wire
-from ..report import outcome_key
 from ..state import Run
 from . import limits
 
@@ -154,6 +153,8 @@ class Measure:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self.run.settings.child or not self.parent_asked:
             return
+        from ..report import outcome_key  # here: a session that measures nothing never imports report
+
         known = self._outcomes.get(report.nodeid, "passed")
         if report.when == "call" or (report.when == "setup" and not report.passed):
             self._outcomes[report.nodeid] = outcome_key(report)

@@ -3,9 +3,11 @@
 Durations are recorded into the pytest cache on every run, not only split ones, so that the first
 ``--heavy-split`` on this machine is already balanced; the committed file (ini ``heavy_durations_path``)
 is only read, and written only with ``--heavy-store-durations`` (pytest-split's convention), so that an
-ordinary run never dirties a checkout. They come from ``pytest_runtest_logreport``: isolated children's
-reports are re-emitted in the parent through that same hook, so one source covers in-process items,
-isolated modules and examples.
+ordinary run never dirties a checkout. They come from the reports of ``pytest_runtest_logreport``:
+isolated children's reports are re-emitted in the parent through that same hook, so one source covers
+in-process items, isolated modules and examples. The terminal reporter already keeps every one of
+them (its ``stats``), so they are read there once at the session's end; only without it
+(``-p no:terminal``) does a hook of ours take each report (``Phases``).
 
 The subsets of one split must all partition with the same durations, or a test lands in no subset or in
 two. ``pytest-heavy split`` shares a snapshot file (``SNAPSHOT_ENV``) and ``--slurm`` a whole plan
@@ -19,14 +21,15 @@ from __future__ import annotations
 import os
 from collections.abc import Generator, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from ..records import DurationsError, ModulePeaks, Store, as_durations, rounded
-from ..report import HeavyRecord
 from ..state import Run
-from .durations import SNAPSHOT_ENV, partition, snapshot, unit_weights
-from .slurm import PLAN_ENV, PlanError, build, gpus_of, publish, read_plan, separate
+
+if TYPE_CHECKING:
+    from ..report import HeavyRecord
 
 EMPTY_MESSAGE = "this subset is empty"
 ROUND_KEY = "heavy/split-round"  # {"n": N, "done": [subset indices], "durations": {node id: seconds}}
@@ -61,17 +64,16 @@ class SplitPlugin:
         self.run = run
         self.split = run.settings.split
         self.store = Store(config, run.settings.durations_path, run.settings.store_durations)
-        self.phases: dict[str, dict[str, float]] = {}  # node id -> {setup/call/teardown: seconds}
-        self.skipped: set[str] = set()
+        self.phases: Phases | None = None  # reports taken one by one, without a terminal reporter
         self.selected = 0  # items before the split
         self.estimate = (0.0, 0.0)  # seconds: this subset, the whole selection
         self.emptied = False  # this subset is empty because of the split, not for want of tests
 
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        # Keyed by phase, so a test re-run after a crashed child is counted once.
-        self.phases.setdefault(report.nodeid, {})[report.when] = report.duration
-        if report.skipped and not hasattr(report, "wasxfail"):
-            self.skipped.add(report.nodeid)  # a skip's time says nothing of the test's
+    @pytest.hookimpl(trylast=True)  # the terminal reporter registers at configure, after us
+    def pytest_sessionstart(self) -> None:
+        if self.config.pluginmanager.get_plugin("terminalreporter") is None:
+            self.phases = Phases()
+            self.config.pluginmanager.register(self.phases, "heavy-split-phases")
 
     # A wrapper, so that the split sees the selection after every plain hook (tiers, gating, -k, -m,
     # --deselect) whatever the registration order; tryfirst makes it the outermost, after --lf too.
@@ -106,6 +108,10 @@ class SplitPlugin:
         return durations
 
     def _keep_subset(self, items: list[pytest.Item], index: int, n: int) -> None:
+        # Imported only here: a session that does not split only records durations.
+        from .durations import SNAPSHOT_ENV, partition, snapshot, unit_weights
+        from .slurm import PLAN_ENV, PlanError, build, gpus_of, publish, read_plan, separate
+
         settings = self.run.settings
         snapshot_path = os.environ.get(SNAPSHOT_ENV)
         plan_path = Path(os.environ[PLAN_ENV]) if os.environ.get(PLAN_ENV) else None
@@ -156,10 +162,13 @@ class SplitPlugin:
                 f"items, about {mine:.2f}s of {total:.2f}s by recorded durations")
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        self.store.record({
-            nodeid: rounded(sum(phases.values()))
-            for nodeid, phases in self.phases.items() if nodeid not in self.skipped
-        }, module_peaks(self.run.records))
+        phases = self.phases
+        if phases is None:
+            phases = Phases()
+            reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+            for reports in getattr(reporter, "stats", {}).values():
+                phases.take(reports)
+        self.store.record(phases.durations(), module_peaks(self.run.records))
         if self.emptied and session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
             session.exitstatus = pytest.ExitCode.OK  # an empty share is not a broken run
 
@@ -169,6 +178,45 @@ class SplitPlugin:
             terminalreporter.write_line(
                 f"heavy split {index}/{n}: {EMPTY_MESSAGE} (all {self.selected} selected items are in other "
                 f"subsets); exit status 0")
+
+
+PHASES = ("setup", "call", "teardown")
+
+
+class Phases:
+    """Each test's duration per phase, from its reports; a skipped test's time says nothing of it."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, dict[str, float]] = {}  # node id -> {setup/call/teardown: seconds}
+        self.skipped: set[str] = set()
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.take((report,))
+
+    def take(self, reports: Iterable[Any]) -> None:
+        """Take the test reports among ``reports`` (a terminal reporter's stats hold others too).
+
+        The longest report of each phase is kept: a test re-run after a crashed child is counted
+        once, and a test's call holds its subtests' calls, in whichever order the reports come.
+        One loop, no call per report: a session's end reads thousands of them here.
+        """
+        seconds, skipped = self.seconds, self.skipped
+        for report in reports:
+            when = getattr(report, "when", None)
+            if when not in PHASES:
+                continue
+            nodeid, duration = report.nodeid, report.duration
+            by_phase = seconds.get(nodeid)
+            if by_phase is None:
+                by_phase = seconds[nodeid] = {}
+            if duration >= by_phase.get(when, 0.0):
+                by_phase[when] = duration
+            if report.outcome == "skipped" and not hasattr(report, "wasxfail"):
+                skipped.add(nodeid)
+
+    def durations(self) -> dict[str, float]:
+        return {nodeid: rounded(sum(by_phase.values()))
+                for nodeid, by_phase in self.seconds.items() if nodeid not in self.skipped}
 
 
 def register(config: pytest.Config, run: Run) -> None:
