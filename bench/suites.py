@@ -44,15 +44,15 @@ def idle_suite(root: Path, modules: int = 20, per_module: int = 100) -> int:
 
 
 def heavy_suite(root: Path, modules: int, tests: int = 4, torch: bool = False,
-                preload: bool = False, weights: bool = False) -> list[str]:
+                weights: bool = False) -> list[str]:
     """``modules`` heavy modules of ``tests`` parametrized tests each; returns their file names.
 
     With ``torch`` every module imports torch at module level and each test runs a small torch op,
-    as a HuggingFace suite does; ``preload`` sets ``heavy_preload = torch`` for the forkserver.
+    as a HuggingFace suite does (nothing names torch to pytest-heavy: the template finds it).
     ``weights`` adds ``W = torch.ones(256, 256)`` at import: big enough for torch to start its OpenMP
     pool while the parent collects, after which the parent cannot fork safely.
     """
-    write_ini(root, *(["heavy_preload = torch"] if preload else []))
+    write_ini(root)
     header = "import pytest\n" + ("import torch\n" if torch else "")
     header += "W = torch.ones(256, 256)\n" if weights else ""
     body = "assert torch.ones(8).add(x).sum().item() == 8 * (1 + x)" if torch else "assert x >= 0"
@@ -62,6 +62,21 @@ def heavy_suite(root: Path, modules: int, tests: int = 4, torch: bool = False,
         (root / name).write_text(
             f"{header}\npytestmark = pytest.mark.{HEAVY_MARKER}\n\n\n"
             f"@pytest.mark.parametrize('x', range({tests}))\ndef test_case(x):\n    {body}\n"
+        )
+        names.append(name)
+    return names
+
+
+def big_suite(root: Path, modules: int = 2, tests: int = 5000) -> list[str]:
+    """``modules`` heavy modules (``requires_heavy_ram``, ``heavy_ram_gib = 1``) of ``tests`` parametrized
+    tests each, no torch: what isolation costs per test when a module has thousands (issue #21)."""
+    write_ini(root, "    requires_heavy_ram: heavy module", "heavy_ram_gib = 1")
+    names = []
+    for m in range(modules):
+        name = f"test_big_{m:03d}.py"
+        (root / name).write_text(
+            "import pytest\n\npytestmark = pytest.mark.requires_heavy_ram\n\n\n"
+            f"@pytest.mark.parametrize('i', range({tests}))\ndef test_x(i):\n    assert i >= 0\n"
         )
         names.append(name)
     return names
