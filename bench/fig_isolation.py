@@ -17,6 +17,7 @@ where they started (the template, a fork of the parent, spawn) and why, when it 
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +25,10 @@ import suites
 from harness import (
     NOISE_NOTE,
     Figure,
+    RunFailed,
     Variant,
     Verdict,
+    clean_env,
     measure,
     median,
     paired,
@@ -75,7 +78,8 @@ SHAPES = (
 
 def shape_suite(root: Path, shape: Shape, modules: int) -> list[str]:
     """The shape's suite in ``root``: ``modules`` heavy torch modules of ``TESTS`` tests; file names."""
-    names = suites.heavy_suite(root, modules, TESTS, torch=True, weights=shape.weights)
+    names = suites.heavy_suite(root, modules, TESTS, torch=True, weights=shape.weights,
+                               marker=suites.RAM_MARKER)
     if shape.fixture:
         for name in names:
             path = root / name
@@ -141,7 +145,20 @@ def paired_row(label: str, root: Path, names: list[str], modules: int, reps: int
     report = root / "report.json"  # in the suite's folder: a path outside it would move pytest's rootdir
     run_once([*base, "--heavy-report", str(report)], root)
     auto.notes.add(report_check(report, modules, note=came_from)())
+    isolates(base, root)
     return Row(label, never, auto, wall_target, cpu_target)
+
+
+HEAVY_TABLE = "heavy modules (pytest-heavy)"  # the terminal summary's title when modules were isolated
+
+
+def isolates(argv: list[str], root: Path) -> None:
+    """The timed command itself isolates (the report run could opt the project in by its option
+    alone): its output has the heavy table, or RunFailed says it measured something else."""
+    proc = subprocess.run(argv, cwd=root, env=clean_env(), stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=600)
+    if proc.returncode != 0 or HEAVY_TABLE not in proc.stdout:
+        raise RunFailed(f"{' '.join(argv)} (in {root}) did not isolate:\n{proc.stdout[-3000:]}")
 
 
 def run(quick: bool) -> Figure:
@@ -161,10 +178,10 @@ def run(quick: bool) -> Figure:
     body = (
         f"Each suite run with pytest's `{' '.join(COMMON)}` in-process (`--heavy-isolate never`) and "
         "isolated with the default configuration (no option, no `heavy_preload`), in turn within each "
-        f"repetition. The torch suites have {modules} modules marked `requires_gpu_isolation`, "
-        f"{TESTS} tests each, every module importing torch and every test running a small op; the last "
-        f"suite has 2 modules marked `requires_heavy_ram` (`heavy_ram_gib = 1`) of {big:,} tests "
-        "`assert i >= 0` each.\n\n"
+        f"repetition. Every heavy module is marked `requires_heavy_ram`, and the ini's only pytest-heavy "
+        "line, `heavy_ram_gib = 1`, is what opts the project in. The torch suites have "
+        f"{modules} modules of {TESTS} tests, every module importing torch and every test running a small "
+        f"op; the last suite has 2 modules of {big:,} tests `assert i >= 0` each.\n\n"
         "- *ratio*: isolated / in-process within one repetition; median [min–max] over the repetitions.\n"
         "- *CPU*: user + system time of pytest and every process it reaped (the template, the children).\n"
         "- *children came from*: the heavy report's start column for every module, from one more isolated "
