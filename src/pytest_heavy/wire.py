@@ -236,14 +236,8 @@ def _frame(pickler: pickle.Pickler, buffer: io.BytesIO, event: dict[str, Any]) -
         return bytes(frame)
 
 
-READ_PAUSE_S = 0.005  # between two reads of a child's events: see ``events``
+READ_PAUSE_S = 0.005  # between two reads of a child's events: see ``batches``
 PIPE_SIZE = 1 << 20  # the most an unprivileged process may ask for (/proc/sys/fs/pipe-max-size)
-
-
-def events(stream: IO[bytes]) -> Iterator[Message]:
-    """Parse events until EOF, one by one (see ``batches``)."""
-    for batch in batches(stream):
-        yield from batch
 
 
 def batches(stream: IO[bytes]) -> Iterator[list[Message]]:
