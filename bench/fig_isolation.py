@@ -1,18 +1,23 @@
-"""Figure 3, isolation cost per module: each start method vs in-process and vs one pytest per module.
+"""Figure 3, the cost of isolation with the default configuration: issue #21's "done when".
 
-Every variant runs the same suite at two sizes, K1 and K2 heavy modules. The difference between the
-sizes, minus the in-process run's difference, divided by K2 - K1, is what one more isolated module
-costs; what is left at K1 is the fixed cost (the template's imports, say), paid once per session.
-The comparison users make today, one ``python -m pytest <module>`` per module (without the plugin),
-has no fixed part: its per-module cost is its total over K2.
+Each suite runs twice per repetition, paired: isolated as a user gets it (no option, no
+``heavy_preload``: ``auto`` starts children from the template process) and in-process
+(``--heavy-isolate never``). Wall time is what a user waits for; CPU time (user + system of pytest
+and every process it reaped: the template and the children) is the work isolation adds, and barely
+moves when another job takes a core.
 
-Each isolated run writes ``--heavy-report``; the check reads it to make sure every module really ran
-in a child, and with which start method (a refused fork falls back to spawn, and the table says so).
+The suites are the shapes real ML suites take: small torch ops at test time; a tensor above ATen's
+grain size built at import (it starts the OpenMP pool in the parent while it collects, after which
+the parent cannot fork safely); a model built in a module-scoped fixture; a light test that runs a
+large op in the parent before the heavy modules; and two heavy modules of 5,000 tests each (the
+report transport). One more isolated run per suite, untimed, writes ``--heavy-report``; the check
+reads it to make sure every module really ran in a child, and the *children came from* column names
+where they started (the template, a fork of the parent, spawn) and why, when it was not the template.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,212 +25,174 @@ import suites
 from harness import (
     NOISE_NOTE,
     Figure,
+    RunFailed,
     Variant,
     Verdict,
+    clean_env,
     measure,
     median,
-    ms,
     paired,
     pytest_argv,
     ratio,
     report_check,
+    run_once,
     scratch,
     secs,
     spread,
     table,
 )
 
-METHODS = ("spawn", "fork", "template")
-FORK_TARGET_S = 0.060
-SPAWN_TARGET = 1.2
-TESTS = 4
+WALL_TARGET = 1.3  # a torch suite isolated by default at most this much slower than in-process (wall)
+CPU_TARGET = 1.6  # ... and this much more CPU
+BIG_TARGET = 1.25  # 2 heavy modules of 5,000 tests (wall)
+TESTS = 3  # tests per torch module
+# -p no:randomly: the same order in both runs, where pytest-randomly is installed (a no-op elsewhere).
+COMMON = ("-q", "-p", "no:randomly")
 
-
-def isolated_check(path: Path, modules: int, method: str, walls: list[float]) -> Callable[[], str]:
-    """After a run: every module isolated and passed; keep the children's wall times in ``walls`` and
-    note the start methods the children used (a refused fork falls back, and the note says so)."""
-
-    def note(records: list[dict]) -> str:
-        walls.extend(r["wall_s"] for r in records)
-        used = sorted({r["start_method"] for r in records})
-        if method == "auto" or used == [method]:
-            return ", ".join(used)
-        return f"{', '.join(used)} ({method} refused)"
-
-    return report_check(path, modules, note=note)
-
-
-Pair = tuple[Variant, Variant]  # the same way of running, at K1 and at K2 modules
-
-
-@dataclass
-class SuiteRuns:
-    """Every way of running one suite, and the child wall times its isolated K2 runs reported."""
-
-    k1: int
-    k2: int
-    never: Pair
-    methods: dict[str, Pair]
-    loop: Variant
-    child_walls: dict[str, list[float]]
-
-    def variants(self) -> list[Variant]:
-        return [*self.never, *(v for pair in self.methods.values() for v in pair), self.loop]
-
-
-def suite_runs(root: Path, names: list[str], k1: int, k2: int) -> SuiteRuns:
-    base = pytest_argv("-q")
-    never = [Variant(f"never@{k}", [[*base, "--heavy-isolate", "never", *names[:k]]], root) for k in (k1, k2)]
-    child_walls: dict[str, list[float]] = {}
-    methods: dict[str, Pair] = {}
-    for method in METHODS:
-        pair = []
-        for k in (k1, k2):
-            report = root / f"report-{method}-{k}.json"
-            walls = child_walls.setdefault(method, []) if k == k2 else []
-            cmd = [*base, "--heavy-isolate", "always", "--heavy-start", method, "--heavy-report", str(report),
-                   *names[:k]]
-            pair.append(Variant(f"{method}@{k}", [cmd], root, check=isolated_check(report, k, method, walls)))
-        methods[method] = (pair[0], pair[1])
-    loop = Variant("loop", [[*base, "-p", "no:heavy", name] for name in names[:k2]], root)
-    return SuiteRuns(k1, k2, (never[0], never[1]), methods, loop, child_walls)
-
-
-def per_module(pair: Pair, never: Pair, k1: int, k2: int) -> list[float]:
-    """Per repetition: (method's K2 - K1 difference - in-process difference) / (K2 - K1)."""
-    return [((m2 - m1) - (n2 - n1)) / (k2 - k1)
-            for m1, m2, n1, n2 in zip(pair[0].walls(), pair[1].walls(), never[0].walls(), never[1].walls(),
-                                      strict=True)]
-
-
-def suite_section(title: str, reps: int, runs: SuiteRuns, verdicts: list[Verdict]) -> str:
-    k1, k2, never, loop = runs.k1, runs.k2, runs.never, runs.loop
-    loop_module = [w / k2 for w in loop.walls()]
-    rows = [["in-process (`--heavy-isolate never`)", "parent", spread(never[0].walls(), secs),
-             spread(never[1].walls(), secs), "0 (baseline)", "0 (baseline)", "–", "–"]]
-    for method, pair in runs.methods.items():
-        added = per_module(pair, never, k1, k2)
-        small, large = pair[0].walls(), pair[1].walls()
-        fixed = [(m1 - n1) - k1 * a for m1, n1, a in zip(small, never[0].walls(), added, strict=True)]
-        ran_as = "; ".join(sorted(pair[0].notes | pair[1].notes))
-        rows.append([f"`--heavy-isolate always --heavy-start {method}`", ran_as, spread(small, secs),
-                     spread(large, secs), spread(added, ms), spread(fixed, ms),
-                     ms(median(runs.child_walls[method])), spread(paired(large, loop.walls()), ratio)])
-        if method == "spawn":
-            rel = paired(added, loop_module)
-            verdicts.append(Verdict(f"{title}: spawn adds at most {SPAWN_TARGET}x a bare `python -m pytest` "
-                                    "per module", f"{ratio(median(rel))} ({ms(median(added))} vs "
-                                    f"{ms(median(loop_module))})", median(rel) <= SPAWN_TARGET))
-        else:
-            verdicts.append(Verdict(f"{title}: {method} adds at most {ms(FORK_TARGET_S)} per module",
-                                    f"{ms(median(added))} ({ran_as})", median(added) <= FORK_TARGET_S))
-    rows.append([f"one `python -m pytest -p no:heavy <module>` per module ({k2} runs)", "–", "–",
-                 spread(loop.walls(), secs), f"{spread(loop_module, ms)} a module", "0", "–", "1 (baseline)"])
-    header = ["variant", "children ran as", f"wall, {k1} module{'s' if k1 > 1 else ''}",
-              f"wall, {k2} modules", "added per module", "fixed cost", "child wall per module (median)",
-              f"{k2} modules vs per-module runs"]
-    return f"## {title} ({reps} repetitions)\n\n" + table(header, rows)
-
-
-SUITE_TARGET = 1.3  # a torch suite isolated by default at most this much slower than in-process (wall)
-SUITE_CPU_TARGET = 1.6  # ... and CPU
-BIG_TARGET = 1.25  # 2 heavy modules of 5,000 tests
 MODEL_FIXTURE = ("@pytest.fixture(scope='module')\ndef model():\n    torch.manual_seed(0)\n"
                  "    return torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.ReLU(),\n"
                  "                               torch.nn.Linear(256, 10))\n\n\n"
+                 "@pytest.mark.parametrize('x', range({tests}))\n"
                  "def test_model(model, x):\n    assert model(torch.ones(4, 256)).shape == (4, 10)\n")
-LIGHT_LARGE_OP = ("import torch\n\n\ndef test_light():\n    torch.set_num_threads(2)\n"
+LIGHT_LARGE_OP = ("import torch\n\n\ndef test_light():\n"
                   "    assert (torch.ones(512, 512) @ torch.ones(512, 512)).sum().item() > 0\n")
-# The issue #21 shapes, default configuration (no heavy_preload): small ops; an op above ATen's grain
-# size at import (starts the OpenMP pool in the parent while it collects); a model built in a
-# module-scoped fixture; a light test in the parent that runs a large op before the heavy modules.
-SHAPES = ("small ops", "`W = torch.ones(256, 256)` at import", "model in a module fixture",
-          "light test with a large op first")
 
 
-def shape_suite(root: Path, shape: str, modules: int) -> list[str]:
-    names = suites.heavy_suite(root, modules, 3, torch=True, weights=shape == SHAPES[1])
-    if shape == SHAPES[2]:
+@dataclass(frozen=True)
+class Shape:
+    """One suite of issue #21: its label and how its files differ from plain torch modules."""
+
+    label: str
+    weights: bool = False  # ``W = torch.ones(256, 256)`` at import
+    fixture: bool = False  # a model built in a module-scoped fixture
+    light_first: bool = False  # an unmarked test running a 512x512 matmul in the parent, first
+
+
+SHAPES = (
+    Shape("(a) small ops at test time"),
+    Shape("(b) `W = torch.ones(256, 256)` at import", weights=True),
+    Shape("(c) a model built in a module-scoped fixture", fixture=True),
+    Shape("(d) a light test in the parent runs a large op first", light_first=True),
+)
+
+
+def shape_suite(root: Path, shape: Shape, modules: int) -> list[str]:
+    """The shape's suite in ``root``: ``modules`` heavy torch modules of ``TESTS`` tests; file names."""
+    names = suites.heavy_suite(root, modules, TESTS, torch=True, weights=shape.weights,
+                               marker=suites.RAM_MARKER)
+    if shape.fixture:
         for name in names:
             path = root / name
-            path.write_text(path.read_text().split("@pytest.mark.parametrize")[0]
-                            + "@pytest.fixture(params=range(3))\ndef x(request):\n"
-                            + "    return request.param\n\n\n" + MODEL_FIXTURE)
-    if shape == SHAPES[3]:
+            head = path.read_text().split("@pytest.mark.parametrize")[0]
+            path.write_text(head + MODEL_FIXTURE.format(tests=TESTS))
+    if shape.light_first:
         (root / "test_000_light.py").write_text(LIGHT_LARGE_OP)
         names = ["test_000_light.py", *names]
     return names
 
 
-def ab_row(label: str, root: Path, names: list[str], modules: int, reps: int, wall_target: float,
-           cpu_target: float | None, verdicts: list[Verdict]) -> list[str]:
-    """In-process against the default configuration, paired per repetition."""
-    base = pytest_argv("-q", *names)
-    report = root / "report.json"
+def came_from(records: list[dict]) -> str:
+    """Where the children started, counted by method, with the first reason one was not the template."""
+    methods: dict[str, int] = {}
+    for record in records:
+        methods[record["start_method"]] = methods.get(record["start_method"], 0) + 1
+    text = ", ".join(f"{method} ×{count}" for method, count in sorted(methods.items()))
+    notes = [record["start_note"] for record in records if record.get("start_note")]
+    return f"{text} ({notes[0]})" if notes else text
+
+
+@dataclass
+class Row:
+    """One suite's paired runs and its targets."""
+
+    label: str
+    never: Variant
+    auto: Variant
+    wall_target: float
+    cpu_target: float | None
+
+    def walls(self) -> list[float]:
+        return paired(self.auto.walls(), self.never.walls())
+
+    def cpus(self) -> list[float]:
+        return paired(self.auto.cpus(), self.never.cpus())
+
+    def verdict(self) -> Verdict:
+        wall, cpu = median(self.walls()), median(self.cpus())
+        goal = f"at most {self.wall_target}x wall" + (f", {self.cpu_target}x CPU" if self.cpu_target else "")
+        met = wall <= self.wall_target and (self.cpu_target is None or cpu <= self.cpu_target)
+        return Verdict(f"{self.label}, isolated by default: {goal} of in-process",
+                       f"{ratio(wall)} wall, {ratio(cpu)} CPU", met)
+
+    def cells(self) -> list[str]:
+        target = f"≤ {self.wall_target}x" + (f" / ≤ {self.cpu_target}x" if self.cpu_target else " / –")
+        return [self.label, spread(self.never.walls(), secs), spread(self.auto.walls(), secs),
+                spread(self.walls(), ratio), spread(self.never.cpus(), secs), spread(self.auto.cpus(), secs),
+                spread(self.cpus(), ratio), target, "; ".join(sorted(self.auto.notes))]
+
+
+def paired_row(label: str, root: Path, names: list[str], modules: int, reps: int, wall_target: float,
+               cpu_target: float | None) -> Row:
+    """In-process against the default configuration, measured in turn within each repetition.
+
+    The timed runs write no ``--heavy-report``: asking for one also asks for every test's memory
+    figures, which would be timed too. One more isolated run, untimed, writes it: every module ran
+    in a child and passed, and where its child came from."""
+    base = pytest_argv(*COMMON, *names)
     never = Variant("in-process", [[*base, "--heavy-isolate", "never"]], root)
-    auto = Variant("auto", [[*base, "--heavy-report", str(report)]], root,
-                   check=report_check(report, modules, "auto", []))
-    measure([never, auto], reps, warmup=[never], progress=f"isolation, {label}")
-    rel = paired(auto.walls(), never.walls())
-    rel_cpu = paired(auto.cpus(), never.cpus())
-    used = "; ".join(sorted(auto.notes))
-    ok = median(rel) <= wall_target and (cpu_target is None or median(rel_cpu) <= cpu_target)
-    goal = f"at most {wall_target}x wall" + (f", {cpu_target}x CPU" if cpu_target else "")
-    verdicts.append(Verdict(f"{label}, isolated by default: {goal} of in-process",
-                            f"{ratio(median(rel))} wall, {ratio(median(rel_cpu))} CPU ({used})", ok))
-    return [label, spread(never.walls(), secs), spread(auto.walls(), secs), used, spread(rel, ratio),
-            spread(rel_cpu, ratio)]
+    auto = Variant("default", [base], root)
+    measure([never, auto], reps, warmup=[auto], progress=f"isolation, {label}")
+    report = root / "report.json"  # in the suite's folder: a path outside it would move pytest's rootdir
+    run_once([*base, "--heavy-report", str(report)], root)
+    auto.notes.add(report_check(report, modules, note=came_from)())
+    isolates(base, root)
+    return Row(label, never, auto, wall_target, cpu_target)
 
 
-def torch_suites(quick: bool, verdicts: list[Verdict]) -> str:
-    """Whole torch suites, ``auto`` (the default, no heavy_preload) against in-process, in each shape of
-    issue #21, and 2 heavy modules of 5,000 tests (the report transport)."""
-    modules, reps = (4, 1) if quick else (10, 3)
-    rows = []
-    for shape in SHAPES:
-        with scratch("torch") as root:
-            names = shape_suite(root, shape, modules)
-            rows.append(ab_row(f"{modules} torch modules, {shape}", root, names, modules, reps,
-                               SUITE_TARGET, SUITE_CPU_TARGET, verdicts))
-    with scratch("big") as root:
-        big = 500 if quick else 5000
-        names = suites.heavy_suite(root, 2, big)
-        rows.append(ab_row(f"2 modules x {big} tests", root, names, 2, reps, BIG_TARGET, None,
-                           verdicts))
-    return (f"## Whole suites, default configuration ({reps} repetitions)\n\n"
-            + table(["suite", "in-process", "isolated (`auto`)", "children ran as", "wall ratio",
-                     "CPU ratio"], rows))
+HEAVY_TABLE = "heavy modules (pytest-heavy)"  # the terminal summary's title when modules were isolated
+
+
+def isolates(argv: list[str], root: Path) -> None:
+    """The timed command itself isolates (the report run could opt the project in by its option
+    alone): its output has the heavy table, or RunFailed says it measured something else."""
+    proc = subprocess.run(argv, cwd=root, env=clean_env(), stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=600)
+    if proc.returncode != 0 or HEAVY_TABLE not in proc.stdout:
+        raise RunFailed(f"{' '.join(argv)} (in {root}) did not isolate:\n{proc.stdout[-3000:]}")
 
 
 def run(quick: bool) -> Figure:
-    reps = 1 if quick else 3
-    plans = [
-        ("Modules without torch", False, (1, 3) if quick else (2, 8), reps),
-        ("Modules that import torch", True, (1, 2) if quick else (1, 3), max(1, reps - 1)),
-    ]
-    sections, verdicts = [], []
-    for title, torch, (k1, k2), suite_reps in plans:
+    modules, big, reps = (4, 500, 1) if quick else (10, 5000, 3)
+    rows = []
+    for shape in SHAPES:
         with scratch("isolation") as root:
-            names = suites.heavy_suite(root, k2, TESTS, torch=torch, preload=torch)
-            runs = suite_runs(root, names, k1, k2)
-            measure(runs.variants(), suite_reps, warmup=[runs.never[1]],
-                    progress=f"isolation, {title.lower()}")
-            sections.append(suite_section(title, suite_reps, runs, verdicts))
-    sections.append(torch_suites(quick, verdicts))
+            names = shape_suite(root, shape, modules)
+            rows.append(paired_row(f"{modules} torch modules, {shape.label}", root, names, modules, reps,
+                                   WALL_TARGET, CPU_TARGET))
+    with scratch("isolation-big") as root:
+        names = suites.big_suite(root, 2, big)
+        label = f"2 modules x {big:,} tests (no torch)"
+        rows.append(paired_row(label, root, names, 2, reps, BIG_TARGET, None))
+    header = ["suite", "in-process wall", "isolated wall", "wall ratio", "in-process CPU", "isolated CPU",
+              "CPU ratio", "target (wall / CPU)", "children came from"]
     body = (
-        f"Suites of heavy modules (`pytestmark = pytest.mark.requires_gpu_isolation`, {TESTS} tests each), "
-        "run at two sizes with `--heavy-isolate always` and each start method, in-process with "
-        "`--heavy-isolate never`, and as one `python -m pytest -p no:heavy <module>` per module (what suites "
-        "do today). The torch suite imports torch in every module and runs a small torch op in every test; "
-        "its ini sets `heavy_preload = torch`, which the template imports once.\n\n"
-        "- *added per module*: (K2-run − K1-run − (in-process K2 − in-process K1)) / (K2 − K1), per "
-        "repetition.\n"
-        "- *fixed cost*: what the K1 run costs beyond in-process and beyond K1 × the per-module cost "
-        "(the template's imports, waiting for them).\n"
-        "- *child wall per module*: the module's wall time in `--heavy-report` (start of the child to its "
-        "end).\n"
-        f"- Targets: fork and template add at most {ms(FORK_TARGET_S)} per module; spawn adds at most "
-        f"{SPAWN_TARGET}x the per-module cost of one `python -m pytest <module>`.\n\n"
-        + "\n".join(sections) + f"\n{NOISE_NOTE}\n"
+        f"Each suite run with pytest's `{' '.join(COMMON)}` in-process (`--heavy-isolate never`) and "
+        "isolated with the default configuration (no option, no `heavy_preload`), in turn within each "
+        f"repetition. Every heavy module is marked `requires_heavy_ram`, and the ini's only pytest-heavy "
+        "line, `heavy_ram_gib = 1`, is what opts the project in. The torch suites have "
+        f"{modules} modules of {TESTS} tests, every module importing torch and every test running a small "
+        f"op; the last suite has 2 modules of {big:,} tests `assert i >= 0` each.\n\n"
+        "- *ratio*: isolated / in-process within one repetition; median [min–max] over the repetitions.\n"
+        "- *CPU*: user + system time of pytest and every process it reaped (the template, the children).\n"
+        "- *children came from*: the heavy report's start column for every module, from one more isolated "
+        "run with `--heavy-report` (untimed: a report also asks for every test's memory figures; "
+        "template: forked from "
+        "the template process started before collection; fork: from the pytest parent; spawn: a new "
+        "interpreter), and the reason the first one gave when it was not the template.\n"
+        f"- Targets (issue #21): each torch shape at most {WALL_TARGET}x wall and {CPU_TARGET}x CPU of "
+        f"in-process; 2 x 5,000 tests at most {BIG_TARGET}x wall.\n\n"
+        f"## Whole suites, default configuration ({reps} repetition{'s' if reps > 1 else ''})\n\n"
+        + table(header, [row.cells() for row in rows]) + f"\n{NOISE_NOTE}\n"
     )
-    return Figure("isolation", "Isolation cost per module", body, verdicts, reps)
+    verdicts = [row.verdict() for row in rows]
+    return Figure("isolation", "Isolation cost, default configuration", body, verdicts, reps)

@@ -12,6 +12,10 @@ import textwrap
 from pathlib import Path
 
 HEAVY_MARKER = "requires_gpu_isolation"
+RAM_MARKER = "requires_heavy_ram"
+# The ini lines of a suite whose heavy modules are marked ``requires_heavy_ram``: its amount (small, so
+# no test is gated on this machine) is also what opts the project in, with nothing else configured.
+RAM_INI = (f"    {RAM_MARKER}: heavy module", "heavy_ram_gib = 1")
 
 
 def write_ini(root: Path, *lines: str) -> None:
@@ -44,15 +48,17 @@ def idle_suite(root: Path, modules: int = 20, per_module: int = 100) -> int:
 
 
 def heavy_suite(root: Path, modules: int, tests: int = 4, torch: bool = False,
-                preload: bool = False, weights: bool = False) -> list[str]:
+                weights: bool = False, marker: str = HEAVY_MARKER) -> list[str]:
     """``modules`` heavy modules of ``tests`` parametrized tests each; returns their file names.
 
     With ``torch`` every module imports torch at module level and each test runs a small torch op,
-    as a HuggingFace suite does; ``preload`` sets ``heavy_preload = torch`` for the forkserver.
+    as a HuggingFace suite does (nothing names torch to pytest-heavy: the template finds it).
     ``weights`` adds ``W = torch.ones(256, 256)`` at import: big enough for torch to start its OpenMP
-    pool while the parent collects, after which the parent cannot fork safely.
+    pool while the parent collects, after which the parent cannot fork safely. ``marker``: the heavy
+    modules' marker; ``RAM_MARKER`` opts the project in through its ini (``RAM_INI``), as a project
+    that uses it does, where the default marker leaves that to the command line.
     """
-    write_ini(root, *(["heavy_preload = torch"] if preload else []))
+    write_ini(root, *(RAM_INI if marker == RAM_MARKER else ()))
     header = "import pytest\n" + ("import torch\n" if torch else "")
     header += "W = torch.ones(256, 256)\n" if weights else ""
     body = "assert torch.ones(8).add(x).sum().item() == 8 * (1 + x)" if torch else "assert x >= 0"
@@ -60,8 +66,23 @@ def heavy_suite(root: Path, modules: int, tests: int = 4, torch: bool = False,
     for m in range(modules):
         name = f"test_heavy_{m:03d}.py"
         (root / name).write_text(
-            f"{header}\npytestmark = pytest.mark.{HEAVY_MARKER}\n\n\n"
+            f"{header}\npytestmark = pytest.mark.{marker}\n\n\n"
             f"@pytest.mark.parametrize('x', range({tests}))\ndef test_case(x):\n    {body}\n"
+        )
+        names.append(name)
+    return names
+
+
+def big_suite(root: Path, modules: int = 2, tests: int = 5000) -> list[str]:
+    """``modules`` heavy modules (``requires_heavy_ram``, ``heavy_ram_gib = 1``) of ``tests`` parametrized
+    tests each, no torch: what isolation costs per test when a module has thousands (issue #21)."""
+    write_ini(root, *RAM_INI)
+    names = []
+    for m in range(modules):
+        name = f"test_big_{m:03d}.py"
+        (root / name).write_text(
+            f"import pytest\n\npytestmark = pytest.mark.{RAM_MARKER}\n\n\n"
+            f"@pytest.mark.parametrize('i', range({tests}))\ndef test_x(i):\n    assert i >= 0\n"
         )
         names.append(name)
     return names
@@ -130,13 +151,13 @@ def ci_suite(root: Path, modules: int = 300, per_module: int = 10, heavy_modules
     The heap size is what makes a full ``gc.collect()`` cost what it costs on a real suite (80 ms and
     more); the heavy modules are what CI-mode cleanup and isolation are for.
     """
-    write_ini(root, "    requires_heavy_ram: heavy module", "heavy_ram_gib = 1")
+    write_ini(root, *RAM_INI)
     (root / "biglib.py").write_text(
         f"TABLE = [{{'id': i, 'tags': [i, str(i)]}} for i in range({library_objects})]\n"
         "REGISTRY = {row['id']: row for row in TABLE}\n"
     )
     for m in range(modules):
-        mark = "pytestmark = pytest.mark.requires_heavy_ram\n" if m < heavy_modules else ""
+        mark = f"pytestmark = pytest.mark.{RAM_MARKER}\n" if m < heavy_modules else ""
         tests = "\n".join(f"def test_{i}():\n    assert biglib.REGISTRY[{i}]['tags'][0] == {i}\n"
                           for i in range(per_module))
         (root / f"test_ci_{m:03d}.py").write_text(f"import pytest\n\nimport biglib\n\n{mark}\n{tests}")

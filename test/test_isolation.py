@@ -562,3 +562,26 @@ def test_slowly():
     assert "KeyboardInterrupt" in out
     for pid in map(int, pidfile.read_text().split()):
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_the_event_stream_keeps_every_frame_whole_and_in_order_across_reused_pickling():
+    """The child's sender pickles every event with one pickler: each frame must still stand alone
+    (the same objects in two events are written in full twice), the reader hands over what each read
+    brought in order, and a torn last frame (a child killed mid-write) is dropped."""
+    import os
+
+    from pytest_heavy import wire
+
+    read_fd, write_fd = os.pipe()
+    sender = wire.Sender(write_fd)
+    location = ("test_m.py", 3, "test_x[a]")
+    for i in range(3):
+        sender.send(wire.Event.LOGSTART, nodeid="test_m.py::test_x[a]", location=location)
+        sender.send(wire.Event.REPORT, data={"nodeid": "test_m.py::test_x[a]", "location": location, "i": i})
+    os.write(write_fd, wire.encode({"event": "done", "exitstatus": 0})[:-3])  # torn
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as stream:
+        events = [event for batch in wire.batches(stream) for event in batch]
+    assert [e["event"] for e in events] == ["logstart", "report"] * 3
+    assert [e["data"]["i"] for e in events if e["event"] == "report"] == [0, 1, 2]
+    assert all(e.get("location", e.get("data", {}).get("location")) == location for e in events)

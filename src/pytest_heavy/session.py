@@ -14,7 +14,7 @@ import pytest
 
 from . import gating, markers, tiers
 from .state import Run
-from .wire import LIVE_LOG_KEY, OUTSIDE_KEY
+from .wire import LIVE_LOG_KEY, OUTSIDE_KEY, REPORT_KEYS
 
 if TYPE_CHECKING:
     from .records import ModulePeaks
@@ -110,7 +110,10 @@ class HeavySession:
         """A child's report: its live-log text printed first (see ``child.LiveLogTap``), junit
         records applied (``isolation.junit``), and a report rebuilt as in-process where pytest's own
         rebuilding differs (``isolation.longrepr``, ``isolation.subtests``). Not in an xdist
-        controller: its workers' reports are xdist's to rebuild."""
+        controller: its workers' reports are xdist's to rebuild. A report that carries none of
+        these (``_report_type``: a subtest's) is left to pytest at the cost of a few lookups."""
+        if "_report_type" not in data and not any(key in data for key in REPORT_KEYS):
+            return None  # pytest's own (the common case: one test's plain report)
         if self.config.pluginmanager.has_plugin("dsession"):
             return None
         live_log = data.pop(LIVE_LOG_KEY, None)

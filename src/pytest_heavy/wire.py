@@ -160,18 +160,27 @@ Message = LogStart | Report | LogFinish | WarningEvent | CollectError | Missing 
 LIVE_LOG_KEY = "pytest_heavy_live_log"
 # A report's extra key: what the test wrote to stdout past pytest's capture, written out by the parent.
 OUTSIDE_KEY = "pytest_heavy_outside_output"
+# A report's extra key: the junit records its test made in the child (``isolation/junit.py``).
+JUNIT_KEY = "pytest_heavy_junit"
+# A report's extra key: its longrepr has no crash line (``isolation/longrepr.py``).
+PLAIN_LONGREPR_KEY = "pytest_heavy_plain_longrepr"
+# Every extra key a child may add: a report with none of them is rebuilt by pytest alone.
+REPORT_KEYS = (LIVE_LOG_KEY, OUTSIDE_KEY, JUNIT_KEY, PLAIN_LONGREPR_KEY)
 
 
 class Sender:
-    """Writes events; safe to call from any thread of the child."""
+    """Writes events; safe to call from any thread of the child. One pickler and buffer serve every
+    event (a module of 10,000 tests sends 50,000): each frame costs one ``dump`` and one ``write``."""
 
     def __init__(self, fd: int) -> None:
         self._file = os.fdopen(fd, "wb", buffering=0)
         self._lock = threading.Lock()
+        self._buffer = io.BytesIO()
+        self._pickler = _PlainPickler(self._buffer, protocol=pickle.HIGHEST_PROTOCOL)
 
     def send(self, event: Event, **data: Any) -> None:
-        frame = encode({"event": event.value, **data})
         with self._lock:
+            frame = _frame(self._pickler, self._buffer, {"event": event.value, **data})
             try:
                 self._file.write(frame)
             except BrokenPipeError:  # the parent is gone; nothing left to tell
@@ -210,28 +219,38 @@ class _PlainUnpickler(pickle.Unpickler):
 
 
 def encode(event: dict[str, Any]) -> bytes:
-    """One event's frame (``Sender`` writes these; a test's fake launcher builds its stream with it)."""
+    """One event's frame, as ``Sender`` writes it (a test's fake launcher builds its stream with it)."""
     buffer = io.BytesIO()
+    return _frame(_PlainPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL), buffer, event)
+
+
+def _frame(pickler: pickle.Pickler, buffer: io.BytesIO, event: dict[str, Any]) -> bytes:
+    """``event``'s frame, pickled by ``pickler`` into ``buffer`` (emptied first)."""
+    buffer.seek(0)
+    buffer.truncate()
     buffer.write(HEADER.pack(0))
-    _PlainPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(event)
-    frame = buffer.getbuffer()
-    HEADER.pack_into(frame, 0, len(frame) - HEADER.size)
-    return bytes(frame)
+    pickler.clear_memo()
+    pickler.dump(event)
+    with buffer.getbuffer() as frame:
+        HEADER.pack_into(frame, 0, len(frame) - HEADER.size)
+        return bytes(frame)
 
 
-READ_PAUSE_S = 0.005  # between two reads of a child's events: see ``events``
+READ_PAUSE_S = 0.005  # between two reads of a child's events: see ``batches``
 PIPE_SIZE = 1 << 20  # the most an unprivileged process may ask for (/proc/sys/fs/pipe-max-size)
 
 
-def events(stream: IO[bytes]) -> Iterator[Message]:
-    """Parse events until EOF; a torn last frame (child killed mid-write) is dropped.
+def batches(stream: IO[bytes]) -> Iterator[list[Message]]:
+    """Parse events until EOF, as the lists each read brought; a torn last frame (child killed
+    mid-write) is dropped.
 
     Each event is written as it happens (a child that dies next must have told everything before it),
     so a module of 10,000 quick tests writes 50,000 times. A reader blocked in ``read`` is woken by
     every one of those writes, and on a busy machine the child loses its CPU to it each time (0.3 ms
     a write on the 2-core VM, a quarter of such a child's time). So the reader takes what is there,
     then pauses a few milliseconds while the writes pile up in the pipe (enlarged to hold them) and
-    nobody waits on it: the child's writes stay as prompt, and cost a plain syscall each.
+    nobody waits on it: the child's writes stay as prompt, and cost a plain syscall each. What one
+    read brought is handed on as one list: the parent passes it between threads once, not per event.
     """
     try:
         fd = stream.fileno()
@@ -244,19 +263,28 @@ def events(stream: IO[bytes]) -> Iterator[Message]:
     pending = b""
     while chunk := read(PIPE_SIZE):
         pending += chunk
-        at = 0
-        while len(pending) - at >= HEADER.size:
-            (size,) = HEADER.unpack_from(pending, at)
-            end = at + HEADER.size + size
-            if end > len(pending):
-                break
-            try:
-                yield _PlainUnpickler(io.BytesIO(pending[at + HEADER.size:end])).load()
-            except Exception:  # not an event of ours: skipped, as a torn line was
-                pass
-            at = end
+        batch, at = _frames(memoryview(pending))
+        if batch:
+            yield batch
         pending = pending[at:]
         time.sleep(pause)
+
+
+def _frames(view: memoryview) -> tuple[list[Message], int]:
+    """The whole frames at the start of ``view``, parsed, and where the first incomplete one starts."""
+    batch: list[Message] = []
+    at, size_of = 0, len(view)
+    while size_of - at >= HEADER.size:
+        (size,) = HEADER.unpack_from(view, at)
+        end = at + HEADER.size + size
+        if end > size_of:
+            break
+        try:
+            batch.append(_PlainUnpickler(io.BytesIO(view[at + HEADER.size:end])).load())
+        except Exception:  # not an event of ours: skipped, as a torn line was
+            pass
+        at = end
+    return batch, at
 
 
 def serialize_warning(wm: warnings.WarningMessage) -> dict[str, Any]:

@@ -86,7 +86,8 @@ class Forwarder:
     def pytest_runtest_logstart(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
         if _terminal_file is not None:  # it keeps what the running test's plugins print, for a crash
             _terminal_file.flush()
-            os.ftruncate(_terminal_file.fileno(), 0)
+            if os.lseek(_terminal_file.fileno(), 0, os.SEEK_END):  # emptied only when written to
+                os.ftruncate(_terminal_file.fileno(), 0)
         self.sender.send(Event.LOGSTART, nodeid=self.renamed.get(nodeid, nodeid), location=location)
 
     @pytest.hookimpl(trylast=True)

@@ -35,7 +35,8 @@ class Controller:
         self.session, self.config, self.hook = session, session.config, session.config.hook
         self.run, self.settings, self.launchers = run, run.settings, launchers
         self.replay = Replay(session.config, run.settings.junit_properties)
-        self.inbox: queue.Queue[tuple[UnitRun, Attempt, wire.Message | None]] = queue.Queue()
+        # Each child's events, as the lists its reader read at once (None: the end of its stream).
+        self.inbox: queue.Queue[tuple[UnitRun, Attempt, list[wire.Message] | None]] = queue.Queue()
         self.interrupted: wire.Interrupt | None = None  # the first child's pytest.exit() or Ctrl-C
         self.running: dict[UnitRun, Attempt] = {}  # each running unit's child
         self.gpu = run.gpu()
@@ -122,12 +123,13 @@ class Controller:
     def step(self, block: bool) -> None:
         """Handle the queued events (with ``block``, wait briefly for one), then watch every child."""
         with contextlib.suppress(queue.Empty):
-            ur, attempt, event = self.inbox.get(timeout=0.05) if block else self.inbox.get_nowait()
+            ur, attempt, batch = self.inbox.get(timeout=0.05) if block else self.inbox.get_nowait()
             while True:
-                if not attempt.finished:  # an abandoned stream's late events belong to nothing now
-                    attempt.note(event)
-                    self.replay_events(ur, attempt, ur.take(event))
-                ur, attempt, event = self.inbox.get_nowait()
+                for event in [None] if batch is None else batch:
+                    if not attempt.finished:  # an abandoned stream's late events belong to nothing now
+                        attempt.note(event)
+                        self.replay_events(ur, attempt, ur.take(event))
+                ur, attempt, batch = self.inbox.get_nowait()
         for ur, attempt in list(self.running.items()):
             self.stopping()  # told first, also when the end of the child before it stopped the session
             if attempt.watch():
@@ -145,7 +147,7 @@ class Controller:
         contexts = functools.partial(guard.context_pids, self.config) if ur.unit.gpu else None
         attempt = Attempt.launch(self.launchers, request, placement=ur.placement, settings=self.settings,
                                  gpu=self.gpu, contexts=contexts,
-                                 post=lambda attempt, event: self.inbox.put((ur, attempt, event)))
+                                 post=lambda attempt, batch: self.inbox.put((ur, attempt, batch)))
         ur.launched(attempt.method, attempt.why, restart)
         self.running[ur] = attempt
         self.hook.pytest_heavy_unit_start(config=self.config, unit=ur.name, method=attempt.method,

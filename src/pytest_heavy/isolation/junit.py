@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from ..wire import JUNIT_KEY as TAKE_KEY  # {"suite": [[name, value]], "attributes": {nodeid: [...]}}
+
 FAMILY_OPTION = "heavy_junit_family"  # set on the parent's options when it writes junit: children read it
-TAKE_KEY = "pytest_heavy_junit"  # a report's extra key: {"suite": [[name, value]], "attributes": {...}}
 
 
 class _Attributes:

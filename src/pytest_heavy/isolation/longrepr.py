@@ -16,7 +16,7 @@ import pytest
 from _pytest._code.code import TerminalRepr
 from _pytest._io import TerminalWriter
 
-MARK_KEY = "pytest_heavy_plain_longrepr"
+from ..wire import PLAIN_LONGREPR_KEY as MARK_KEY
 
 
 class PlainRepr(TerminalRepr):

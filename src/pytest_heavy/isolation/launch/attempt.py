@@ -24,7 +24,8 @@ from ..schedule import Placement
 from . import Launchers
 from .base import Started, UnitRequest
 
-Post = Callable[["Attempt", "wire.Message | None"], None]  # where the stream's events go; None: its end
+# Where the stream's events go, as the lists each read brought; None: its end.
+Post = Callable[["Attempt", "list[wire.Message] | None"], None]
 Contexts = Callable[[set[int]], "set[int] | None"]  # the pids whose CUDA contexts must be gone (gpu/guard)
 
 
@@ -90,8 +91,8 @@ class Attempt:
 
     def _read(self, post: Post) -> None:
         with self.started.events:
-            for event in wire.events(self.started.events):
-                post(self, event)
+            for batch in wire.batches(self.started.events):
+                post(self, batch)
         post(self, None)
 
     @property
