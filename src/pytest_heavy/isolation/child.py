@@ -14,6 +14,7 @@ writer, and a child without one loses every assertion message. The child never r
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import faulthandler
 import fcntl
 import io
@@ -110,7 +111,10 @@ class Forwarder:
 
     def pytest_warning_recorded(self, warning_message: warnings.WarningMessage, when: str, nodeid: str,
                                 location: tuple[str, int, str] | None) -> None:
-        if not self.live:
+        """A test's warning, or a collection's. Not a config-time one (an unknown ini key, a conftest's
+        import): the parent, configured from the same files and options, recorded it already, and a
+        spawned or template child that collects its module validates the ini again."""
+        if not self.live or when == "config":
             return
         self.sender.send(Event.WARNING, when=when, nodeid=self.renamed.get(nodeid, nodeid), location=location,
                          message=serialize_warning(warning_message))
@@ -300,12 +304,24 @@ def configure(options: dict[str, Any], args: list[str]) -> pytest.Config:
     """
     log_file = options.get("log_file")  # the parent's, absolute: see append_to_log_file
     config = pytest.Config.fromdictargs({**options, "log_file": os.devnull} if log_file else options, args)
+    invoked_as_parent(config)
     config._do_configure()  # what pytest's wrap_session does first; done once, shared by forked children
     if log_file:
         config.option.log_file = log_file
         append_to_log_file(config)
     silence_terminal(config)
     return config
+
+
+INVOCATION_OPTION = "heavy_invocation_args"  # the parent's command-line arguments, on the child's options
+
+
+def invoked_as_parent(config: pytest.Config) -> None:
+    """``config.invocation_params.args`` as the parent's, before any plugin's configure hook reads them:
+    a test sees the command line the user typed, not the arguments that made this child's config."""
+    args = getattr(config.option, INVOCATION_OPTION, None)
+    if args is not None:
+        config.invocation_params = dataclasses.replace(config.invocation_params, args=tuple(args))
 
 
 def silence_terminal(config: pytest.Config, fd: int | None = None) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from ... import cleanup, draining
 from ...wire import RunRequest
+from ..child import INVOCATION_OPTION
 from ..threads import thread_unsafe_reason
 
 
@@ -156,6 +157,7 @@ def child_options(config: pytest.Config) -> dict[str, Any]:
     options.pop("file_or_dir", None)  # positional args: the child gets its own
     options["plugins"] = []  # in child_args instead, where pytest reads them before entry points
     options.update(CHILD_OVERRIDES)
+    options[INVOCATION_OPTION] = list(config.invocation_params.args)  # see child.invoked_as_parent
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:  # the child's writes go nowhere, but explanations follow the parent's colours
         options["color"] = "yes" if reporter._tw.hasmarkup else "no"
