@@ -6,6 +6,7 @@ junit properties, snapshots, benchmarks). Each case compares ``--heavy-isolate n
 import xml.etree.ElementTree as ET
 
 import pytest
+
 from test_fidelity import METHODS, heavy, parity
 
 # --- invocation_params ------------------------------------------------------------------------------
