@@ -3,6 +3,10 @@ debugger, the faulthandler's dump) and the session-level results that plugins ga
 junit properties, snapshots, benchmarks). Each case compares ``--heavy-isolate never`` with
 ``always`` under every start method (see test_fidelity.py's ``parity``)."""
 
+import os
+import select
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -56,3 +60,78 @@ def test_config_warnings_counted_once(heavy_pytester, method):
     assert warnings_summary(iso) == warnings_summary(base)
     assert iso.stdout.str().count("Unknown config option: unknown_key_xyz") == 1
     assert "2 passed, 4 warnings" in iso.outlines[-1]
+
+
+# --- the terminal: faulthandler_timeout and breakpoint() ------------------------------------------------
+
+SLOW = heavy("""
+import time
+
+def test_slow():
+    time.sleep(2)
+""")
+
+
+# fork kept the dump (its copy of stderr is the parent's): that cell runs in the slow tier
+@pytest.mark.parametrize("method", [pytest.param(m, marks=[pytest.mark.slow] if m == "fork" else [])
+                                    for m in METHODS])
+def test_faulthandler_timeout_dump_reaches_stderr(heavy_pytester, method):
+    """pytest points the faulthandler_timeout dump at a copy of stderr made at configure time: in a
+    spawned or template child that copy led to a pipe the parent only reads when the child dies."""
+    heavy_pytester.makeini("[pytest]\nheavy_ram_gib = 4\nfaulthandler_timeout = 1\n")
+    heavy_pytester.makepyfile(test_h1=SLOW)
+    base, iso = parity(heavy_pytester, method)
+    for result in (base, iso):
+        err = result.stderr.str()
+        assert "Timeout (0:00:01)!" in err and 'test_h1.py", line 7 in test_slow' in err
+
+
+BREAKPOINT = heavy("""
+def test_bp():
+    x = 41
+    breakpoint()
+    assert x == 41
+
+def test_after():
+    print("after")
+""")
+
+
+PROMPT_WAIT_S = 120  # a generous bound on a session's start (a child's import of pytest on a busy machine)
+
+
+def session_lines(lines):
+    """From 'collected' to the session's last line (its time left out), the heavy table left out."""
+    lines = lines[next(i for i, line in enumerate(lines) if "collected" in line):]
+    table = [i for i, line in enumerate(lines) if "heavy modules (pytest-heavy)" in line]
+    return [*lines[:table[0] if table else -1], lines[-1].rsplit(" in ", 1)[0]]
+
+
+def run_with_pdb(pytester, *args):
+    """A pytest session driven as a user would: the debugger's commands are typed once its prompt
+    shows (a prompt that never shows fails the test instead of waiting for it)."""
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", *args], cwd=pytester.path,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = b""
+    while b"(Pdb) " not in out:
+        if not select.select([proc.stdout], [], [], PROMPT_WAIT_S)[0] or not (chunk := os.read(
+                proc.stdout.fileno(), 65536)):
+            proc.kill()
+            pytest.fail(f"no pdb prompt:\n{(out + proc.communicate()[0]).decode()}")
+        out += chunk
+    rest, _ = proc.communicate(b"p x + 1\nc\n", timeout=PROMPT_WAIT_S)
+    return proc.returncode, (out + rest).decode().splitlines()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_breakpoint_without_pdb_uses_the_terminal(heavy_pytester, method):
+    """``breakpoint()`` suspends pytest's capture and runs pdb on the terminal's stdin and stdout: a
+    spawned or template child had /dev/null for stdin (BdbQuit, no prompt) and every child's stdout
+    led to the parent, which printed it after the test (a fork's prompt showed once pdb was over)."""
+    heavy_pytester.makepyfile(test_h1=BREAKPOINT, test_l="def test_l(): pass\n")
+    runs = {mode: run_with_pdb(heavy_pytester, "-p", "no:cacheprovider", "--heavy-isolate", mode,
+                               "--heavy-start", method) for mode in ("never", "always")}
+    (base_ret, base), (iso_ret, iso) = runs["never"], runs["always"]
+    assert base_ret == iso_ret == 0
+    assert "(Pdb) 42" in iso
+    assert session_lines(iso) == session_lines(base)

@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import faulthandler
 import fcntl
+import functools
 import io
 import logging
 import os
@@ -40,6 +41,7 @@ from ..wire import (
     LIVE_LOG_KEY,
     OUTSIDE_KEY,
     PAYLOAD_ENV,
+    RESUME,
     STACK_SIGNAL,
     STOP,
     Event,
@@ -48,7 +50,7 @@ from ..wire import (
     claim_child_markers,
     serialize_warning,
 )
-from . import junit, longrepr, params
+from . import junit, longrepr, params, terminal
 
 INTERRUPTS = (KeyboardInterrupt, pytest.exit.Exception)  # a test ends the whole session, as in-process
 
@@ -205,6 +207,11 @@ class LiveLogTap:
 def register_forwarder(forwarder: Forwarder) -> Forwarder:
     forwarder.config.pluginmanager.register(forwarder, "heavy-forwarder")
     forwarder.live = True
+    if _terminal is not None:
+        outside = forwarder.outside
+        debugger = terminal.DebuggerOnTerminal(_terminal, outside.take if outside else str,
+                                               functools.partial(terminal.wait_for_parent, forwarder.sender))
+        forwarder.config.pluginmanager.register(debugger, "heavy-debugger")
     return forwarder
 
 
@@ -218,6 +225,8 @@ def watch_control(fd: int, session: pytest.Session) -> None:
             while data := pipe.read(64):
                 if STOP in data:
                     session.shouldstop = "stopped by pytest-heavy: the parent session is stopping"
+                if RESUME in data:
+                    terminal.RESUMED.set()
         procs.kill_descendants()
         os._exit(EXIT_PARENT_GONE)
 
@@ -302,6 +311,9 @@ def configure(options: dict[str, Any], args: list[str]) -> pytest.Config:
     ``Config.fromdictargs`` is pytest's constructor for subprocesses (xdist's workers use it):
     the parent's resolved options, no second pass over addopts.
     """
+    # A template forked from the parent inherits pytest's stand-in for sys.stdin (stdin stays captured
+    # between tests): the capture configured here would restore it for pdb instead of the real one.
+    sys.stdin = sys.__stdin__
     log_file = options.get("log_file")  # the parent's, absolute: see append_to_log_file
     config = pytest.Config.fromdictargs({**options, "log_file": os.devnull} if log_file else options, args)
     invoked_as_parent(config)
@@ -472,6 +484,7 @@ def own_output(config: pytest.Config, fds: list[int]) -> None:
 
 
 _dump_file: Any = None
+_terminal: terminal.Terminal | None = None  # the parent's terminal, once start_up has taken it
 _terminal_file: Any = None  # where the silenced terminal reporter writes, when the parent reads it
 _null_sink: list[Any] = [None]  # the devnull file a silenced terminal reporter writes to, if any
 
@@ -541,21 +554,21 @@ def start_up(config: pytest.Config, parent: int, fds: list[int], *, capture: boo
     before it runs tests. Returns the event sender and the control pipe's fd.
 
     ``fds``: events, control, then with ``capture`` the child's output (stdout and stderr pipes where
-    the child was forked, none where spawn gave them at exec) and its three capture files; without
-    it, the parent's terminal (stdout, stderr) where the child was forked from the template, else none.
+    the child was forked, none where spawn gave them at exec) and its three capture files, and last
+    the parent's terminal (stdin, stdout, stderr: ``terminal.py``).
     ``env`` replaces the environment of a forked child (spawn got its own at exec).
     """
     if os.getsid(0) != os.getpid():  # spawn starts a session of its own already; a fork does not
         os.setsid()
     procs.guard_child_tree(parent)  # a parent gone before this line: the control pipe's EOF tells
-    events_fd, control_fd, *output = fds
+    global _terminal
+    events_fd, control_fd, *output = fds[:-terminal.COUNT]
+    _terminal = terminal.Terminal(fds[-terminal.COUNT:])
     if capture:
         own_output(config, output)
     else:
-        for fd, target in zip(output, (1, 2), strict=bool(output)):  # the parent's terminal (-s)
-            os.dup2(fd, target)
-            os.close(fd)
         silence_terminal(config)
+    _terminal.adopt(config, capture)
     if env is not None:
         os.environ.clear()
         os.environ.update(env)
@@ -570,7 +583,7 @@ def main() -> int:
         payload: SpawnPayload = pickle.load(fh)
     fds = [int(x) for x in os.environ.pop(FDS_ENV).split(",")]
     config = configure(payload["options"], payload["args"])
-    sender, control_fd = start_up(config, os.getppid(), fds, capture=len(fds) > 2, env=None)
+    sender, control_fd = start_up(config, os.getppid(), fds, capture=len(fds) > 2 + terminal.COUNT, env=None)
     try:
         exitstatus = run_session(config, payload["request"], sender, control_fd)
     finally:

@@ -47,10 +47,11 @@ class SpawnLauncher:
         pipes = Pipes(self._capture)
         env = dict(request.env)
         env[PAYLOAD_ENV] = payload_path
-        env[FDS_ENV] = ",".join(str(fd) for fd in [pipes.events_w, pipes.control_r, *pipes.captured])
+        fds = [pipes.events_w, pipes.control_r, *pipes.captured, *pipes.terminal]  # its output: at exec
+        env[FDS_ENV] = ",".join(str(fd) for fd in fds)
         popen = subprocess.Popen(
             [sys.executable, "-m", "pytest_heavy.isolation.child"],
-            cwd=self._cwd, env=env, pass_fds=[pipes.events_w, pipes.control_r, *pipes.captured],
+            cwd=self._cwd, env=env, pass_fds=fds,
             stdin=subprocess.DEVNULL,
             stdout=pipes.out_w if self._capture else None,
             stderr=pipes.err_w if self._capture else None,
