@@ -135,3 +135,39 @@ def test_breakpoint_without_pdb_uses_the_terminal(heavy_pytester, method):
     assert base_ret == iso_ret == 0
     assert "(Pdb) 42" in iso
     assert session_lines(iso) == session_lines(base)
+
+
+# --- session-level results of plugins ---------------------------------------------------------------------
+
+HYPOTHESIS = heavy("""
+from hypothesis import given, settings, strategies as st
+
+@settings(max_examples=5, database=None)
+@given(st.integers())
+def test_prop(x):
+    assert x == x
+""")
+
+
+def suite_properties(path):
+    """Each junit suite property's name and its value's first line (hypothesis's statistics are
+    base64 text that holds run times)."""
+    import base64
+
+    root = ET.parse(path).getroot()
+    return sorted((p.get("name"), base64.b64decode(p.get("value")).decode().splitlines()[0])
+                  for p in root.iter("property"))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_hypothesis_statistics_in_junit(heavy_pytester, method):
+    """hypothesis records each test's statistics through pytest's junit writer, which only the
+    parent has: the child's stand-in (isolation/junit.py) carries them to it."""
+    pytest.importorskip("hypothesis")
+    heavy_pytester.makepyfile(test_h1=HYPOTHESIS, test_h2=HYPOTHESIS)
+    base, iso = parity(heavy_pytester, method, "-p", "hypothesispytest", "--hypothesis-show-statistics")
+    expected = [(f"hypothesis-statistics-test_h{i}.py::test_prop", f"test_h{i}.py::test_prop:")
+                for i in (1, 2)]
+    assert suite_properties(heavy_pytester.path / "iso.xml") == expected
+    assert suite_properties(heavy_pytester.path / "base.xml") == expected
+    iso.stdout.fnmatch_lines(["*Hypothesis Statistics*", "test_h1.py::test_prop:", "*test_h2.py::test_prop:"])
