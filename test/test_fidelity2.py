@@ -5,6 +5,7 @@ junit properties, snapshots, benchmarks). Each case compares ``--heavy-isolate n
 
 import os
 import select
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -171,3 +172,38 @@ def test_hypothesis_statistics_in_junit(heavy_pytester, method):
     assert suite_properties(heavy_pytester.path / "iso.xml") == expected
     assert suite_properties(heavy_pytester.path / "base.xml") == expected
     iso.stdout.fnmatch_lines(["*Hypothesis Statistics*", "test_h1.py::test_prop:", "*test_h2.py::test_prop:"])
+
+
+SNAPSHOT = heavy("""
+def test_snap(snapshot):
+    assert {"module": __name__} == snapshot
+""")
+
+
+def snapshot_files(path):
+    return {p.name: p.read_text() for p in sorted((path / "__snapshots__").iterdir())}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_syrupy_snapshots_of_isolated_modules(heavy_pytester, method):
+    """syrupy judges unused snapshots once, at the session's end, from what every test asserted:
+    the parent knew nothing of its children's assertions, so their snapshots were unused (exit 1),
+    deleted by ``--snapshot-update``, and a fork never wrote its own."""
+    pytest.importorskip("syrupy")
+    heavy_pytester.makepyfile(test_h1=SNAPSHOT, test_h2=SNAPSHOT,
+                              test_l=SNAPSHOT.replace("pytestmark", "unmarked"))
+    plugin = ("-p", "syrupy")
+    written = {}
+    for mode in ("always", "never"):  # writing: isolated first, then in one process over its files
+        result = heavy_pytester.runpytest_subprocess("--heavy-isolate", mode, "--heavy-start", method,
+                                                     "--snapshot-update", *plugin)
+        assert result.ret == 0 and "3 snapshots generated." in result.outlines, result.outlines
+        written[mode] = snapshot_files(heavy_pytester.path)
+        if mode == "always":
+            shutil.rmtree(heavy_pytester.path / "__snapshots__")
+    assert written["always"] == written["never"] and len(written["never"]) == 3
+    base, iso = parity(heavy_pytester, method, *plugin)
+    assert iso.ret == 0 and "3 snapshots passed." in iso.outlines
+    (heavy_pytester.path / "test_l.py").unlink()  # its snapshot file is now unused: found by both
+    base, iso = parity(heavy_pytester, method, *plugin)
+    assert iso.ret == 1 and "2 snapshots passed. 1 snapshot unused." in iso.outlines

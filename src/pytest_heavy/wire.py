@@ -96,6 +96,7 @@ class Event(str, enum.Enum):
     WARNING = "warning"  # see serialize_warning
     INTERRUPT = "interrupt"  # pytest.exit() or KeyboardInterrupt in a test
     DEBUGGER = "debugger"  # pdb is about to use the terminal: answered with RESUME on the control pipe
+    STATE = "state"  # plugins' session-level state (pytest_heavy_session_state), as the session ends
     LEFTOVERS = "leftovers"  # what the child killed of its descendants as it finished
     DONE = "done"  # the child's session is over; nothing follows
 
@@ -148,6 +149,11 @@ class Debugger(TypedDict):
     event: Literal["debugger"]
 
 
+class SessionState(TypedDict):
+    event: Literal["state"]
+    state: dict[str, Any]
+
+
 class Leftovers(TypedDict):
     event: Literal["leftovers"]
     killed: list[str]
@@ -160,7 +166,7 @@ class Done(TypedDict):
 
 # One parsed line of the stream, told apart by its "event" key.
 Message = (LogStart | Report | LogFinish | WarningEvent | CollectError | Missing | Interrupt | Debugger
-           | Leftovers | Done)
+           | SessionState | Leftovers | Done)
 
 
 # A report's extra key: the live-log text (log_cli) the child wrote before it, printed by the parent.

@@ -50,7 +50,7 @@ from ..wire import (
     claim_child_markers,
     serialize_warning,
 )
-from . import junit, longrepr, params, terminal
+from . import junit, longrepr, params, session_state, terminal
 
 INTERRUPTS = (KeyboardInterrupt, pytest.exit.Exception)  # a test ends the whole session, as in-process
 
@@ -207,6 +207,7 @@ class LiveLogTap:
 def register_forwarder(forwarder: Forwarder) -> Forwarder:
     forwarder.config.pluginmanager.register(forwarder, "heavy-forwarder")
     forwarder.live = True
+    session_state.register_child(forwarder.config)
     if _terminal is not None:
         outside = forwarder.outside
         debugger = terminal.DebuggerOnTerminal(_terminal, outside.take if outside else str,
@@ -411,7 +412,19 @@ def run_session(config: pytest.Config, request: Mapping[str, Any], sender: Sende
     if session.testsfailed and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     config.hook.pytest_sessionfinish(session=session, exitstatus=session.exitstatus)
+    send_state(sender, session)
     return int(session.exitstatus)
+
+
+def send_state(sender: Sender, session: pytest.Session) -> None:
+    """Plugins' session-level state, for the parent to merge (``session_state.py``)."""
+    try:
+        state = session_state.gather(session)
+    except Exception:  # a plugin's failure here must not lose the child's 'done'
+        traceback.print_exc()
+        return
+    if state:
+        sender.send(Event.STATE, state=state)
 
 
 def run_forked(session: pytest.Session, items: list[pytest.Item], sender: Sender, control_fd: int) -> int:
@@ -436,6 +449,7 @@ def run_forked(session: pytest.Session, items: list[pytest.Item], sender: Sender
         except INTERRUPTS as exc:
             exitstatus = interrupted(sender, exc)
         session._setupstate.teardown_exact(None)
+        send_state(sender, session)
         if forwarder.failed and exitstatus == pytest.ExitCode.OK:
             exitstatus = pytest.ExitCode.TESTS_FAILED
     except BaseException:

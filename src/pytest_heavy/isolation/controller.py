@@ -182,6 +182,9 @@ class Controller:
         if attempt is not None:
             attempt.resume()
 
+    def on_state(self, ur: UnitRun, attempt: Attempt | None, event: wire.SessionState) -> None:
+        self.hook.pytest_heavy_merge_session_state(config=self.config, unit=ur.name, state=event["state"])
+
     def on_interrupt(self, ur: UnitRun, attempt: Attempt | None, event: wire.Interrupt) -> None:
         self.interrupted = self.interrupted or event  # the test has no outcome; the session ends soon
 
