@@ -3,6 +3,7 @@ debugger, the faulthandler's dump) and the session-level results that plugins ga
 junit properties, snapshots, benchmarks). Each case compares ``--heavy-isolate never`` with
 ``always`` under every start method (see test_fidelity.py's ``parity``)."""
 
+import json
 import os
 import select
 import shutil
@@ -207,3 +208,33 @@ def test_syrupy_snapshots_of_isolated_modules(heavy_pytester, method):
     (heavy_pytester.path / "test_l.py").unlink()  # its snapshot file is now unused: found by both
     base, iso = parity(heavy_pytester, method, *plugin)
     assert iso.ret == 1 and "2 snapshots passed. 1 snapshot unused." in iso.outlines
+
+
+BENCHMARK = heavy("""
+def test_bench(benchmark):
+    benchmark.pedantic(sum, args=(range(10),), rounds=3)
+""")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_benchmark_results_of_isolated_modules(heavy_pytester, method):
+    """pytest-benchmark saves and shows its results at the session's end: the parent had none of
+    its children's (missing from the table and --benchmark-json), and each spawned or template
+    child autosaved a file of its own."""
+    pytest.importorskip("pytest_benchmark")
+    heavy_pytester.makepyfile(test_h1=BENCHMARK, test_h2=BENCHMARK,
+                              test_l=BENCHMARK.replace("pytestmark", "unmarked"))
+    ran = {}
+    for mode in ("never", "always"):
+        storage = heavy_pytester.path / f"bench-{mode}"
+        base_or_iso = heavy_pytester.runpytest_subprocess(
+            "-p", "benchmark", "--heavy-isolate", mode, "--heavy-start", method,
+            f"--benchmark-json={mode}.json", "--benchmark-autosave", f"--benchmark-storage={storage}",
+            "--benchmark-columns=rounds")
+        assert base_or_iso.ret == 0
+        saved = json.loads((heavy_pytester.path / f"{mode}.json").read_text())["benchmarks"]
+        table = sorted(line.split()[0] for line in base_or_iso.outlines if line.startswith("test_bench "))
+        ran[mode] = (sorted((b["fullname"], b["stats"]["rounds"]) for b in saved), table,
+                     len(list(storage.rglob("*.json"))))
+    assert ran["always"] == ran["never"]
+    assert len(ran["never"][0]) == 3 and ran["never"][2] == 1

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 SYRUPY_KEY = "syrupy"
+BENCHMARK_KEY = "pytest-benchmark"
 
 
 def gather(session: pytest.Session) -> dict[str, Any]:
@@ -29,13 +30,19 @@ def gather(session: pytest.Session) -> dict[str, Any]:
 
 
 def register_child(config: pytest.Config) -> None:
-    if config.pluginmanager.hasplugin("syrupy") and not config.pluginmanager.has_plugin("heavy-syrupy-child"):
-        config.pluginmanager.register(SyrupyChild(), "heavy-syrupy-child")
+    manager = config.pluginmanager
+    if manager.hasplugin("syrupy") and not manager.has_plugin("heavy-syrupy-child"):
+        manager.register(SyrupyChild(), "heavy-syrupy-child")
+    session = getattr(config, "_benchmarksession", None)
+    if session is not None and not manager.has_plugin("heavy-benchmark-child"):
+        manager.register(BenchmarkChild(session), "heavy-benchmark-child")
 
 
 def register_parent(config: pytest.Config) -> None:
     if config.pluginmanager.hasplugin("syrupy"):
         config.pluginmanager.register(SyrupyParent(), "heavy-syrupy")
+    if getattr(config, "_benchmarksession", None) is not None:
+        config.pluginmanager.register(BenchmarkParent(), "heavy-benchmark")
 
 
 @contextlib.contextmanager
@@ -95,3 +102,40 @@ class SyrupyParent:
                 "collections": {}, "num_xfails": 0,
                 "selected": {nodeid: status.value for nodeid, status in syrupy._selected_items.items()}})
         return (yield)
+
+
+class BenchmarkChild:
+    """pytest-benchmark in a child: its results go to the parent, which alone saves them
+    (``--benchmark-json``, ``--benchmark-autosave``) and shows the table. A fork starts with the
+    parent's results so far: only the ones added here are this child's."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.inherited = len(session.benchmarks)
+        session.json = session.save = session.autosave = None  # the parent writes them, once
+
+    def pytest_heavy_session_state(self, session: pytest.Session) -> dict[str, Any] | None:
+        results = [bench.as_dict(include_data=True) for bench in self.session.benchmarks[self.inherited:]
+                   if bench and not bench.has_error]
+        return {BENCHMARK_KEY: results} if results else None
+
+
+class BenchmarkParent:
+    """The parent's side: each child's results rebuilt as pytest-benchmark's own ``Metadata``."""
+
+    def pytest_heavy_merge_session_state(self, config: pytest.Config, unit: str,
+                                         state: dict[str, Any]) -> None:
+        import types
+
+        from pytest_benchmark.stats import Metadata
+
+        session = getattr(config, "_benchmarksession", None)
+        if session is None:
+            return
+        for result in state.get(BENCHMARK_KEY, ()):
+            stats = result["stats"]
+            fixture = types.SimpleNamespace(cprofile_stats=None, has_error=False, **{
+                key: result[key] for key in ("name", "fullname", "group", "param", "params", "extra_info")})
+            bench = Metadata(fixture, stats["iterations"], result["options"])
+            bench.stats.data = list(stats["data"])
+            session.benchmarks.append(bench)
