@@ -238,3 +238,14 @@ def test_benchmark_results_of_isolated_modules(heavy_pytester, method):
                      len(list(storage.rglob("*.json"))))
     assert ran["always"] == ran["never"]
     assert len(ran["never"][0]) == 3 and ran["never"][2] == 1
+
+
+def test_plugin_option_values_do_not_break_spawned_children_under_warnings_as_errors(heavy_pytester):
+    """syrupy's ``--snapshot-diff-mode`` holds one of its enums: unpickled with the options, it
+    imported syrupy before the spawned child's pytest marked it for assertion rewriting, which
+    warns, and under ``-W error`` every child died."""
+    pytest.importorskip("syrupy")
+    heavy_pytester.makepyfile(test_h1=SNAPSHOT, test_h2=SNAPSHOT)
+    heavy_pytester.runpytest_subprocess("--heavy-isolate", "never", "--snapshot-update", "-p", "syrupy")
+    base, iso = parity(heavy_pytester, "spawn", "-p", "syrupy", "-W", "error")
+    assert iso.ret == 0 and "2 snapshots passed." in iso.outlines

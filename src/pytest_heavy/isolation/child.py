@@ -315,8 +315,11 @@ def configure(options: dict[str, Any], args: list[str]) -> pytest.Config:
     # A template forked from the parent inherits pytest's stand-in for sys.stdin (stdin stays captured
     # between tests): the capture configured here would restore it for pdb instead of the real one.
     sys.stdin = sys.__stdin__
+    late = options.pop(LATE_OPTIONS, {})
     log_file = options.get("log_file")  # the parent's, absolute: see append_to_log_file
     config = pytest.Config.fromdictargs({**options, "log_file": os.devnull} if log_file else options, args)
+    for key, blob in late.items():  # plugins are loaded and marked for rewriting by now
+        setattr(config.option, key, pickle.loads(blob))
     invoked_as_parent(config)
     config._do_configure()  # what pytest's wrap_session does first; done once, shared by forked children
     if log_file:
@@ -327,6 +330,7 @@ def configure(options: dict[str, Any], args: list[str]) -> pytest.Config:
 
 
 INVOCATION_OPTION = "heavy_invocation_args"  # the parent's command-line arguments, on the child's options
+LATE_OPTIONS = "heavy_late_options"  # a spawned child's options set once configured (spawn.late_options)
 
 
 def invoked_as_parent(config: pytest.Config) -> None:
