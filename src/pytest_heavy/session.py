@@ -37,11 +37,10 @@ class HeavySession:
         xdist = xdist_worker(self.config) or self.config.pluginmanager.has_plugin("dsession")
         if not isolation_possible(self.config, run) or xdist:  # with -n no child starts: no template either
             return
-        from .isolation import junit, session_state, threads
+        from .isolation import junit, threads
 
         shared_log_file(self.config)
         junit.announce(self.config)
-        session_state.register_parent(self.config)
         threads.record_thread_baseline()  # before any test module is imported: plugins' threads are known
         if run.settings.template:
             from .isolation.launch import preload

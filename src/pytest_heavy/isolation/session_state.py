@@ -39,10 +39,11 @@ def register_child(config: pytest.Config) -> None:
 
 
 def register_parent(config: pytest.Config) -> None:
-    if config.pluginmanager.hasplugin("syrupy"):
-        config.pluginmanager.register(SyrupyParent(), "heavy-syrupy")
-    if getattr(config, "_benchmarksession", None) is not None:
-        config.pluginmanager.register(BenchmarkParent(), "heavy-benchmark")
+    manager = config.pluginmanager
+    if manager.hasplugin("syrupy") and not manager.has_plugin("heavy-syrupy"):
+        manager.register(SyrupyParent(), "heavy-syrupy")
+    if getattr(config, "_benchmarksession", None) is not None and not manager.has_plugin("heavy-benchmark"):
+        manager.register(BenchmarkParent(), "heavy-benchmark")
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ import pytest
 
 from ...settings import Settings
 from ...state import RUN
-from .. import terminal
+from .. import session_state, terminal
 
 __all__ = ["Launchers", "resolve"]
 
@@ -44,6 +44,7 @@ class Launchers:
                  note: Callable[[str], None], template_missing: str = "") -> None:
         self.method = method
         terminal.remember(session.config)
+        session_state.register_parent(session.config)  # before any child reports its state
         self.forced = session.config.stash[RUN].settings.start == method  # not resolved from auto
         self.chain = ["template", "fork", "spawn"] if method == "template" and not self.forced else [method]
         if method != "spawn" and self.chain[-1] != "spawn":
