@@ -19,9 +19,9 @@ FAKE_H100 = {"uuid": "GPU-aaaaaaaa-1111-2222-3333-444444444444", "name": "NVIDIA
 
 # The dev dependency group installs plugins users combine pytest-heavy with: every generated session runs
 # next to them (heavy_pytester blocks pytest-randomly, whose reshuffling would defeat comparisons of
-# two runs, and the plugins only test_fidelity2.py uses, for their start-up cost), and test_plugins.py drives each on purpose. Tests that compare a session with and without
-# pytest-heavy (test_optin.py) block them all, so only pytest-heavy can make a difference; a plugin that
-# is not installed is ignored.
+# two runs, and the plugins only test_fidelity2.py uses, for their start-up cost), and test_plugins.py
+# drives each on purpose. Tests that compare a session with and without pytest-heavy (test_optin.py)
+# block them all, so only pytest-heavy can make a difference; a plugin that is not installed is ignored.
 OTHER_PLUGINS = ("randomly", "rerunfailures", "asyncio", "xdist", "xdist.looponfail", "timeout",
                  "pytest_forked", "pytest-split", "hypothesispytest", "syrupy", "benchmark")
 
