@@ -18,12 +18,12 @@ FAKE_H100 = {"uuid": "GPU-aaaaaaaa-1111-2222-3333-444444444444", "name": "NVIDIA
              "total_mib": 81559, "used_mib": 4, "compute_mode": 0}
 
 # The dev dependency group installs plugins users combine pytest-heavy with: every generated session runs
-# next to them (heavy_pytester blocks only pytest-randomly, whose reshuffling would defeat comparisons of
-# two runs), and test_plugins.py drives each on purpose. Tests that compare a session with and without
-# pytest-heavy (test_optin.py) block them all, so only pytest-heavy can make a difference; a plugin that
-# is not installed is ignored.
+# next to them (heavy_pytester blocks pytest-randomly, whose reshuffling would defeat comparisons of
+# two runs, and the plugins only test_fidelity2.py uses, for their start-up cost), and test_plugins.py
+# drives each on purpose. Tests that compare a session with and without pytest-heavy (test_optin.py)
+# block them all, so only pytest-heavy can make a difference; a plugin that is not installed is ignored.
 OTHER_PLUGINS = ("randomly", "rerunfailures", "asyncio", "xdist", "xdist.looponfail", "timeout",
-                 "pytest_forked", "pytest-split")
+                 "pytest_forked", "pytest-split", "hypothesispytest", "syrupy", "benchmark")
 
 
 @pytest.fixture
@@ -40,11 +40,13 @@ def heavy_pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -
 
     Generated sessions keep their collection order: pytest-randomly (in the dev tools) would
     reshuffle them, and tests compare outcomes, order and output of two runs. A test that wants
-    randomly enables it on its own command line (``-p randomly``).
+    randomly enables it on its own command line (``-p randomly``), as test_fidelity2.py does the plugins
+    blocked here for their start-up cost alone (hypothesis, syrupy, pytest-benchmark: ~0.4 s a session).
     """
     pytester.makeini("[pytest]\nheavy_ram_gib = 4\n")
     # pytest-asyncio (dev group) warns in every session whose ini leaves its loop scope unset.
-    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:randomly -o asyncio_default_fixture_loop_scope=function")
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:randomly -o asyncio_default_fixture_loop_scope=function "
+                       "-p no:hypothesispytest -p no:syrupy -p no:benchmark")
     monkeypatch.setenv("PYTEST_HEAVY_ASSUME", "gpus=0,ram=16GiB")
     monkeypatch.delenv("CICD", raising=False)
     monkeypatch.delenv("COVERAGE_FILE", raising=False)  # a tox env's: generated sessions keep their own

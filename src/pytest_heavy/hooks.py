@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -37,3 +37,16 @@ def pytest_heavy_make_launcher(config: pytest.Config, method: str) -> object | N
     Started`` and ``close()``. Modelled on pytest-xdist's ``pytest_xdist_make_scheduler``; a test suite
     can hand the controller a launcher that plays back scripted events without starting processes.
     """
+
+
+@pytest.hookspec
+def pytest_heavy_session_state(session: pytest.Session) -> dict[str, Any] | None:
+    """In an isolated child, as its session ends: this plugin's session-level state for the parent
+    (what its tests did that the plugin judges once per run: snapshots used, benchmark results), as
+    plain data (str, int, float, bool, bytes, None, lists, tuples, dicts) under a key of its own."""
+
+
+@pytest.hookspec
+def pytest_heavy_merge_session_state(config: pytest.Config, unit: str, state: dict[str, Any]) -> None:
+    """In the parent, when the child that ran ``unit`` ended: every plugin's ``pytest_heavy_session_state``
+    of that child, merged (read your own key). Called before the parent's session ends."""

@@ -28,7 +28,7 @@ from typing import IO, Any, Literal, TypedDict
 
 # --- environment -----------------------------------------------------------------------------------
 CHILD_ENV = "PYTEST_HEAVY_CHILD"  # "1" in isolated children: isolation off, hardware from the parent
-FDS_ENV = "PYTEST_HEAVY_FDS"  # a spawned child's fds: "events,control"
+FDS_ENV = "PYTEST_HEAVY_FDS"  # a spawned child's fds: "events,control,..." (child.start_up)
 PAYLOAD_ENV = "PYTEST_HEAVY_PAYLOAD"  # a spawned child's pickled options and request
 MEMORY_ENV = "PYTEST_HEAVY_MEMORY"  # "1": measure every test (memattr); figures ride on teardown reports
 
@@ -79,7 +79,8 @@ class SpawnPayload(TypedDict):
     request: RunRequest
 
 
-STOP = b"stop\n"  # the control pipe's one message: stop after the current test (EOF: the parent is gone)
+STOP = b"stop\n"  # the control pipe's message: stop after the current test (EOF: the parent is gone)
+RESUME = b"resume\n"  # the answer to Event.DEBUGGER: the parent wrote everything before it to the terminal
 
 
 # --- events ----------------------------------------------------------------------------------------
@@ -94,6 +95,8 @@ class Event(str, enum.Enum):
     LOGFINISH = "logfinish"
     WARNING = "warning"  # see serialize_warning
     INTERRUPT = "interrupt"  # pytest.exit() or KeyboardInterrupt in a test
+    DEBUGGER = "debugger"  # pdb is about to use the terminal: answered with RESUME on the control pipe
+    STATE = "state"  # plugins' session-level state (pytest_heavy_session_state), as the session ends
     LEFTOVERS = "leftovers"  # what the child killed of its descendants as it finished
     DONE = "done"  # the child's session is over; nothing follows
 
@@ -142,6 +145,15 @@ class Interrupt(TypedDict):
     where: str  # 'path:line' of the test that raised it
 
 
+class Debugger(TypedDict):
+    event: Literal["debugger"]
+
+
+class SessionState(TypedDict):
+    event: Literal["state"]
+    state: dict[str, Any]
+
+
 class Leftovers(TypedDict):
     event: Literal["leftovers"]
     killed: list[str]
@@ -153,7 +165,8 @@ class Done(TypedDict):
 
 
 # One parsed line of the stream, told apart by its "event" key.
-Message = LogStart | Report | LogFinish | WarningEvent | CollectError | Missing | Interrupt | Leftovers | Done
+Message = (LogStart | Report | LogFinish | WarningEvent | CollectError | Missing | Interrupt | Debugger
+           | SessionState | Leftovers | Done)
 
 
 # A report's extra key: the live-log text (log_cli) the child wrote before it, printed by the parent.

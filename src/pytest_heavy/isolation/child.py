@@ -14,8 +14,10 @@ writer, and a child without one loses every assertion message. The child never r
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import faulthandler
 import fcntl
+import functools
 import io
 import logging
 import os
@@ -39,6 +41,7 @@ from ..wire import (
     LIVE_LOG_KEY,
     OUTSIDE_KEY,
     PAYLOAD_ENV,
+    RESUME,
     STACK_SIGNAL,
     STOP,
     Event,
@@ -47,7 +50,7 @@ from ..wire import (
     claim_child_markers,
     serialize_warning,
 )
-from . import junit, longrepr, params
+from . import junit, longrepr, params, session_state, terminal
 
 INTERRUPTS = (KeyboardInterrupt, pytest.exit.Exception)  # a test ends the whole session, as in-process
 
@@ -111,7 +114,10 @@ class Forwarder:
 
     def pytest_warning_recorded(self, warning_message: warnings.WarningMessage, when: str, nodeid: str,
                                 location: tuple[str, int, str] | None) -> None:
-        if not self.live:
+        """A test's warning, or a collection's. Not a config-time one (an unknown ini key, a conftest's
+        import): the parent, configured from the same files and options, recorded it already, and a
+        spawned or template child that collects its module validates the ini again."""
+        if not self.live or when == "config":
             return
         self.sender.send(Event.WARNING, when=when, nodeid=self.renamed.get(nodeid, nodeid), location=location,
                          message=serialize_warning(warning_message))
@@ -202,6 +208,12 @@ class LiveLogTap:
 def register_forwarder(forwarder: Forwarder) -> Forwarder:
     forwarder.config.pluginmanager.register(forwarder, "heavy-forwarder")
     forwarder.live = True
+    session_state.register_child(forwarder.config)
+    if _terminal is not None:
+        outside = forwarder.outside
+        debugger = terminal.DebuggerOnTerminal(_terminal, outside.take if outside else str,
+                                               functools.partial(terminal.wait_for_parent, forwarder.sender))
+        forwarder.config.pluginmanager.register(debugger, "heavy-debugger")
     return forwarder
 
 
@@ -215,6 +227,8 @@ def watch_control(fd: int, session: pytest.Session) -> None:
             while data := pipe.read(64):
                 if STOP in data:
                     session.shouldstop = "stopped by pytest-heavy: the parent session is stopping"
+                if RESUME in data:
+                    terminal.RESUMED.set()
         procs.kill_descendants()
         os._exit(EXIT_PARENT_GONE)
 
@@ -299,14 +313,33 @@ def configure(options: dict[str, Any], args: list[str]) -> pytest.Config:
     ``Config.fromdictargs`` is pytest's constructor for subprocesses (xdist's workers use it):
     the parent's resolved options, no second pass over addopts.
     """
+    # A template forked from the parent inherits pytest's stand-in for sys.stdin (stdin stays captured
+    # between tests): the capture configured here would restore it for pdb instead of the real one.
+    sys.stdin = sys.__stdin__
+    late = options.pop(LATE_OPTIONS, {})
     log_file = options.get("log_file")  # the parent's, absolute: see append_to_log_file
     config = pytest.Config.fromdictargs({**options, "log_file": os.devnull} if log_file else options, args)
+    for key, blob in late.items():  # plugins are loaded and marked for rewriting by now
+        setattr(config.option, key, pickle.loads(blob))
+    invoked_as_parent(config)
     config._do_configure()  # what pytest's wrap_session does first; done once, shared by forked children
     if log_file:
         config.option.log_file = log_file
         append_to_log_file(config)
     silence_terminal(config)
     return config
+
+
+INVOCATION_OPTION = "heavy_invocation_args"  # the parent's command-line arguments, on the child's options
+LATE_OPTIONS = "heavy_late_options"  # a spawned child's options set once configured (spawn.late_options)
+
+
+def invoked_as_parent(config: pytest.Config) -> None:
+    """``config.invocation_params.args`` as the parent's, before any plugin's configure hook reads them:
+    a test sees the command line the user typed, not the arguments that made this child's config."""
+    args = getattr(config.option, INVOCATION_OPTION, None)
+    if args is not None:
+        config.invocation_params = dataclasses.replace(config.invocation_params, args=tuple(args))
 
 
 def silence_terminal(config: pytest.Config, fd: int | None = None) -> None:
@@ -384,7 +417,19 @@ def run_session(config: pytest.Config, request: Mapping[str, Any], sender: Sende
     if session.testsfailed and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     config.hook.pytest_sessionfinish(session=session, exitstatus=session.exitstatus)
+    send_state(sender, session)
     return int(session.exitstatus)
+
+
+def send_state(sender: Sender, session: pytest.Session) -> None:
+    """Plugins' session-level state, for the parent to merge (``session_state.py``)."""
+    try:
+        state = session_state.gather(session)
+    except Exception:  # a plugin's failure here must not lose the child's 'done'
+        traceback.print_exc()
+        return
+    if state:
+        sender.send(Event.STATE, state=state)
 
 
 def run_forked(session: pytest.Session, items: list[pytest.Item], sender: Sender, control_fd: int) -> int:
@@ -409,6 +454,7 @@ def run_forked(session: pytest.Session, items: list[pytest.Item], sender: Sender
         except INTERRUPTS as exc:
             exitstatus = interrupted(sender, exc)
         session._setupstate.teardown_exact(None)
+        send_state(sender, session)
         if forwarder.failed and exitstatus == pytest.ExitCode.OK:
             exitstatus = pytest.ExitCode.TESTS_FAILED
     except BaseException:
@@ -457,6 +503,7 @@ def own_output(config: pytest.Config, fds: list[int]) -> None:
 
 
 _dump_file: Any = None
+_terminal: terminal.Terminal | None = None  # the parent's terminal, once start_up has taken it
 _terminal_file: Any = None  # where the silenced terminal reporter writes, when the parent reads it
 _null_sink: list[Any] = [None]  # the devnull file a silenced terminal reporter writes to, if any
 
@@ -526,21 +573,21 @@ def start_up(config: pytest.Config, parent: int, fds: list[int], *, capture: boo
     before it runs tests. Returns the event sender and the control pipe's fd.
 
     ``fds``: events, control, then with ``capture`` the child's output (stdout and stderr pipes where
-    the child was forked, none where spawn gave them at exec) and its three capture files; without
-    it, the parent's terminal (stdout, stderr) where the child was forked from the template, else none.
+    the child was forked, none where spawn gave them at exec) and its three capture files, and last
+    the parent's terminal (stdin, stdout, stderr: ``terminal.py``).
     ``env`` replaces the environment of a forked child (spawn got its own at exec).
     """
     if os.getsid(0) != os.getpid():  # spawn starts a session of its own already; a fork does not
         os.setsid()
     procs.guard_child_tree(parent)  # a parent gone before this line: the control pipe's EOF tells
-    events_fd, control_fd, *output = fds
+    global _terminal
+    events_fd, control_fd, *output = fds[:-terminal.COUNT]
+    _terminal = terminal.Terminal(fds[-terminal.COUNT:])
     if capture:
         own_output(config, output)
     else:
-        for fd, target in zip(output, (1, 2), strict=bool(output)):  # the parent's terminal (-s)
-            os.dup2(fd, target)
-            os.close(fd)
         silence_terminal(config)
+    _terminal.adopt(config, capture)
     if env is not None:
         os.environ.clear()
         os.environ.update(env)
@@ -555,7 +602,7 @@ def main() -> int:
         payload: SpawnPayload = pickle.load(fh)
     fds = [int(x) for x in os.environ.pop(FDS_ENV).split(",")]
     config = configure(payload["options"], payload["args"])
-    sender, control_fd = start_up(config, os.getppid(), fds, capture=len(fds) > 2, env=None)
+    sender, control_fd = start_up(config, os.getppid(), fds, capture=len(fds) > 2 + terminal.COUNT, env=None)
     try:
         exitstatus = run_session(config, payload["request"], sender, control_fd)
     finally:

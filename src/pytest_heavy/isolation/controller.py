@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import queue
+import sys
 from collections.abc import Callable, Mapping
 
 import pytest
@@ -173,6 +174,18 @@ class Controller:
 
     def on_warning(self, ur: UnitRun, attempt: Attempt | None, event: wire.WarningEvent) -> None:
         self.replay.warning(event)
+
+    def on_debugger(self, ur: UnitRun, attempt: Attempt | None, event: wire.Debugger) -> None:
+        """The child's pdb is about to use the terminal: what was replayed before it is written out."""
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter._tw.flush()
+        sys.stdout.flush()
+        if attempt is not None:
+            attempt.resume()
+
+    def on_state(self, ur: UnitRun, attempt: Attempt | None, event: wire.SessionState) -> None:
+        self.hook.pytest_heavy_merge_session_state(config=self.config, unit=ur.name, state=event["state"])
 
     def on_interrupt(self, ur: UnitRun, attempt: Attempt | None, event: wire.Interrupt) -> None:
         self.interrupted = self.interrupted or event  # the test has no outcome; the session ends soon

@@ -18,6 +18,7 @@ import pytest
 
 from ...settings import Settings
 from ...state import RUN
+from .. import session_state, terminal
 
 __all__ = ["Launchers", "resolve"]
 
@@ -42,6 +43,8 @@ class Launchers:
     def __init__(self, session: pytest.Session, method: str, template: TemplateLauncher | None,
                  note: Callable[[str], None], template_missing: str = "") -> None:
         self.method = method
+        terminal.remember(session.config)
+        session_state.register_parent(session.config)  # before any child reports its state
         self.forced = session.config.stash[RUN].settings.start == method  # not resolved from auto
         self.chain = ["template", "fork", "spawn"] if method == "template" and not self.forced else [method]
         if method != "spawn" and self.chain[-1] != "spawn":

@@ -128,6 +128,13 @@ class Attempt:
             except OSError:
                 pass
 
+    def resume(self) -> None:
+        """Let the child's debugger go on (``Event.DEBUGGER``)."""
+        try:
+            os.write(self.started.control, wire.RESUME)
+        except OSError:
+            pass
+
     def watch(self) -> bool:
         """Move this child towards its end: note its exit, enforce the timeout, bound the wait for its
         exit once it said all it had to say, and bound the wait for the end of its stream once it

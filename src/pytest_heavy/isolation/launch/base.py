@@ -12,6 +12,8 @@ import pytest
 
 from ... import cleanup, draining
 from ...wire import RunRequest
+from .. import terminal
+from ..child import INVOCATION_OPTION
 from ..threads import thread_unsafe_reason
 
 
@@ -81,8 +83,8 @@ def capture_file() -> int:
 
 class Pipes:
     """The pipes and capture files of one child. ``child_fds`` go to the child (in the order
-    events, control, then with capture stdout, stderr, captured stdout, captured stderr, terminal);
-    the parent keeps the other ends."""
+    events, control, then with capture stdout, stderr, captured stdout, captured stderr, terminal,
+    and last copies of our stdin, stdout and stderr: ``terminal.py``); the parent keeps the other ends."""
 
     def __init__(self, capture_output: bool) -> None:
         self.events_r, self.events_w = os.pipe()
@@ -95,13 +97,14 @@ class Pipes:
             self.err_r, self.err_w = os.pipe()
             self.captured = [capture_file() for _ in range(3)]
             self.captured_r = [os.dup(fd) for fd in self.captured]
+        self.terminal = terminal.parent_ends()
         for fd in self.parent_fds():
             os.set_inheritable(fd, False)
             PARENT_FDS.add(fd)
 
     def child_fds(self) -> list[int]:
         ends = [fd for fd in (self.events_w, self.control_r, self.out_w, self.err_w) if fd >= 0]
-        return ends + self.captured
+        return ends + self.captured + self.terminal
 
     def close_child_ends(self) -> None:
         for fd in self.child_fds():
@@ -156,6 +159,7 @@ def child_options(config: pytest.Config) -> dict[str, Any]:
     options.pop("file_or_dir", None)  # positional args: the child gets its own
     options["plugins"] = []  # in child_args instead, where pytest reads them before entry points
     options.update(CHILD_OVERRIDES)
+    options[INVOCATION_OPTION] = list(config.invocation_params.args)  # see child.invoked_as_parent
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:  # the child's writes go nowhere, but explanations follow the parent's colours
         options["color"] = "yes" if reporter._tw.hasmarkup else "no"

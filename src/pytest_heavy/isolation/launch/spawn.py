@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
 import subprocess
 import sys
 import tempfile
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from ...wire import FDS_ENV, PAYLOAD_ENV, SpawnPayload
+from ..child import LATE_OPTIONS
 from .base import Pipes, Started, UnitRequest, child_args, child_options
 
 
@@ -28,11 +30,25 @@ class SpawnProcess:
             self._popen.send_signal(sig)
 
 
+def late_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The options, those whose values name a class (a plugin's enum, a path) pickled apart, under
+    ``LATE_OPTIONS``: unpickled at once, they would import their plugin before pytest marks it for
+    assertion rewriting in the child, which warns (an error under ``-W error``: syrupy's diff mode)."""
+    plain, late = {}, {}
+    for key, value in options.items():
+        blob = pickle.dumps(value)
+        if any(op.name in ("GLOBAL", "STACK_GLOBAL") for op, _, _ in pickletools.genops(blob)):
+            late[key] = blob
+        else:
+            plain[key] = value
+    return {**plain, LATE_OPTIONS: late}
+
+
 class SpawnLauncher:
     name = "spawn"
 
     def __init__(self, config: pytest.Config, capture_output: bool) -> None:
-        self._options: dict[str, Any] = child_options(config)
+        self._options: dict[str, Any] = late_options(child_options(config))
         self._args = child_args(config)
         self._cwd = str(config.invocation_params.dir)
         self._capture = capture_output
@@ -47,10 +63,11 @@ class SpawnLauncher:
         pipes = Pipes(self._capture)
         env = dict(request.env)
         env[PAYLOAD_ENV] = payload_path
-        env[FDS_ENV] = ",".join(str(fd) for fd in [pipes.events_w, pipes.control_r, *pipes.captured])
+        fds = [pipes.events_w, pipes.control_r, *pipes.captured, *pipes.terminal]  # its output: at exec
+        env[FDS_ENV] = ",".join(str(fd) for fd in fds)
         popen = subprocess.Popen(
             [sys.executable, "-m", "pytest_heavy.isolation.child"],
-            cwd=self._cwd, env=env, pass_fds=[pipes.events_w, pipes.control_r, *pipes.captured],
+            cwd=self._cwd, env=env, pass_fds=fds,
             stdin=subprocess.DEVNULL,
             stdout=pipes.out_w if self._capture else None,
             stderr=pipes.err_w if self._capture else None,

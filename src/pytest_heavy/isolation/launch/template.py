@@ -153,11 +153,10 @@ class TemplateLauncher:
             raise RefusedError(self._error or "the template process exited", final=True)
         body = json.dumps({**request.wire(), "env": request.env}).encode()
         pipes = Pipes(self._capture)
-        terminal = [] if self._capture else [os.dup(1), os.dup(2)]  # -s: the child writes to our terminal
         with self._lock:
             try:
                 header = json.dumps({"request": len(body), "capture": self._capture}).encode()
-                socket.send_fds(self._sock, [header], pipes.child_fds() + terminal)
+                socket.send_fds(self._sock, [header], pipes.child_fds())
                 for at in range(0, len(body), PIECE):
                     self._sock.send(body[at:at + PIECE])
                 reply = self._replies.get(timeout=REPLY_TIMEOUT_S)
@@ -165,9 +164,6 @@ class TemplateLauncher:
                 reply = {"refused": f"the template process is gone ({exc})", "final": True}
             except queue.Empty:
                 reply = {"refused": f"no answer from the template process in {REPLY_TIMEOUT_S:g}s"}
-            finally:
-                for fd in terminal:
-                    os.close(fd)
         if "refused" in reply:
             pipes.close_child_ends()
             for fd in pipes.parent_fds():
@@ -386,7 +382,7 @@ def serve(parent_config: pytest.Config, sock: socket.socket) -> None:
         _reap(sock)
         if sock not in readable:
             continue
-        msg, fds, _flags, _addr = socket.recv_fds(sock, 65536, 8)
+        msg, fds, _flags, _addr = socket.recv_fds(sock, 65536, 16)
         if not msg:
             return
         header = json.loads(msg)
