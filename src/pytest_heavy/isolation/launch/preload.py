@@ -51,8 +51,9 @@ class Spotter(importlib.abc.MetaPathFinder):
     """First on ``sys.meta_path`` while a test module is collected: notes each package from outside the
     project that an import reaches for the first time, and hands the names on (``imported``) once their
     imports have finished. It finds nothing itself (``None``): the import goes on as usual. The end of
-    an import is seen through ``builtins.__import__``, wrapped only while a name waits: every
-    ``import`` statement that returns then asks whether the waiting imports are over."""
+    an import is seen through ``builtins.__import__``, wrapped while a test module is collected: every
+    ``import`` statement that returns while a name waits asks whether the waiting imports are over
+    (about 1% of torch's import time, spent only while collecting)."""
 
     def __init__(self, project: Project, imported: Callable[[list[str]], None]) -> None:
         self._project = project
@@ -70,7 +71,6 @@ class Spotter(importlib.abc.MetaPathFinder):
         origin = spec.origin if spec is not None else None
         if origin and origin not in ("built-in", "frozen") and not self._project.owns(origin):
             self._waiting.append(name)
-            self._wrap()
         return None
 
     def _spec(self, name: str, target: Any) -> Any:
@@ -86,7 +86,9 @@ class Spotter(importlib.abc.MetaPathFinder):
                 return spec
         return None
 
-    def _wrap(self) -> None:
+    def wrap(self) -> None:
+        """Watch ``import`` statements (from before the first one that reaches a package: its own
+        return is the moment to see)."""
         if self._import is not None:
             return
         self._import = original = builtins.__import__
@@ -109,10 +111,9 @@ class Spotter(importlib.abc.MetaPathFinder):
         return not importing_outside(self._project)
 
     def flush(self) -> None:
-        """Hand on the waiting names whose import succeeded; stop watching ``import`` statements."""
+        """Hand on the waiting names whose import succeeded."""
         names = [name for name in self._waiting if name in sys.modules]
         self._waiting.clear()
-        self.unwrap()
         if names:
             self._imported(names)
 
@@ -157,8 +158,10 @@ class Preloads:
         if not isinstance(collector, pytest.Module):
             return (yield)
         sys.meta_path.insert(0, self._spotter)
+        self._spotter.wrap()
         try:
             return (yield)
         finally:
             sys.meta_path.remove(self._spotter)
+            self._spotter.unwrap()
             self._spotter.flush()  # imports the module's code made without an import statement returning
