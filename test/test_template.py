@@ -182,8 +182,8 @@ def test_a_test_modules_code_runs_in_its_child_though_the_snapshot_was_taken_ins
     imported_by = [pid for pid, *rest in lines if not rest]
     parent = imported_by[0]
     assert imported_by == [parent], lines  # heavylib: once, by the parent
-    in_children = sorted((module, step, loaded) for pid, module, step, loaded in (x for x in lines if len(x) > 1)
-                         if pid != parent)
+    steps = [line for line in lines if len(line) > 1]
+    in_children = sorted((module, step, loaded) for pid, module, step, loaded in steps if pid != parent)
     assert in_children == [(module, step, "True") for module in ("test_c1", "test_c2")
                            for step in ("after", "before")], lines
 
