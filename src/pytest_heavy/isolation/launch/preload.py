@@ -62,9 +62,10 @@ class Spotter(importlib.abc.MetaPathFinder):
         self._waiting: list[str] = []
         self._import: Any = None  # the __import__ we wrapped, while we wrap it
         self._watching: Any = None  # our wrapper
+        self._handing_on = False  # our own imports then (forking a snapshot) are not the test module's
 
     def find_spec(self, name: str, path: Any, target: Any = None) -> None:
-        if path is not None or name in self._seen or name in sys.stdlib_module_names:
+        if path is not None or self._handing_on or name in self._seen or name in sys.stdlib_module_names:
             return None  # a submodule, already judged, or the standard library (cheap, often loaded)
         self._seen.add(name)
         spec = self._spec(name, target)
@@ -97,7 +98,7 @@ class Spotter(importlib.abc.MetaPathFinder):
             try:
                 return original(*args, **kwargs)
             finally:
-                if self._waiting and self._settled():
+                if self._waiting and not self._handing_on and self._settled():
                     self.flush()
 
         builtins.__import__ = self._watching = watching
@@ -114,8 +115,12 @@ class Spotter(importlib.abc.MetaPathFinder):
         """Hand on the waiting names whose import succeeded."""
         names = [name for name in self._waiting if name in sys.modules]
         self._waiting.clear()
-        if names:
-            self._imported(names)
+        if names and not self._handing_on:
+            self._handing_on = True
+            try:
+                self._imported(names)
+            finally:
+                self._handing_on = False
 
     def unwrap(self) -> None:
         if self._import is not None and builtins.__import__ is self._watching:  # not a test's own patch
