@@ -223,3 +223,23 @@ def test_the_snapshot_is_taken_before_a_modules_next_line_starts_the_pool_and_la
     lines = log.read_text().splitlines()
     assert len([line for line in lines if "later" not in line]) == 1, lines  # heavylib: by the parent only
     assert len({line for line in lines if "later" in line}) == 2, lines  # laterlib: parent and template
+
+
+def test_heavy_preload_is_still_honoured_by_every_snapshot_and_a_typo_named_once(
+        heavy_pytester, tmp_path_factory, monkeypatch):
+    """heavy_preload names ``preonly`` (which no test module imports) and a typo; the modules import
+    heavylib, so a snapshot replaces the session-start template. The snapshot imports ``preonly``
+    too (the parent never did), and the typo, which both templates fail to import, is named once."""
+    site = tmp_path_factory.mktemp("site")
+    (site / "heavylib.py").write_text(RECORDS_ITS_IMPORT)
+    (site / "preonly.py").write_text("")
+    prepend_path(monkeypatch, site)
+    monkeypatch.setenv("IMPORT_LOG", str(site / "imports.log"))
+    heavy_pytester.makeini("[pytest]\nheavy_ram_gib = 4\nheavy_preload = preonly no_such_module_xyz\n")
+    body = USES_IT + "\ndef test_preloaded():\n    import sys\n    assert 'preonly' in sys.modules\n"
+    heavy_pytester.makepyfile(test_p1=body, test_p2=body)
+    result = heavy_pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["test_p1.py *template *", "test_p2.py *template *"])
+    assert len([line for line in result.outlines if "no_such_module_xyz" in line]) == 1, result.outlines
+    assert len((site / "imports.log").read_text().split()) == 1  # heavylib: by the parent only
