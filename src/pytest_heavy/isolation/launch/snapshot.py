@@ -20,7 +20,9 @@ elsewhere in the process stays, as it stays in pytest itself for the tests that 
 from __future__ import annotations
 
 import os
+import site
 import sys
+import sysconfig
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +37,8 @@ IMPORTLIB_FILE = "<frozen importlib._bootstrap>"
 @dataclass(frozen=True)
 class Project:
     """What counts as the project's code: files under the rootdir, except the interpreter's own
-    directories (a virtual environment inside the project holds packages from outside it)."""
+    directories and the user's site-packages (a virtual environment inside the project holds
+    packages from outside it)."""
 
     roots: tuple[str, ...]
     outside: tuple[str, ...]
@@ -43,8 +46,9 @@ class Project:
     @classmethod
     def at(cls, rootpath: Path) -> Project:
         roots = {str(rootpath), os.path.realpath(rootpath)}
-        prefixes = {sys.prefix, sys.exec_prefix, sys.base_prefix, *map(os.path.realpath, (
-            sys.prefix, sys.exec_prefix, sys.base_prefix))}
+        places = [sys.prefix, sys.exec_prefix, sys.base_prefix, site.getusersitepackages(),
+                  *sysconfig.get_paths().values()]  # a project in $HOME holds the user's site-packages
+        prefixes = {*places, *map(os.path.realpath, places)}
         return cls(tuple(root.rstrip(os.sep) + os.sep for root in roots),
                    tuple(prefix.rstrip(os.sep) + os.sep for prefix in prefixes))
 
