@@ -4,8 +4,10 @@ Forked before collection imports any test module (and so before any test's OpenM
 context), the template already holds pytest, the plugins and the conftests in memory: no second
 interpreter start and no second import of any of them. It stays idle until the parent needs it;
 then it builds the children's configuration from the parent's parsed options (``Config.fromdictargs``:
-everything it loads is already imported) and imports the packages the heavy modules use, which the
-parent names while it collects (``preload.py``) or ``heavy_preload`` names. Each child forked from it
+everything it loads is already imported). A package a test module imports reaches it without a
+second import where possible: the parent forks a replacement (``snapshot``, ``snapshot.py``) right
+after that import, while it is still safe to fork; later, it names the package and the template
+imports it (``preload.py``), as it imports what ``heavy_preload`` names. Each child forked from it
 collects and runs its own module, with torch and the rest already loaded; the parent's threads and
 OpenMP pool never reach it.
 
