@@ -6,8 +6,8 @@ such as torch while pytest is still safe to fork (``snapshot.py``), which so hol
 modules use, imported once, and forks a child per module. Where it cannot (no fork on this platform,
 CUDA initialized at configure time, a package whose import starts an OpenMP pool), a child is forked
 from the parent itself where that is safe now (``../threads.py``: no CUDA context, no OpenMP pool, no
-Python thread started since the session began), else spawned. Spawn is always available as the last fallback, and the heavy table says why a
-child did not start with the first choice.
+Python thread started since the session began), else spawned. Spawn is always available as the last
+fallback, and the heavy table says why a child did not start with the first choice.
 """
 
 from __future__ import annotations
