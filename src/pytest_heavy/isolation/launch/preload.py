@@ -147,9 +147,12 @@ class Preloads:
         if not new:
             return
         if fork_unsafe_reason() is None:
-            self._run.template = template.snapshot(self._forget)
-        else:
-            template.preload(new)
+            try:
+                self._run.template = template.snapshot(self._forget)
+                return
+            except OSError:  # no fork now (EAGAIN, ENOMEM): the test module's import must not fail for it
+                pass
+        template.preload(new)
 
     def _forget(self) -> None:
         """In the snapshot: stop watching imports, and forget what collection imported."""
