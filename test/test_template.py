@@ -5,6 +5,7 @@ the disk, and that a module of thousands of tests still reaches its child."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -49,6 +50,7 @@ def test_neither_the_template_nor_the_parent_initializes_cuda(fake_gpu, monkeypa
 
 
 RECORDS_ITS_IMPORT = """
+import importlib.util
 import os
 with open(os.environ["IMPORT_LOG"], "a") as fh:
     fh.write(f"{os.getpid()}\\n")
@@ -62,11 +64,12 @@ def test_uses_it():
 """
 
 
-@pytest.mark.parametrize(("start", "imports"), [("auto", 2), ("spawn", 3)])
+@pytest.mark.parametrize(("start", "imports"), [("auto", 1), ("spawn", 3)])
 def test_what_heavy_modules_import_is_imported_once_by_the_template(heavy_pytester, tmp_path_factory,
                                                                     monkeypatch, start, imports):
-    """No heavy_preload: the parent imports ``heavylib`` while collecting, the template once for all
-    children, and the children not at all (spawned children each import it again)."""
+    """No heavy_preload: the parent imports ``heavylib`` while collecting, and nobody else: the template
+    children fork from was forked from the parent just after that import (a snapshot), so neither it
+    nor the children import it again (spawned children each do)."""
     site = tmp_path_factory.mktemp("site")  # outside the rootdir: a package, not the project's code
     (site / "heavylib.py").write_text(RECORDS_ITS_IMPORT)
     log = site / "imports.log"
@@ -144,3 +147,99 @@ def test_a_preload_that_creates_a_cuda_context_stops_the_template_not_the_run(fa
         "pytest-heavy: template refused (the template cannot fork safely: CUDA is initialized in this "
         "process); no later child starts with it",
         "test_g1.py *fork *", "test_g2.py *fork *"])
+
+
+RECORDS_ITS_CODE = """
+import os, sys
+def record(step):
+    with open(os.environ["IMPORT_LOG"], "a") as fh:
+        fh.write(f"{os.getpid()} {__name__} {step} {'heavylib' in sys.modules}\\n")
+record("before")
+import pytest, heavylib
+record("after")
+pytestmark = pytest.mark.requires_heavy_ram
+
+def test_defined_after_the_import():
+    assert heavylib.__name__ == "heavylib"
+"""
+
+
+def test_a_test_modules_code_runs_in_its_child_though_the_snapshot_was_taken_inside_it(
+        heavy_pytester, tmp_path_factory, monkeypatch):
+    """The snapshot is forked half way through test_c1's import (just after ``import heavylib``); it
+    drops the half-built module, so test_c1's child imports it again, from the top, and finds
+    heavylib loaded already: every module's code runs once in the parent and once in its child."""
+    site = tmp_path_factory.mktemp("site")
+    (site / "heavylib.py").write_text(RECORDS_ITS_IMPORT)
+    log = site / "imports.log"
+    prepend_path(monkeypatch, site)
+    monkeypatch.setenv("IMPORT_LOG", str(log))
+    heavy_pytester.makepyfile(test_c1=RECORDS_ITS_CODE, test_c2=RECORDS_ITS_CODE)
+    result = heavy_pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["test_c1.py *template *", "test_c2.py *template *"])
+    lines = [line.split() for line in log.read_text().splitlines()]
+    imported_by = [pid for pid, *rest in lines if not rest]
+    parent = imported_by[0]
+    assert imported_by == [parent], lines  # heavylib: once, by the parent
+    steps = [line for line in lines if len(line) > 1]
+    in_children = sorted((module, step, loaded) for pid, module, step, loaded in steps if pid != parent)
+    assert in_children == [(module, step, "True") for module in ("test_c1", "test_c2")
+                           for step in ("after", "before")], lines
+
+
+NEEDS_TORCH = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+STARTS_POOL_AT_IMPORT = """
+import pytest, torch, heavylib
+torch.set_num_threads(2)
+W = torch.ones(256, 256) @ torch.ones(256, 256)  # above ATen's grain size: the OpenMP pool starts here
+pytestmark = pytest.mark.requires_heavy_ram
+
+def test_parallel():
+    assert (torch.ones(256, 256) @ W).sum().item() == 256 ** 4
+"""
+
+
+@NEEDS_TORCH
+def test_the_snapshot_is_taken_before_a_modules_next_line_starts_the_pool_and_later_packages_are_preloaded(
+        heavy_pytester, tmp_path_factory, monkeypatch):
+    """test_b1 starts the OpenMP pool on the line after ``import torch, heavylib``: the snapshot, taken
+    between the two, holds both and no pool (heavylib is imported once, by the parent), and no child
+    hangs on its first parallel op. From then on pytest cannot fork safely: ``laterlib``, which
+    test_b2 imports, is imported by the template too (a preload)."""
+    site = tmp_path_factory.mktemp("site")
+    (site / "heavylib.py").write_text(RECORDS_ITS_IMPORT)
+    (site / "laterlib.py").write_text(RECORDS_ITS_IMPORT.replace("\\n", " later\\n"))
+    log = site / "imports.log"
+    prepend_path(monkeypatch, site)
+    monkeypatch.setenv("IMPORT_LOG", str(log))
+    heavy_pytester.makeini("[pytest]\nheavy_ram_gib = 4\nheavy_timeout_s = 300\n")
+    heavy_pytester.makepyfile(test_b1=STARTS_POOL_AT_IMPORT, test_b2=USES_IT.replace("heavylib", "laterlib"),
+                              test_b3=STARTS_POOL_AT_IMPORT)
+    result = heavy_pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines([f"test_b{i}.py *template *exit 0" for i in (1, 2, 3)])
+    assert "refused" not in result.stdout.str() and "unsafe" not in result.stdout.str()
+    lines = log.read_text().splitlines()
+    assert len([line for line in lines if "later" not in line]) == 1, lines  # heavylib: by the parent only
+    assert len({line for line in lines if "later" in line}) == 2, lines  # laterlib: parent and template
+
+
+def test_heavy_preload_is_still_honoured_by_every_snapshot_and_a_typo_named_once(
+        heavy_pytester, tmp_path_factory, monkeypatch):
+    """heavy_preload names ``preonly`` (which no test module imports) and a typo; the modules import
+    heavylib, so a snapshot replaces the session-start template. The snapshot imports ``preonly``
+    too (the parent never did), and the typo, which both templates fail to import, is named once."""
+    site = tmp_path_factory.mktemp("site")
+    (site / "heavylib.py").write_text(RECORDS_ITS_IMPORT)
+    (site / "preonly.py").write_text("")
+    prepend_path(monkeypatch, site)
+    monkeypatch.setenv("IMPORT_LOG", str(site / "imports.log"))
+    heavy_pytester.makeini("[pytest]\nheavy_ram_gib = 4\nheavy_preload = preonly no_such_module_xyz\n")
+    body = USES_IT + "\ndef test_preloaded():\n    import sys\n    assert 'preonly' in sys.modules\n"
+    heavy_pytester.makepyfile(test_p1=body, test_p2=body)
+    result = heavy_pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["test_p1.py *template *", "test_p2.py *template *"])
+    assert len([line for line in result.outlines if "no_such_module_xyz" in line]) == 1, result.outlines
+    assert len((site / "imports.log").read_text().split()) == 1  # heavylib: by the parent only

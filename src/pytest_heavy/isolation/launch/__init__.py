@@ -1,12 +1,13 @@
 """How a child starts: template, fork or spawn, behind one ``Launcher`` protocol.
 
 ``auto`` starts children from the template (``template.py``): a process forked from pytest at session
-start, before any test module was imported, which imports what the heavy modules use once and forks a
-child per module. Where it cannot (no fork on this platform, CUDA initialized at configure time, a
-package whose import starts an OpenMP pool), a child is forked from the parent itself where that is
-safe now (``../threads.py``: no CUDA context, no OpenMP pool, no Python thread started since the session
-began), else spawned. Spawn is always available as the last fallback, and the heavy table says why a
-child did not start with the first choice.
+start, before any test module was imported, and again right after a test module's import of a package
+such as torch while pytest is still safe to fork (``snapshot.py``), which so holds what the heavy
+modules use, imported once, and forks a child per module. Where it cannot (no fork on this platform,
+CUDA initialized at configure time, a package whose import starts an OpenMP pool), a child is forked
+from the parent itself where that is safe now (``../threads.py``: no CUDA context, no OpenMP pool, no
+Python thread started since the session began), else spawned. Spawn is always available as the last
+fallback, and the heavy table says why a child did not start with the first choice.
 """
 
 from __future__ import annotations

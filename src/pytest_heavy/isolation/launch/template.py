@@ -4,8 +4,10 @@ Forked before collection imports any test module (and so before any test's OpenM
 context), the template already holds pytest, the plugins and the conftests in memory: no second
 interpreter start and no second import of any of them. It stays idle until the parent needs it;
 then it builds the children's configuration from the parent's parsed options (``Config.fromdictargs``:
-everything it loads is already imported) and imports the packages the heavy modules use, which the
-parent names while it collects (``preload.py``) or ``heavy_preload`` names. Each child forked from it
+everything it loads is already imported). A package a test module imports reaches it without a
+second import where possible: the parent forks a replacement (``snapshot``, ``snapshot.py``) right
+after that import, while it is still safe to fork; later, it names the package and the template
+imports it (``preload.py``), as it imports what ``heavy_preload`` names. Each child forked from it
 collects and runs its own module, with torch and the rest already loaded; the parent's threads and
 OpenMP pool never reach it.
 
@@ -80,9 +82,10 @@ class TemplateLauncher:
     name = "template"
 
     def __init__(self, config: pytest.Config, capture_output: bool, preload: tuple[str, ...],
-                 env: Callable[[], dict[str, str]]) -> None:
-        """Fork the template; ``env`` makes the children's environment, called in the template."""
-        self._capture = capture_output
+                 env: Callable[[], dict[str, str]], reset: Callable[[], None] | None = None) -> None:
+        """Fork the template; ``env`` makes the children's environment, called in the template, and
+        ``reset`` (a snapshot's) runs there first."""
+        self._config, self._capture, self._explicit, self._env = config, capture_output, preload, env
         self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         sys.stdout.flush()
         sys.stderr.flush()
@@ -90,7 +93,7 @@ class TemplateLauncher:
         pid = fork_quietly()
         if pid == 0:
             self._sock.close()
-            template_process(config, theirs, parent, env)
+            template_process(config, theirs, parent, env, reset)
         theirs.close()
         self.pid = pid
         self._lock = threading.Lock()  # one request at a time: replies come back in order
@@ -98,21 +101,42 @@ class TemplateLauncher:
         self._replies: queue.Queue[dict[str, Any]] = queue.Queue()
         self._exits: dict[int, int] = {}
         self._preload_failed: list[str] = []
-        self._sent: set[str] = set()
+        self._reported: set[str] = set()  # preload failures named already (by this template or one before)
+        self.sent: set[str] = set()  # the packages it holds or was asked to import
+        self._retired: list[TemplateLauncher] = []  # templates this one replaced, reaped at close
         self._gone = False
         self._closed = False
         threading.Thread(target=self._read, name="heavy-template", daemon=True).start()
         if preload:
             self.preload(preload, explicit=True)
 
+    def snapshot(self, reset: Callable[[], None]) -> TemplateLauncher:
+        """A template forked from this process now, which holds every package imported so far, to
+        replace this one (``snapshot.py``): ``reset`` runs in it first. This one is retired; it is
+        asked to configure pytest at once, while the parent's collection goes on."""
+        def forget() -> None:
+            self._sock.close()  # the retired template's end: it must see the parent close it
+            reset()
+
+        new = TemplateLauncher(self._config, self._capture, self._explicit, self._env, forget)
+        new.sent.update(self.sent, (name.partition(".")[0] for name in list(sys.modules)))
+        new._preload_failed, new._reported = self._preload_failed, self._reported
+        new._retired = [*self._retired, self]
+        new._send(preload=[], explicit=False)  # nothing to import: configure now, not at the first child
+        self.retire()
+        return new
+
     def preload(self, names: tuple[str, ...] | list[str], explicit: bool = False) -> None:
         """Have the template import ``names`` (each once) before it forks the next child."""
-        new = [name for name in names if name not in self._sent]
+        new = [name for name in names if name not in self.sent]
         if not new or self._gone:
             return
-        self._sent.update(new)
+        self.sent.update(new)
+        self._send(preload=new, explicit=explicit)
+
+    def _send(self, **msg: Any) -> None:
         try:
-            self._sock.send(json.dumps({"preload": new, "explicit": explicit}).encode())
+            self._sock.send(json.dumps(msg).encode())
         except OSError:
             pass  # the template is gone: its reader says so at the next request
 
@@ -174,22 +198,31 @@ class TemplateLauncher:
 
     def take_preload_failures(self) -> list[str]:
         """The heavy_preload modules the template could not import, the first time they are asked for."""
-        failed, self._preload_failed = self._preload_failed, []
+        failed = [name for name in dict.fromkeys(self._preload_failed) if name not in self._reported]
+        self._preload_failed.clear()
+        self._reported.update(failed)
         return failed
 
-    def close(self) -> None:
-        """End the template: closing our end tells it to exit, which an idle template does at once
-        (through ``os._exit``, which coverage's patch saves its data in). One still importing for a
-        run that needed no child is not waited for: SIGTERM (its guard, coverage's handler), then
-        SIGKILL. Once only: its pid, reaped here, may be another process's afterwards."""
-        if self._closed:
-            return
-        self._closed = True
+    def retire(self) -> None:
+        """Close our end: the template exits as soon as it is idle (``close`` reaps it later)."""
         try:  # shutdown, not just close: our reader thread is blocked in recv on this socket
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
         self._sock.close()
+
+    def close(self) -> None:
+        """End the template: closing our end tells it to exit, which an idle template does at once
+        (through ``os._exit``, which coverage's patch saves its data in). One still importing for a
+        run that needed no child is not waited for: SIGTERM (its guard, coverage's handler), then
+        SIGKILL. Once only: its pid, reaped here, may be another process's afterwards. The templates
+        it replaced go the same way."""
+        if self._closed:
+            return
+        self._closed = True
+        self.retire()
+        for old in self._retired:
+            old.close()
         for sig, grace in ((0, EXIT_GRACE_S), (signal.SIGTERM, EXIT_GRACE_S), (signal.SIGKILL, None)):
             try:
                 if sig:
@@ -217,17 +250,20 @@ def _reaped(pid: int, within: float | None) -> bool:
 
 
 def template_process(parent_config: pytest.Config, sock: socket.socket, parent: int,
-                     env: Callable[[], dict[str, str]]) -> NoReturn:
-    """The forked template: detached from the terminal's signals, its standard streams on /dev/null
-    (what goes wrong reaches the parent over the socket; what a library prints as it exits, coverage's
-    "no data collected" for one, is not the user's business), the environment of an isolated child,
-    then serve."""
+                     env: Callable[[], dict[str, str]], reset: Callable[[], None] | None) -> NoReturn:
+    """The forked template: detached from the terminal's signals, a snapshot's ``reset`` done (it
+    restores the parent's terminal streams from collection's capture: before they are replaced), its
+    standard streams on /dev/null (what goes wrong reaches the parent over the socket; what a library
+    prints as it exits, coverage's "no data collected" for one, is not the user's business), the
+    environment of an isolated child, then serve."""
     code = 0
     try:
         from ... import procs
 
         os.setsid()  # Ctrl-C in the terminal is the parent's to handle
         procs.guard_child_tree(parent)  # the parent killed (even SIGKILL): the template and its children go
+        if reset is not None:
+            reset()
         devnull = os.open(os.devnull, os.O_RDWR)
         for target in (0, 1, 2):
             os.dup2(devnull, target)
