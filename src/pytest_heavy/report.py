@@ -132,14 +132,18 @@ def heavy_table(tr: pytest.TerminalReporter, records: list[HeavyRecord], schedul
         tr.write_line(schedule)
 
 
-def xdist_line(tr: pytest.TerminalReporter, modules: set[str], heavy_workers: bool) -> None:
-    """With -n: the heavy modules xdist's workers ran, unisolated (a worker's run loop is xdist's)."""
-    if not modules:
-        return
-    what = f"{len(modules)} heavy module{'s' if len(modules) > 1 else ''}"
-    workers = "; --heavy-workers has no effect with -n" if heavy_workers else ""
-    tr.write_line(f"pytest-heavy: {what} ran inside pytest-xdist workers without isolation (each worker "
-                  f"is one process for all it runs; run without -n to isolate){workers}", yellow=True)
+def xdist_line(tr: pytest.TerminalReporter, modules: set[str], mode: str, heavy_workers: bool) -> None:
+    """With -n: the heavy modules xdist's workers ran unisolated (a ``--dist`` mode that may split a
+    module across workers), and that ``--heavy-workers`` has no effect (each worker runs its heavy
+    modules one at a time: -n bounds the children running at once)."""
+    if modules:
+        what = f"{len(modules)} heavy module{'s' if len(modules) > 1 else ''}"
+        tr.write_line(f"pytest-heavy: {what} ran inside pytest-xdist workers without isolation "
+                      f"(--dist {mode} may split a module across workers; --dist load, loadscope, loadfile "
+                      "or each isolate them)", yellow=True)
+    if heavy_workers:
+        tr.write_line("pytest-heavy: --heavy-workers has no effect with -n: each worker runs its heavy "
+                      "modules one at a time, in a child each", yellow=True)
 
 
 def schedule_line(records: list[HeavyRecord], makespan_s: float, gpus: int) -> str:
