@@ -179,11 +179,11 @@ class WorkerIsolation:
 
 
 def to_wire(record: HeavyRecord, worker: str) -> dict[str, Any]:
-    """A heavy-table row as plain data execnet can send; the start column names the worker."""
+    """A heavy-table row as plain data execnet can send, naming the worker (the table's start column)."""
     row = dataclasses.asdict(record)
     row["ran"] = sorted(record.ran)
     row["samples"] = [list(sample) for sample in record.samples]
-    row["start_method"] = f"{record.start_method} in {worker}"
+    row["worker"] = worker
     return row
 
 
