@@ -6,6 +6,7 @@ for importing what they use); only ``plugin.py``'s option declarations and one h
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any
@@ -39,7 +40,8 @@ class HeavySession:
         if xdist_worker(self.config):
             from .isolation import xdist_worker as worker
 
-            if not worker.register(self.config, run, self.note):  # a --dist mode that may split a module
+            peaks = functools.partial(recorded_peaks, self.config, run)
+            if not worker.register(self.config, run, self.note, peaks):  # a --dist mode that splits modules
                 return
         from .isolation import junit, threads
 
@@ -151,14 +153,14 @@ class HeavySession:
         """pytest-xdist's controller, a worker starting: whether it isolates, where it publishes."""
         from .isolation import xdist_controller
 
-        xdist_controller.configure_node(self.config, node)
+        xdist_controller.configure_node(self.config, node, isolation_possible(self.config, self.run))
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: object) -> object:
         """pytest-xdist's controller: a scheduler that sends each heavy module to one worker whole."""
         from .isolation import xdist_controller
 
-        return xdist_controller.make_scheduler(config, log)
+        return xdist_controller.make_scheduler(config, log, isolation_possible(config, self.run))
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: object, error: object) -> None:

@@ -24,31 +24,30 @@ from typing import Any
 import pytest
 from xdist.scheduler import LoadScopeScheduling
 
-from ..state import RUN, Run
+from ..state import Run
 from .xdist_worker import INPUT_KEY, RECORDS_KEY, from_wire
 
 ISOLATING = ("load", "loadscope", "loadfile", "each")  # a heavy module reaches one worker whole
 PUBLISHED = pytest.StashKey[str]()  # the directory workers publish their heavy node ids in
 
 
-def isolates(config: pytest.Config) -> bool:
-    from ..session import isolation_possible
+def isolates(config: pytest.Config, possible: bool) -> bool:
+    """``possible``: the session may isolate at all (``session.isolation_possible``)."""
+    return possible and str(config.getvalue("dist")) in ISOLATING
 
-    return str(config.getvalue("dist")) in ISOLATING and isolation_possible(config, config.stash[RUN])
 
-
-def configure_node(config: pytest.Config, node: Any) -> None:
+def configure_node(config: pytest.Config, node: Any, possible: bool) -> None:
     """Tell a starting worker whether it isolates, and where it publishes its heavy node ids."""
     if PUBLISHED not in config.stash:
         config.stash[PUBLISHED] = tempfile.mkdtemp(prefix="pytest-heavy-xdist-")
-    node.workerinput[INPUT_KEY] = {"dir": config.stash[PUBLISHED], "isolate": isolates(config),
+    node.workerinput[INPUT_KEY] = {"dir": config.stash[PUBLISHED], "isolate": isolates(config, possible),
                                    "mode": str(config.getvalue("dist"))}
 
 
-def make_scheduler(config: pytest.Config, log: Any) -> HeavyScopeScheduling | None:
+def make_scheduler(config: pytest.Config, log: Any, possible: bool) -> HeavyScopeScheduling | None:
     """``load`` and ``loadscope``: a scheduler that keeps heavy modules whole; None: xdist's own."""
     dist = config.getvalue("dist")
-    if dist not in ("load", "loadscope") or not isolates(config):
+    if dist not in ("load", "loadscope") or not isolates(config, possible):
         return None
     return HeavyScopeScheduling(config, log, Path(config.stash[PUBLISHED]), per_test=dist == "load")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import pytest
 
 from ..markers import module_of
 from ..memory import Peaks
+from ..records import ModulePeaks
 from ..report import HeavyRecord
 from ..state import Run
 from ..wire import LogFinish, LogStart
@@ -52,10 +53,12 @@ def publish(config: pytest.Config, items: list[pytest.Item], units: list[Unit]) 
     tmp.replace(Path(directory, f"{worker}.json"))  # whole or absent, never half written
 
 
-def register(config: pytest.Config, run: Run, note: Callable[[str], None]) -> bool:
-    """Plan at the end of this worker's collection; True when its heavy modules are to be isolated
-    (the controller's ``--dist`` mode keeps each module on one worker), so a template is worth forking."""
-    plugin = WorkerIsolation(config, run, note)
+def register(config: pytest.Config, run: Run, note: Callable[[str], None],
+             peaks: Callable[[], Mapping[str, ModulePeaks]]) -> bool:
+    """In a session that may isolate: plan at the end of this worker's collection. True when its heavy
+    modules are to be isolated (the controller's ``--dist`` mode keeps each module on one worker), so a
+    template is worth forking. ``peaks``: what ``--heavy-workers auto`` places children by."""
+    plugin = WorkerIsolation(config, run, note, peaks)
     config.pluginmanager.register(plugin, "heavy-xdist-worker")
     if plugin.isolate:
         fork_safe_worker(config)
@@ -99,8 +102,9 @@ class WorkerIsolation:
     """Registered in a worker whose controller isolates: plans at the end of collection, then runs each
     heavy module in a child when xdist's loop reaches its first test."""
 
-    def __init__(self, config: pytest.Config, run: Run, note: Callable[[str], None]) -> None:
-        self.config, self.run, self.note = config, run, note
+    def __init__(self, config: pytest.Config, run: Run, note: Callable[[str], None],
+                 peaks: Callable[[], Mapping[str, ModulePeaks]]) -> None:
+        self.config, self.run, self.note, self.peaks = config, run, note, peaks
         self.isolate = bool(told(config).get("isolate"))
         self.units: dict[str, Unit] = {}  # node id -> its heavy unit
         self.done: set[str] = set()  # modules whose child(ren) already ran
@@ -109,13 +113,11 @@ class WorkerIsolation:
 
     @pytest.hookimpl(tryfirst=True)  # before xdist's own hook sends "collectionfinish" to the controller
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        from ..session import isolation_possible
         from .plan import plan
 
         config, run = self.config, self.run
         collection_ok = not session.testsfailed or config.option.continue_on_collection_errors
-        units = plan(session.items, run.settings, run.hardware) if (
-            isolation_possible(config, run) and collection_ok) else None
+        units = plan(session.items, run.settings, run.hardware) if collection_ok else None
         heavy = [unit for unit in units or [] if unit.module]
         publish(config, session.items, heavy)
         if heavy and not self.isolate:  # a --dist mode that may split a module: unisolated, said once
@@ -157,13 +159,12 @@ class WorkerIsolation:
         controller.wait_all()
 
     def start(self, session: pytest.Session) -> Any:
-        from ..session import recorded_peaks
         from .controller import Controller
 
         run = self.run
         launchers = launch.Launchers(session, launch.resolve(run.settings), run.template, note=self.note,
                                      template_missing=run.template_missing)
-        self.controller = Controller(session, run, launchers, recorded_peaks(self.config, run))
+        self.controller = Controller(session, run, launchers, self.peaks())
         self.held = Held(self.controller.replay)
         self.controller.replay = self.held
         return self.controller
