@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from .. import wire
 from ..markers import module_of
 from ..memory import Peaks
 from ..records import ModulePeaks
@@ -73,9 +74,11 @@ class Held:
     def __init__(self, replay: Any) -> None:
         self.replay = replay
         self.held: dict[str, list[Callable[[], None]]] = {}
+        self.last: str | None = None  # the test whose events came last: where an interrupt happened
 
     def _hold(self, nodeid: str, call: Callable[[], None]) -> None:
         self.held.setdefault(nodeid, []).append(call)
+        self.last = nodeid
 
     def logstart(self, event: LogStart) -> None:
         self._hold(event["nodeid"], lambda: self.replay.logstart(event))
@@ -110,6 +113,7 @@ class WorkerIsolation:
         self.done: set[str] = set()  # modules whose child(ren) already ran
         self.controller: Any = None  # isolation.controller.Controller, made for the first heavy module
         self.held: Held | None = None
+        self.interrupt: tuple[str | None, wire.Interrupt] | None = None  # (after which test, what)
 
     @pytest.hookimpl(tryfirst=True)  # before xdist's own hook sends "collectionfinish" to the controller
     def pytest_collection_finish(self, session: pytest.Session) -> None:
@@ -140,12 +144,10 @@ class WorkerIsolation:
             self.run_unit(item.session, unit)
         assert self.held is not None
         self.held.flush(item.nodeid)
-        interrupted = self.controller.interrupted
-        if interrupted is not None:
+        if self.interrupt is not None and self.interrupt[0] in (item.nodeid, None):
             from .replay import reraise
 
-            self.controller.interrupted = None
-            reraise(interrupted)  # a test's pytest.exit() or Ctrl-C ends this worker as in-process
+            reraise(self.interrupt[1])  # after the test that called pytest.exit(), as in-process
         return True
 
     def run_unit(self, session: pytest.Session, unit: Unit) -> None:
@@ -155,8 +157,16 @@ class WorkerIsolation:
         controller = self.controller or self.start(session)
         ur = UnitRun(unit)
         controller.ready.add(ur)
-        controller.start_soon(lambda: bool(controller.ready.units or controller.running))
-        controller.wait_all()
+        try:
+            controller.start_soon(lambda: bool(controller.ready.units or controller.running))
+            controller.wait_all()
+        except KeyboardInterrupt:
+            for attempt in controller.running.values():  # Ctrl-C: end the child and everything it started
+                attempt.kill()
+            raise
+        if controller.interrupted is not None:
+            assert self.held is not None
+            self.interrupt = (self.held.last, controller.interrupted)
 
     def start(self, session: pytest.Session) -> Any:
         from .controller import Controller
