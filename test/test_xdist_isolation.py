@@ -4,6 +4,7 @@ worker it was sent to, and the session's outcomes, junit and exit code are those
 own child" is checked from the processes that ran, not from what pytest-heavy says."""
 
 import importlib.util
+import json
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -179,3 +180,27 @@ def test_x_under_n_stops_as_xdist_does(heavy_pytester):
     assert found["test_stops.py::test_fails"] == ["FAILED"]
     assert "test_stops.py::test_after" not in found  # the child stopped at the failure
     assert all(len(o) == 1 for o in found.values())
+
+
+GPU_MODULE = """
+import time, pytest, pynvml
+pytestmark = [pytest.mark.requires_gpu, pytest.mark.requires_gpu_isolation]
+
+def test_allocate():
+    pynvml.fake_allocate(2048)
+    time.sleep(0.4)  # held while the worker's monitor samples (every 0.1 s)
+"""
+
+
+def test_gpu_modules_under_n_are_measured_and_released_in_one_table(fake_gpu, monkeypatch):
+    """Each worker measures its children's GPU memory and waits for its release, as without -n; the
+    controller's --heavy-report holds every worker's rows (the fake NVML, test/fakes/pynvml.py)."""
+    monkeypatch.setenv("FAKE_PYNVML_STATE", str(fake_gpu.path / "allocations.jsonl"))
+    fake_gpu.makepyfile(test_g1=GPU_MODULE, test_g2=GPU_MODULE)
+    result = fake_gpu.runpytest_subprocess("-p", "pynvml", "-n", "2", "--heavy-report", "heavy.json")
+    result.assert_outcomes(passed=2)
+    rows = {r["unit"]: r for r in json.loads((fake_gpu.path / "heavy.json").read_text())["modules"]}
+    assert sorted(rows) == ["test_g1.py", "test_g2.py"]
+    for row in rows.values():
+        assert row["worker"] in ("gw0", "gw1")
+        assert row["peak_gpu_mib"] >= 2048 and row["released"] == "yes", row

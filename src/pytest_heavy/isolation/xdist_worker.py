@@ -175,6 +175,8 @@ class WorkerIsolation:
         launchers = launch.Launchers(session, launch.resolve(run.settings), run.template, note=self.note,
                                      template_missing=run.template_missing)
         self.controller = Controller(session, run, launchers, self.peaks())
+        # Other workers' children may use the same GPUs meanwhile: what they hold is not this child's.
+        self.controller.beside_others = True
         self.held = Held(self.controller.replay)
         self.controller.replay = self.held
         return self.controller
