@@ -204,3 +204,20 @@ def test_gpu_modules_under_n_are_measured_and_released_in_one_table(fake_gpu, mo
     for row in rows.values():
         assert row["worker"] in ("gw0", "gw1")
         assert row["peak_gpu_mib"] >= 2048 and row["released"] == "yes", row
+
+
+def test_a_light_test_that_crashes_its_worker_fails_once_as_with_xdist_alone(heavy_pytester):
+    """The scheduler that keeps heavy modules whole hands a crashed worker's unfinished work to the
+    others, less the test it crashed in (xdist reports that one as failed): one replaced worker, as
+    under xdist's own ``load``, not one crashed worker after another."""
+    crash = "import os\n\ndef test_l():\n    pass\n\ndef test_crash():\n    os.abort()\n"
+    passing = STOPS.replace("assert 0", "pass")
+    heavy_pytester.makepyfile(test_light=crash, test_h1=heavy_module("h1", passing),
+                              test_h2=heavy_module("h2", passing))
+    plain = heavy_pytester.runpytest_subprocess("-rA", "-n", "2", "--heavy-isolate", "never")
+    dist = heavy_pytester.runpytest_subprocess("-rA", "-n", "2", timeout=120)  # a crash loop could hang
+    assert dist.ret == plain.ret == 1
+    assert outcomes(dist) == outcomes(plain)
+    assert outcomes(dist)["test_light.py::test_crash"] == ["FAILED"]
+    assert dist.parseoutcomes() == {"failed": 1, "passed": 7}
+    assert dist.stdout.str().count("replacing crashed worker") == 1

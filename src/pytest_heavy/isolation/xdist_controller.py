@@ -68,6 +68,23 @@ class HeavyScopeScheduling(LoadScopeScheduling):  # type: ignore[misc]
                 self.heavy.update(json.loads(path.read_text()))
         super().schedule()
 
+    def remove_node(self, node: Any) -> str | None:
+        """A worker is gone: its unfinished work goes back to the queue, as in xdist's scope scheduler,
+        less the test it crashed in, which xdist reports as failed (xdist's own re-queues that test
+        too, so that a crashing test takes down one worker after another until none is left)."""
+        workload = self.assigned_work.pop(node)
+        pending = [nodeid for unit in workload.values() for nodeid, done in unit.items() if not done]
+        if not pending:
+            return None
+        crashitem = pending[0]
+        for unit in workload.values():
+            if crashitem in unit:
+                unit[crashitem] = True
+        self.workqueue.update({scope: unit for scope, unit in workload.items() if not all(unit.values())})
+        for other in self.assigned_work:
+            self._reschedule(other)
+        return crashitem
+
     def _split_scope(self, nodeid: str) -> str:
         module = self.heavy.get(nodeid)
         if module is not None:
