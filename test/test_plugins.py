@@ -65,8 +65,10 @@ def test_x(model, i):
 
 
 @needs("xdist")
-@pytest.mark.parametrize("dist", ["load", "loadfile", "loadscope", "worksteal"])
-def test_xdist_runs_heavy_modules_in_its_workers_and_says_so(heavy_pytester, dist):
+@pytest.mark.parametrize("dist", ["load", "loadfile", "loadscope", "worksteal", "loadgroup"])
+def test_xdist_isolates_heavy_modules_where_the_mode_keeps_them_whole(heavy_pytester, dist):
+    """load, loadfile, loadscope: each heavy module reaches one worker whole and runs in a child of it
+    (one heavy table); worksteal and loadgroup may split a module: unisolated, and one line says so."""
     heavy_pytester.makepyfile(test_a=XDIST_MODULE, test_b=XDIST_MODULE, test_c=XDIST_MODULE,
                               test_plain="def test_plain(): pass\n")
     base = heavy_pytester.runpytest_subprocess("-rA")
@@ -76,20 +78,26 @@ def test_xdist_runs_heavy_modules_in_its_workers_and_says_so(heavy_pytester, dis
     assert outcomes(result)[1] == outcomes(base)[1] == {"failed": 3, "passed": 10}
     assert sorted(line for line in result.outlines if line.startswith("FAILED")) == sorted(
         line for line in base.outlines if line.startswith("FAILED"))
-    result.stdout.fnmatch_lines(["pytest-heavy: 3 heavy modules ran inside pytest-xdist workers without "
-                                 "isolation (each worker is one process for all it runs; run without -n to "
-                                 "isolate)"])
+    unisolated = [f"pytest-heavy: 3 heavy modules ran inside pytest-xdist workers without isolation (--dist "
+                  f"{dist} may split a module across workers; --dist load, loadscope, loadfile or each "
+                  "isolate them)"]
+    if dist in ("worksteal", "loadgroup"):
+        result.stdout.fnmatch_lines(unisolated)
+        assert "heavy modules (pytest-heavy)" not in result.stdout.str()
+    else:
+        result.stdout.fnmatch_lines(["*heavy modules (pytest-heavy)*", "test_a.py *in gw*"])
+        assert "without isolation" not in result.stdout.str()
 
 
 @needs("xdist")
-def test_xdist_wins_over_heavy_workers(heavy_pytester):
+def test_xdist_and_heavy_workers_say_that_each_worker_runs_one_child_at_a_time(heavy_pytester):
     heavy_pytester.makepyfile(test_a=XDIST_MODULE, test_b=XDIST_MODULE)
     result = heavy_pytester.runpytest_subprocess("-n", "2", "--heavy-workers", "2",
                                                  "--heavy-isolate", "always")
     result.assert_outcomes(passed=6, failed=2)
-    result.stdout.fnmatch_lines(["pytest-heavy: 2 heavy modules ran inside pytest-xdist workers*"
-                                 "; --heavy-workers has no effect with -n"])
-    assert "heavy modules (pytest-heavy)" not in result.stdout.str()  # no child was started
+    result.stdout.fnmatch_lines(["*heavy modules (pytest-heavy)*",
+                                 "pytest-heavy: --heavy-workers has no effect with -n: each worker runs its "
+                                 "heavy modules one at a time, in a child each"])
 
 
 # --- pytest-timeout ---------------------------------------------------------------------------------

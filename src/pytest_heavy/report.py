@@ -60,6 +60,7 @@ class HeavyRecord:
     peak_gpu_per_device_mib: list[float] | None = None  # per GPU, in the child's CUDA_VISIBLE_DEVICES order
     note: str = ""  # e.g. "retried alone after OOM while sharing GPU 1"
     start_note: str = ""  # why the child did not start with the chosen method (fork unsafe, refused)
+    worker: str = ""  # the pytest-xdist worker (gw0, ...) whose child it was, under -n; empty otherwise
     ran: set[str] = field(default_factory=set, repr=False)  # node ids that reported; not in the JSON
 
     def tests_run(self) -> int:
@@ -118,7 +119,8 @@ def heavy_table(tr: pytest.TerminalReporter, records: list[HeavyRecord], schedul
         if r.note:
             exit_ += f" ({r.note})"
         where = (",".join(map(str, r.gpus)) or "-", str(len(r.beside))) if placed else ()
-        rows.append((r.unit, str(r.tests_run()), outcomes, f"{r.wall_s:.1f}s", r.start_method, *where,
+        start = f"{r.start_method} in {r.worker}" if r.worker else r.start_method
+        rows.append((r.unit, str(r.tests_run()), outcomes, f"{r.wall_s:.1f}s", start, *where,
                      _mib(r.peak_rss_mib), _mib(r.peak_gpu_mib), r.released, exit_))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
@@ -132,14 +134,18 @@ def heavy_table(tr: pytest.TerminalReporter, records: list[HeavyRecord], schedul
         tr.write_line(schedule)
 
 
-def xdist_line(tr: pytest.TerminalReporter, modules: set[str], heavy_workers: bool) -> None:
-    """With -n: the heavy modules xdist's workers ran, unisolated (a worker's run loop is xdist's)."""
-    if not modules:
-        return
-    what = f"{len(modules)} heavy module{'s' if len(modules) > 1 else ''}"
-    workers = "; --heavy-workers has no effect with -n" if heavy_workers else ""
-    tr.write_line(f"pytest-heavy: {what} ran inside pytest-xdist workers without isolation (each worker "
-                  f"is one process for all it runs; run without -n to isolate){workers}", yellow=True)
+def xdist_line(tr: pytest.TerminalReporter, modules: set[str], mode: str, heavy_workers: bool) -> None:
+    """With -n: the heavy modules xdist's workers ran unisolated (a ``--dist`` mode that may split a
+    module across workers), and that ``--heavy-workers`` has no effect (each worker runs its heavy
+    modules one at a time: -n bounds the children running at once)."""
+    if modules:
+        what = f"{len(modules)} heavy module{'s' if len(modules) > 1 else ''}"
+        tr.write_line(f"pytest-heavy: {what} ran inside pytest-xdist workers without isolation "
+                      f"(--dist {mode} may split a module across workers; --dist load, loadscope, loadfile "
+                      "or each isolate them)", yellow=True)
+    if heavy_workers:
+        tr.write_line("pytest-heavy: --heavy-workers has no effect with -n: each worker runs its heavy "
+                      "modules one at a time, in a child each", yellow=True)
 
 
 def schedule_line(records: list[HeavyRecord], makespan_s: float, gpus: int) -> str:

@@ -6,6 +6,7 @@ for importing what they use); only ``plugin.py``'s option declarations and one h
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import TYPE_CHECKING, Any
@@ -40,17 +41,23 @@ class HeavySession:
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         run = self.run
         self.session = session
-        xdist = xdist_worker(self.config) or self.config.pluginmanager.has_plugin("dsession")
-        if not isolation_possible(self.config, run) or xdist:  # with -n no child starts: no template either
-            return
-        from .isolation import threads
+        if not isolation_possible(self.config, run) or self.config.pluginmanager.has_plugin("dsession"):
+            return  # xdist's controller runs no test: no template
+        from .isolation import junit, threads
+
+        if xdist_worker(self.config):
+            from .isolation import xdist_worker as worker
+
+            peaks = functools.partial(recorded_peaks, self.config, run)
+            if not worker.register(self.config, run, self.note, peaks):  # a --dist mode that splits modules
+                return
+            junit.announce(self.config)  # a worker's loop is xdist's: its children start from there
 
         shared_log_file(self.config)
         threads.record_thread_baseline()  # before any test module is imported: plugins' threads are known
         if run.settings.template:
             run.template_missing = nothing_isolated_here(self.config, run)
         if run.settings.template and not run.template_missing:
-            from .isolation import junit
             from .isolation.launch import preload
 
             junit.announce(self.config)  # the template's copy of the options must carry it too
@@ -76,15 +83,14 @@ class HeavySession:
         blocker = isolation_blocker(config)
         if blocker and not run.settings.child and run.settings.isolate != "never":
             config.get_terminal_writer().line(f"pytest-heavy: {blocker}", yellow=True)
+        if xdist_worker(config):
+            return None  # xdist's WorkerInteractor runs the loop; heavy modules: isolation/xdist_worker.py
         units = None
         collection_ok = not session.testsfailed or config.option.continue_on_collection_errors
         if isolation_possible(config, run) and collection_ok and self.isolation_candidates:
             from .isolation import plan
 
             units = plan.plan(session.items, run.settings, run.hardware)
-        if units is not None and xdist_worker(config):  # run in this worker, and the controller says so
-            config.workeroutput["heavy_modules"] = sorted({u.module for u in units if u.module})  # type: ignore[attr-defined]
-            units = None
         if units is None:
             if run.template is not None:
                 run.template.close()
@@ -154,10 +160,26 @@ class HeavySession:
             reporter.write_line(f"pytest-heavy: {text}", yellow=True)
 
     @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: object) -> None:
+        """pytest-xdist's controller, a worker starting: whether it isolates, where it publishes."""
+        from .isolation import xdist_controller
+
+        xdist_controller.configure_node(self.config, node, isolation_possible(self.config, self.run))
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: object) -> object:
+        """pytest-xdist's controller: a scheduler that sends each heavy module to one worker whole."""
+        from .isolation import xdist_controller
+
+        return xdist_controller.make_scheduler(config, log, isolation_possible(config, self.run))
+
+    @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: object, error: object) -> None:
-        """pytest-xdist's controller: a worker ended; note the heavy modules it ran unisolated."""
-        output = getattr(node, "workeroutput", None) or {}
-        self.run.in_xdist_workers.update(output.get("heavy_modules", ()))
+        """pytest-xdist's controller: a worker ended; its heavy-table rows, or the modules it ran
+        unisolated."""
+        from .isolation import xdist_controller
+
+        xdist_controller.node_down(self.run, node)
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         run = self.run
@@ -170,11 +192,17 @@ class HeavySession:
             report.gated_summary(terminalreporter, run.gated.gated, len(run.gated.theirs))
         tiers.summary(terminalreporter, run.tier_deselected)
         report.heavy_table(terminalreporter, run.records, run.schedule)
-        heavy_workers = run.settings.workers > 1 or run.settings.packing
-        report.xdist_line(terminalreporter, run.in_xdist_workers, heavy_workers)
+        if self.config.pluginmanager.has_plugin("dsession"):
+            heavy_workers = run.settings.workers > 1 or run.settings.packing
+            report.xdist_line(terminalreporter, run.in_xdist_workers, str(self.config.getvalue("dist")),
+                              heavy_workers and bool(run.records or run.in_xdist_workers))
 
     def pytest_sessionfinish(self) -> None:
         run = self.run
+        if self.config.pluginmanager.has_plugin("dsession"):
+            from .isolation import xdist_controller
+
+            xdist_controller.cleanup(self.config)
         for path in self.params_files:
             os.unlink(path)
         if run.template is not None:  # a session that never reached its run loop (an interrupted collection)

@@ -43,6 +43,7 @@ class Controller:
         self.gpu = run.gpu()
         self.env = supervise.child_environment(run.settings, run.hardware, isolated=True)
         self.ready = Ready(schedule.make(run.settings, run.hardware, peaks or {}), run.hardware)
+        self.beside_others = False  # other processes run children on these GPUs too (pytest-xdist's workers)
 
     def run_units(self, units: list[Unit]) -> None:
         parent_items = [item for unit in units if unit.module is None for item in unit.items]
@@ -193,7 +194,7 @@ class Controller:
     def on_exit(self, ur: UnitRun, attempt: Attempt) -> None:
         """A child is over: its result into the unit's books; then its tests: re-run, or reported."""
         del self.running[ur]
-        ended = attempt.close(shared=bool(ur.shared_gpus))
+        ended = attempt.close(shared=bool(ur.shared_gpus) or self.beside_others)
         alone = bool(ur.oom_held) and not self.stopping()  # its tests that ran out of GPU memory: again
         self.replay_events(ur, attempt, ur.took(ended, rerun_dropped=alone))
         if alone:
