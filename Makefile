@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch
 # test-oldest: the oldest supported pytest, in a virtual environment of its own.
 OLDEST_VENV ?= .venv-oldest
 OLDEST_PYTEST ?= pytest==8.0.*
-OLDEST_TESTS ?= $(wildcard test/test_isolation.py test/test_plugins.py test/test_fidelity.py test/test_fidelity2.py)
+OLDEST_TESTS ?= $(wildcard test/test_isolation.py test/test_plugins.py test/test_fidelity.py test/test_fidelity2.py test/test_xdist_isolation.py)
 SPLITS ?= 4
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
