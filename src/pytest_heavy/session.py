@@ -43,9 +43,10 @@ class HeavySession:
         self.session = session
         if not isolation_possible(self.config, run) or self.config.pluginmanager.has_plugin("dsession"):
             return  # xdist's controller runs no test: no template
-        from .isolation import junit, threads
+        from .isolation import threads
 
         if xdist_worker(self.config):
+            from .isolation import junit
             from .isolation import xdist_worker as worker
 
             peaks = functools.partial(recorded_peaks, self.config, run)
@@ -58,6 +59,7 @@ class HeavySession:
         if run.settings.template:
             run.template_missing = nothing_isolated_here(self.config, run)
         if run.settings.template and not run.template_missing:
+            from .isolation import junit
             from .isolation.launch import preload
 
             junit.announce(self.config)  # the template's copy of the options must carry it too
