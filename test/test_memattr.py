@@ -344,17 +344,23 @@ def test_measuring_in_the_parent_keeps_fork_safe(heavy_pytester):
 
 
 def test_tree_rss_through_proc_matches_psutil_and_counts_children():
-    """The sampler's /proc walk (children files, statm) and psutil's tree see the same processes."""
-    child = subprocess.Popen([sys.executable, "-c", "import sys, time; b = b'x' * (96 << 20); "
-                              "print('ready', flush=True); time.sleep(30)"], stdout=subprocess.PIPE)
+    """The sampler's /proc walk (children files, statm) and psutil's tree see the same processes. Both
+    walk a tree this test owns (a child holding a grandchild that holds 96 MiB): this process's own
+    children also include whatever an earlier in-process session left exiting, which may go between
+    the two walks."""
+    grandchild = ("import time; b = b'x' * (96 << 20); print('ready', flush=True); time.sleep(30)")
+    holder = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {grandchild!r}])"
+    child = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE)
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == b"ready"
-        fast, fast_pids = sampler._tree_rss_proc(os.getpid())
-        slow, slow_pids = sampler._tree_rss_psutil(os.getpid())
-        assert child.pid in fast_pids and fast_pids == slow_pids
+        fast, fast_pids = sampler._tree_rss_proc(child.pid)
+        slow, slow_pids = sampler._tree_rss_psutil(child.pid)
+        assert len(fast_pids) == 2 and child.pid in fast_pids and fast_pids == slow_pids
         assert abs(fast - slow) < (8 << 20) and fast >= 96 << 20
-        assert sampler._tree_rss_proc(child.pid)[1] == {child.pid}
+        assert child.pid in sampler._tree_rss_proc(os.getpid())[1]
     finally:
+        for pid in sampler._tree_rss_proc(child.pid)[1] - {child.pid}:
+            os.kill(pid, 9)
         child.kill()
         child.wait()
         child.stdout.close()
