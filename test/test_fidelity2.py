@@ -36,6 +36,32 @@ def test_invocation_params_are_the_parents(heavy_pytester, method):
     assert len(seen) == 2 and len(args) == 1 and f"'{method}'" in args.pop()
 
 
+# --- terminal summary ------------------------------------------------------------------------------
+
+SUMMARY_CONFTEST = """
+import os
+
+def pytest_terminal_summary(terminalreporter):
+    with open("summaries.txt", "a") as out:
+        out.write(f"{os.getpid()}\\n")
+    terminalreporter.write_line("summary from the conftest")
+"""
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_terminal_summary_hooks_run_once_in_the_parent(heavy_pytester, method):
+    """A spawned or template child ended its session with every plugin's terminal summary too,
+    written to its silenced terminal: wasted work (hypothesis's imports all of hypothesis in each
+    child) and, for a summary with side effects, one per child instead of one per session."""
+    heavy_pytester.makeconftest(SUMMARY_CONFTEST)
+    heavy_pytester.makepyfile(test_h1=heavy("def test_a():\n    pass\n"),
+                              test_h2=heavy("def test_b():\n    pass\n"))
+    summaries = heavy_pytester.path / "summaries.txt"
+    base, iso = parity(heavy_pytester, method)
+    assert len(summaries.read_text().split()) == 2  # one line per session: base, then iso
+    assert iso.stdout.lines.count("summary from the conftest") == 1
+
+
 # --- config-time warnings -----------------------------------------------------------------------------
 
 WARNS = heavy("""

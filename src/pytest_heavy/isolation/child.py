@@ -28,7 +28,7 @@ import tempfile
 import threading
 import traceback
 import warnings
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from typing import Any
 
 import psutil
@@ -416,9 +416,27 @@ def run_session(config: pytest.Config, request: Mapping[str, Any], sender: Sende
         session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
     if session.testsfailed and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    config.hook.pytest_sessionfinish(session=session, exitstatus=session.exitstatus)
+    with without_terminal_summary(config):
+        config.hook.pytest_sessionfinish(session=session, exitstatus=session.exitstatus)
     send_state(sender, session)
     return int(session.exitstatus)
+
+
+@contextlib.contextmanager
+def without_terminal_summary(config: pytest.Config) -> Generator[None]:
+    """End the child's session without ``pytest_terminal_summary``: the parent's summary covers
+    every test, as in one process, where each plugin's summary runs once. A child's would print
+    into the null sink at a real price: hypothesis's imports the whole of hypothesis (and, through
+    its entry points, trio), ~0.2-0.4 s in every child of a suite that never uses it."""
+    hook = config.hook
+    original = hook.pytest_terminal_summary
+    plugins = config.pluginmanager.get_plugins()
+    hook.pytest_terminal_summary = config.pluginmanager.subset_hook_caller(  # type: ignore[misc]
+        "pytest_terminal_summary", remove_plugins=plugins)
+    try:
+        yield
+    finally:
+        hook.pytest_terminal_summary = original  # type: ignore[misc]
 
 
 def send_state(sender: Sender, session: pytest.Session) -> None:
