@@ -1,5 +1,6 @@
 """Tiers, gating and overrides, each proved by a real pytest session."""
 
+import gc
 import json
 import os
 import subprocess
@@ -243,6 +244,40 @@ def test_then_every_test_empties_it():
 """)
     result = heavy_pytester.runpytest_subprocess("-p", "no:randomly", "--heavy-isolate", "never")
     result.assert_outcomes(passed=4)
+
+
+FREEZE_SUITE = """
+import gc
+
+def test_records_the_freeze():
+    with open("frozen.txt", "w") as out:
+        out.write(str(gc.get_freeze_count()))
+"""
+
+
+def frozen_in_test(pytester, *args, inline=False):
+    """How many objects ``gc.freeze()`` had moved out of the collector's way when the test ran."""
+    pytester.makepyfile(test_freeze=FREEZE_SUITE)
+    run = pytester.runpytest_inprocess if inline else pytester.runpytest_subprocess
+    run(*args).assert_outcomes(passed=1)
+    return int((pytester.path / "frozen.txt").read_text())
+
+
+def test_an_opted_in_session_freezes_the_heap_after_collection(heavy_pytester):
+    """Full collections (a plugin's, pytest's own at unconfigure, the interpreter's at exit) then
+    skip the libraries and items that live for the whole session."""
+    assert frozen_in_test(heavy_pytester) > 10_000
+
+
+def test_no_freeze_where_it_would_hide_objects_or_reach_another_session(heavy_pytester):
+    """--heavy-find-leaks walks the collector's objects; a session nested in another (pytester's
+    inline runs) must not change its host process; a project that did not opt in sees nothing."""
+    assert frozen_in_test(heavy_pytester, "--heavy-find-leaks") == 0
+    before = gc.get_freeze_count()
+    assert frozen_in_test(heavy_pytester, inline=True) == before
+    assert gc.get_freeze_count() == before
+    heavy_pytester.makeini("[pytest]\n")
+    assert frozen_in_test(heavy_pytester) == 0
 
 
 def test_doctor_json(tmp_path):

@@ -18,6 +18,7 @@ from .settings import ASSUME_ENV, ENABLE_ENV, add_options, enabled, load
 
 DISABLED = pytest.StashKey[str]()  # what kept pytest-heavy off, for the one header line
 MPS_IGNORED = pytest.StashKey[str]()  # a per-user MPS directory or daemon left alone: not this user's
+SESSIONS: list[pytest.Config] = []  # the sessions configured in this process now: more than one inline
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -30,6 +31,7 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    SESSIONS.append(config)
     on, why = enabled(config)
     if not on:
         config.stash[DISABLED] = why
@@ -63,7 +65,12 @@ def pytest_configure(config: pytest.Config) -> None:
         from .gpu import guard
 
         guard.register(config, run)
-    cleanup.register(config, settings)
+    cleanup.register(config, settings, nested=len(SESSIONS) > 1)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if config in SESSIONS:
+        SESSIONS.remove(config)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
