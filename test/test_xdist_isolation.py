@@ -114,6 +114,27 @@ def test_n2_runs_each_heavy_module_in_its_own_child_with_the_outcomes_of_a_run_w
     assert "without isolation" not in dist.stdout.str()
 
 
+IDENTITY = """
+def test_identity(worker_id, testrun_uid):
+    ran_here(f"{NAME}_{worker_id}_{testrun_uid}")
+    assert worker_id == os.environ["PYTEST_XDIST_WORKER"]
+    assert testrun_uid == os.environ["PYTEST_XDIST_TESTRUNUID"]
+"""
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork", "template"])
+def test_worker_id_and_testrun_uid_in_a_child_are_its_workers(heavy_pytester, method):
+    """Tests pick ports and scratch names by ``worker_id``: a spawned or template child configured
+    pytest afresh, without xdist's workerinput, and answered 'master' and a uid of its own."""
+    modules = ["test_ha", "test_hb", "test_hc"]
+    heavy_pytester.makepyfile(**{m: heavy_module(m, IDENTITY) for m in modules})
+    result = heavy_pytester.runpytest_subprocess("-n", "2", "--heavy-start", method)
+    result.assert_outcomes(passed=3)
+    ran = {name.split("_", 2)[2] for name in pids(heavy_pytester.path)}
+    assert all(re.fullmatch(r"gw[01]_[0-9a-f]{32}", who) for who in ran)
+    assert len({who.split("_")[1] for who in ran}) == 1  # one test run, one uid
+
+
 CRASH = """
 import os
 

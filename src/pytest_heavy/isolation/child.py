@@ -322,12 +322,34 @@ def configure(options: dict[str, Any], args: list[str]) -> pytest.Config:
     for key, blob in late.items():  # plugins are loaded and marked for rewriting by now
         setattr(config.option, key, pickle.loads(blob))
     invoked_as_parent(config)
+    XdistIdentity.register(config)
     config._do_configure()  # what pytest's wrap_session does first; done once, shared by forked children
     if log_file:
         config.option.log_file = log_file
         append_to_log_file(config)
     silence_terminal(config)
     return config
+
+
+class XdistIdentity:
+    """pytest-xdist's ``worker_id`` and ``testrun_uid`` fixtures in a spawned or template child of an
+    xdist worker: xdist reads them from the worker's ``workerinput``, which only a worker's config
+    has, so a child that configured pytest afresh answered 'master' and a uid of its own. Tests use
+    them to pick ports, databases and scratch names per worker; the worker's environment (inherited)
+    holds both. A fork of the worker keeps the worker's config and needs none of this."""
+
+    @classmethod
+    def register(cls, config: pytest.Config) -> None:
+        if os.environ.get("PYTEST_XDIST_WORKER") and config.pluginmanager.has_plugin("xdist"):
+            config.pluginmanager.register(cls(), "heavy-xdist-identity")  # after xdist's: these win
+
+    @pytest.fixture(scope="session")
+    def worker_id(self) -> str:
+        return os.environ["PYTEST_XDIST_WORKER"]
+
+    @pytest.fixture(scope="session")
+    def testrun_uid(self) -> str:
+        return os.environ.get("PYTEST_XDIST_TESTRUNUID", "")
 
 
 INVOCATION_OPTION = "heavy_invocation_args"  # the parent's command-line arguments, on the child's options
