@@ -450,15 +450,13 @@ def without_terminal_summary(config: pytest.Config) -> Generator[None]:
     every test, as in one process, where each plugin's summary runs once. A child's would print
     into the null sink at a real price: hypothesis's imports the whole of hypothesis (and, through
     its entry points, trio), ~0.2-0.4 s in every child of a suite that never uses it."""
-    hook = config.hook
-    original = hook.pytest_terminal_summary
-    plugins = config.pluginmanager.get_plugins()
-    hook.pytest_terminal_summary = config.pluginmanager.subset_hook_caller(  # type: ignore[misc]
-        "pytest_terminal_summary", remove_plugins=plugins)
+    name, hook = "pytest_terminal_summary", config.hook
+    original = getattr(hook, name)
+    setattr(hook, name, config.pluginmanager.subset_hook_caller(name, config.pluginmanager.get_plugins()))
     try:
         yield
     finally:
-        hook.pytest_terminal_summary = original  # type: ignore[misc]
+        setattr(hook, name, original)
 
 
 def send_state(sender: Sender, session: pytest.Session) -> None:
