@@ -108,7 +108,7 @@ import time
 def test_ini_timeout():
     time.sleep(30)
 
-@pytest.mark.timeout(1)
+@pytest.mark.timeout(0.5)
 def test_marked_timeout():
     time.sleep(30)
 
@@ -120,13 +120,13 @@ def test_after():
 @needs("pytest_timeout")
 @pytest.mark.parametrize("method", METHODS_FORK_FAST)
 def test_timeout_signal_method_fails_the_test_with_its_message(heavy_pytester, method):
-    heavy_pytester.makeini("[pytest]\nheavy_ram_gib = 4\ntimeout = 2\ntimeout_method = signal\n")
+    heavy_pytester.makeini("[pytest]\nheavy_ram_gib = 4\ntimeout = 1\ntimeout_method = signal\n")
     heavy_pytester.makepyfile(test_a=TIMEOUT_MODULE, test_b=TIMEOUT_MODULE)
     base, isolated = both(heavy_pytester, method=method)
     assert outcomes(isolated) == outcomes(base)
     assert outcomes(isolated)[1] == {"failed": 4, "passed": 2}
-    isolated.stdout.fnmatch_lines(["E       Failed: Timeout (>2.0s) from pytest-timeout.",
-                                   "E       Failed: Timeout (>1.0s) from pytest-timeout."])
+    isolated.stdout.fnmatch_lines(["E       Failed: Timeout (>1.0s) from pytest-timeout.",
+                                   "E       Failed: Timeout (>0.5s) from pytest-timeout."])
 
 
 @needs("pytest_timeout")
@@ -134,7 +134,7 @@ def test_timeout_signal_method_fails_the_test_with_its_message(heavy_pytester, m
 def test_timeout_thread_method_fails_the_test_and_the_module_goes_on(heavy_pytester, method):
     """In one process the thread method ends the whole session (os._exit); in a child it ends only
     the child: the test fails with pytest-timeout's dump, the module's later tests still run."""
-    heavy_pytester.makeini("[pytest]\nheavy_ram_gib = 4\ntimeout = 2\ntimeout_method = thread\n")
+    heavy_pytester.makeini("[pytest]\nheavy_ram_gib = 4\ntimeout = 1\ntimeout_method = thread\n")
     heavy_pytester.makepyfile(test_a=TIMEOUT_MODULE, test_b=TIMEOUT_MODULE)
     result = heavy_pytester.runpytest_subprocess("-rA", "--heavy-isolate", "always", "--heavy-start", method)
     result.assert_outcomes(failed=4, passed=2)
