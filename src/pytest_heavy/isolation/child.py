@@ -338,18 +338,21 @@ class XdistIdentity:
     them to pick ports, databases and scratch names per worker; the worker's environment (inherited)
     holds both. A fork of the worker keeps the worker's config and needs none of this."""
 
+    WORKER, UID = "PYTEST_XDIST_WORKER", "PYTEST_XDIST_TESTRUNUID"  # set by xdist in each worker
+
     @classmethod
     def register(cls, config: pytest.Config) -> None:
-        if os.environ.get("PYTEST_XDIST_WORKER") and config.pluginmanager.has_plugin("xdist"):
+        xdist_worker = all(os.environ.get(name) for name in (cls.WORKER, cls.UID))
+        if xdist_worker and config.pluginmanager.has_plugin("xdist"):
             config.pluginmanager.register(cls(), "heavy-xdist-identity")  # after xdist's: these win
 
     @pytest.fixture(scope="session")
     def worker_id(self) -> str:
-        return os.environ["PYTEST_XDIST_WORKER"]
+        return os.environ[self.WORKER]
 
     @pytest.fixture(scope="session")
     def testrun_uid(self) -> str:
-        return os.environ.get("PYTEST_XDIST_TESTRUNUID", "")
+        return os.environ[self.UID]
 
 
 INVOCATION_OPTION = "heavy_invocation_args"  # the parent's command-line arguments, on the child's options
