@@ -28,8 +28,6 @@ class HeavySession:
     def __init__(self, config: pytest.Config, run: Run) -> None:
         self.config = config
         self.run = run
-        self.session: pytest.Session | None = None
-        self.params_files: list[str] = []  # written for children, removed at the session's end
         # Whether a selected item may need a child: False when collection saw none (no plan is made).
         self.isolation_candidates = True
 
@@ -40,7 +38,6 @@ class HeavySession:
     @pytest.hookimpl(trylast=True)  # after the fixture manager and every plugin's session start
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         run = self.run
-        self.session = session
         if not isolation_possible(self.config, run) or self.config.pluginmanager.has_plugin("dsession"):
             return  # xdist's controller runs no test: no template
         from .isolation import threads
@@ -137,24 +134,15 @@ class HeavySession:
         junit.apply(self.config, data)  # what the child's tests recorded for junit
         return longrepr.rebuild(data) or subtests.rebuild(data)
 
-    def pytest_heavy_child_env(self, unit: str, env: dict[str, str]) -> None:
-        """Tell the child where tmp_path directories go (``child.share_basetemp``), and hand a
-        fresh interpreter the parameters of the unit's tests when its hash order differs from ours
-        (``isolation.params``)."""
-        from .isolation import child, params, plan
+    def pytest_heavy_child_env(self, env: dict[str, str]) -> None:
+        """Tell the child where tmp_path directories go (``child.share_basetemp``)."""
+        from .isolation import child
 
         # Made now, once, by the parent (a given --basetemp emptied once, retention applied once); a
         # fork inherits it, and the others are told where it is.
         factory = getattr(self.config, "_tmp_path_factory", None)
         if factory is not None:
             env[child.BASETEMP_ENV] = str(factory.getbasetemp())
-        session = self.session
-        if session is None or not params.hash_order_differs():
-            return
-        path = params.write([item for item in session.items if plan.module_of(item) == unit])
-        if path is not None:
-            env[params.PARAMS_ENV] = path
-            self.params_files.append(path)
 
     def note(self, text: str) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
@@ -205,8 +193,6 @@ class HeavySession:
             from .isolation import xdist_controller
 
             xdist_controller.cleanup(self.config)
-        for path in self.params_files:
-            os.unlink(path)
         if run.template is not None:  # a session that never reached its run loop (an interrupted collection)
             run.template.close()
         if run.settings.report_path and not run.settings.child:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from ...wire import FDS_ENV, PAYLOAD_ENV, SpawnPayload
+from .. import params
 from ..child import LATE_OPTIONS
 from .base import Pipes, Started, UnitRequest, child_args, child_options
 
@@ -63,6 +64,8 @@ class SpawnLauncher:
         pipes = Pipes(self._capture)
         env = dict(request.env)
         env[PAYLOAD_ENV] = payload_path
+        if params.hash_order_differs() and (described := params.write(request.items, self._tmp.name)):
+            env[params.PARAMS_ENV] = described
         fds = [pipes.events_w, pipes.control_r, *pipes.captured, *pipes.terminal]  # its output: at exec
         env[FDS_ENV] = ",".join(str(fd) for fd in fds)
         popen = subprocess.Popen(
