@@ -32,7 +32,8 @@ from .template import TemplateLauncher, unavailable_reason
 
 
 def start_template(config: pytest.Config, run: Run) -> None:
-    """Fork the template (idle until a test module imports a package) and watch collection for it."""
+    """Fork the template (it configures the children's session beside collection) and watch
+    collection for the packages test modules import."""
     missing = unavailable_reason()
     if missing:
         run.template_missing = missing
