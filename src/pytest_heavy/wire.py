@@ -17,6 +17,7 @@ import functools
 import io
 import os
 import pickle
+import re
 import signal
 import struct
 import sys
@@ -69,6 +70,7 @@ class RunRequest(TypedDict):
     nodeids: list[str]
     paths: list[str]
     maxfail: int  # failures left before the session stops (0: no limit)
+    staged: bool  # collect, then wait for ``go`` on the control pipe before running (see ``go``)
 
 
 class SpawnPayload(TypedDict):
@@ -81,6 +83,13 @@ class SpawnPayload(TypedDict):
 
 STOP = b"stop\n"  # the control pipe's message: stop after the current test (EOF: the parent is gone)
 RESUME = b"resume\n"  # the answer to Event.DEBUGGER: the parent wrote everything before it to the terminal
+GO = re.compile(rb"go (\d+)\n")  # a staged child's word to run, with the failures left then (maxfail)
+
+
+def go(maxfail: int) -> bytes:
+    """The control pipe's message that lets a staged child run its tests, collected already while
+    the child before it ran (``controller.stage_next``): ``maxfail`` as it stands now."""
+    return b"go %d\n" % maxfail
 
 
 # --- events ----------------------------------------------------------------------------------------

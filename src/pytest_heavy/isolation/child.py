@@ -38,6 +38,7 @@ from .. import procs
 from ..wire import (
     EXIT_PARENT_GONE,
     FDS_ENV,
+    GO,
     LIVE_LOG_KEY,
     OUTSIDE_KEY,
     PAYLOAD_ENV,
@@ -217,18 +218,40 @@ def register_forwarder(forwarder: Forwarder) -> Forwarder:
     return forwarder
 
 
-def watch_control(fd: int, session: pytest.Session) -> None:
-    """Read the parent's control pipe: 'stop' ends the run after the current test; EOF means the
-    parent is gone (even SIGKILLed), and a child nobody listens to has no reason to go on: it kills
-    what its tests started, which nobody else would, and exits."""
+class Go:
+    """A staged child's wait, once collected, for the parent's word to run (``wire.go``)."""
+
+    def __init__(self) -> None:
+        self._said = threading.Event()
+        self.maxfail: int | None = None  # None: told to stop instead
+
+    def release(self, maxfail: int | None) -> None:
+        if not self._said.is_set():
+            self.maxfail = maxfail
+            self._said.set()
+
+    def wait(self) -> int | None:
+        self._said.wait()
+        return self.maxfail
+
+
+def watch_control(fd: int, session: pytest.Session, go: Go | None = None) -> None:
+    """Read the parent's control pipe: 'stop' ends the run after the current test (a staged child's
+    before its first); 'go' lets a staged child run; EOF means the parent is gone (even SIGKILLed),
+    and a child nobody listens to has no reason to go on: it kills what its tests started, which
+    nobody else would, and exits."""
 
     def run() -> None:
         with os.fdopen(fd, "rb", buffering=0) as pipe:
             while data := pipe.read(64):
                 if STOP in data:
                     session.shouldstop = "stopped by pytest-heavy: the parent session is stopping"
+                    if go is not None:
+                        go.release(None)
                 if RESUME in data:
                     terminal.RESUMED.set()
+                if go is not None and (said := GO.search(data)):
+                    go.release(int(said.group(1)))
         procs.kill_descendants()
         os._exit(EXIT_PARENT_GONE)
 
@@ -418,18 +441,21 @@ def start_session(config: pytest.Config) -> pytest.Session:
 def run_session(config: pytest.Config, request: Mapping[str, Any], sender: Sender, control_fd: int,
                 session: pytest.Session | None = None) -> int:
     """Collect the unit's files (in ``session``, started here unless given) and run exactly the
-    requested node ids."""
+    requested node ids; a staged child runs them once the parent says ``go``."""
     register_forwarder(Forwarder(sender, config, request["nodeids"]))
     config.option.maxfail = request["maxfail"]
     config.args = list(request["paths"])
     share_basetemp(config)
     if session is None:
         session = start_session(config)
-    watch_control(control_fd, session)
+    go = Go() if request.get("staged") else None
+    watch_control(control_fd, session, go)
     try:
         config.hook.pytest_collection(session=session)
+        if go is not None and (maxfail := go.wait()) is not None:
+            config.option.maxfail = maxfail  # failures the children before it left
         with run_logging(config):
-            run_items(session, session.items)
+            run_items(session, session.items if not session.shouldstop else [])
         if session.shouldfail:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
     except (session.Failed, session.Interrupted):  # before INTERRUPTS: Interrupted is a KeyboardInterrupt

@@ -23,7 +23,7 @@ from ..records import ModulePeaks
 from ..state import Run
 from . import schedule, stops
 from .launch import Launchers
-from .launch.attempt import Attempt
+from .launch.attempt import Attempt, Staged
 from .plan import Unit
 from .ready import Ready
 from .replay import Replay, reraise
@@ -44,6 +44,8 @@ class Controller:
         self.env = supervise.child_environment(run.settings, run.hardware, isolated=True)
         self.ready = Ready(schedule.make(run.settings, run.hardware, peaks or {}), run.hardware)
         self.beside_others = False  # other processes run children on these GPUs too (pytest-xdist's workers)
+        self.upcoming: list[UnitRun] = []  # heavy units yet to start, in the order they will (stage_next)
+        self.staged: dict[UnitRun, Staged] = {}  # the next one's child, collecting ahead of its turn
 
     def run_units(self, units: list[Unit]) -> None:
         parent_items = [item for unit in units if unit.module is None for item in unit.items]
@@ -52,6 +54,8 @@ class Controller:
         reorders = self.ready.scheduler.reorders  # every heavy module ready at once: the scheduler orders
         if reorders:
             self.ready.add(*runs.values())
+        elif self.settings.workers == 1:  # one child at a time, in collection order: the next is known
+            self.upcoming = list(runs.values())
         try:
             for unit in units:
                 if self.stopping():
@@ -71,6 +75,9 @@ class Controller:
                 attempt.kill()
             raise
         finally:
+            for staged in self.staged.values():  # its turn never came: -x, an interrupt
+                staged.discard()
+            self.staged.clear()
             self.launchers.close()
         if self.settings.packing:
             self.run.schedule = self.ready.schedule_line(self.run.records)
@@ -143,17 +150,43 @@ class Controller:
         if refusal:  # a GPU child that would certainly fail with 'device busy': its tests fail now
             self.replay_events(ur, None, ur.refused(refusal))
             return self.end_unit(ur)
-        env = {**self.env, **ur.placement.env(self.run.hardware)}
-        self.hook.pytest_heavy_child_env(config=self.config, unit=ur.name, env=env)
+        if ur in self.upcoming:
+            self.upcoming.remove(ur)
+        pinned = ur.placement.env(self.run.hardware)
+        env = {**self.env, **pinned}
+        staged = self.staged.pop(ur, None)
+        if staged is not None and pinned:  # placed on GPUs after all: a child with their environment
+            staged.discard()
+            staged = None
+        if staged is None:  # a staged child's was made as it was staged
+            self.hook.pytest_heavy_child_env(config=self.config, unit=ur.name, env=env)
         request = ur.request(env, stops.failures_left(self.session))
         contexts = functools.partial(guard.context_pids, self.config) if ur.unit.gpu else None
         attempt = Attempt.launch(self.launchers, request, placement=ur.placement, settings=self.settings,
-                                 gpu=self.gpu, contexts=contexts,
+                                 gpu=self.gpu, contexts=contexts, staged=staged,
                                  post=lambda attempt, batch: self.inbox.put((ur, attempt, batch)))
         ur.launched(attempt.method, attempt.why, restart)
         self.running[ur] = attempt
         self.hook.pytest_heavy_unit_start(config=self.config, unit=ur.name, method=attempt.method,
                                           nodeids=request.nodeids)
+        self.stage_next()
+
+    def stage_next(self) -> None:
+        """Start the next heavy unit's child now, while this one runs: it forks (or spawns), starts up
+        and collects its module meanwhile, then waits for its turn (``wire.go``), so a module's
+        collection in its child costs no wall time once the first module runs. Only one child at a
+        time (collection order), and not for a unit that needs a GPU: its module's import may touch
+        the GPU the running child uses, whose release is checked before the next one starts."""
+        if self.staged or not self.upcoming or self.stopping():
+            return
+        ur = self.upcoming[0]
+        if ur.unit.gpu or ur.unit.gpus:
+            return
+        env = dict(self.env)
+        self.hook.pytest_heavy_child_env(config=self.config, unit=ur.name, env=env)
+        staged = self.launchers.stage(ur.request(env, stops.failures_left(self.session), staged=True))
+        if staged is not None:
+            self.staged[ur] = Staged(*staged)
 
     # --- the events the unit's books return, one short method each ----------------------------------
 

@@ -78,11 +78,12 @@ class UnitRun:
         if other.name not in self.record.beside:
             self.record.beside.append(other.name)
 
-    def request(self, env: dict[str, str], maxfail: int) -> UnitRequest:
+    def request(self, env: dict[str, str], maxfail: int, staged: bool = False) -> UnitRequest:
         """What the next child runs: every test still pending, in the parent's order."""
         return UnitRequest(unit=self.name, nodeids=list(self.pending),
                            paths=sorted({str(self.items[n].path) for n in self.pending}),
-                           maxfail=maxfail, items=[self.items[n] for n in self.pending], env=env)
+                           maxfail=maxfail, items=[self.items[n] for n in self.pending], env=env,
+                           staged=staged)
 
     def launched(self, method: str, why: str, restart: bool) -> None:
         """A child runs its pending tests now, started with ``method`` (``why`` not the chosen one);

@@ -59,6 +59,7 @@ class Launchers:
         if method == "template" and template is None:
             self._dead["template"] = f"no template process ({template_missing or 'not started'})"
         self.found: dict[str, Launcher] = {}
+        self._own: dict[str, bool] = {}  # whether this package made it (a plugin's may not know staging)
         for name in {"spawn", method}:
             if name not in self._dead:
                 self.launcher(name)
@@ -69,6 +70,7 @@ class Launchers:
             config = self._session.config
             made = config.hook.pytest_heavy_make_launcher(config=config, method=name)
             self.found[name] = made if made is not None else self._builtin(name)
+            self._own[name] = made is None
         return self.found[name]
 
     def _builtin(self, name: str) -> Launcher:
@@ -121,6 +123,27 @@ class Launchers:
             shown, self._said = ("" if why == self._said else why), why
             return name, started, shown
         raise AssertionError("spawn, the last method of every chain, never refuses")
+
+    def stage(self, request: UnitRequest) -> tuple[str, Started, str] | None:
+        """Start a staged child (``request.staged``) with the first choice of the chain, as ``start``
+        would; None where that is not our template or spawn (a fork of the parent, made now, would
+        carry the running child's reader threads; a plugin's launcher may not wait for ``go``) or it
+        refused: the child starts at its turn, and ``start`` falls back as usual."""
+        from .base import RefusedError
+
+        name = self.chain[0]
+        if name not in ("template", "spawn") or name in self._dead:
+            return None
+        launcher = self.launcher(name)
+        if not self._own[name]:
+            return None
+        try:
+            started = launcher.start(request)
+        except RefusedError:
+            return None
+        self._say(name, [])
+        self._said = ""
+        return name, started, ""
 
     def _say(self, name: str, reasons: list[str]) -> None:
         """Once: the first choice was asked for by name and cannot be used; the template could not

@@ -53,6 +53,37 @@ class Ended:
         return self.progress and (self.current is not None or not self.stopped)
 
 
+@dataclass(frozen=True)
+class Staged:
+    """A child started ahead of its turn (``controller.stage_next``): it collects its module while
+    the child before it runs, then waits for ``go``. Nothing reads its pipes until then, and its
+    tests are not its unit's books' until an ``Attempt`` takes it over."""
+
+    method: str
+    started: Started
+    why: str
+
+    def go(self, maxfail: int) -> None:
+        try:
+            os.write(self.started.control, wire.go(maxfail))
+        except OSError:  # it died meanwhile: its attempt finds it so
+            pass
+
+    def discard(self) -> None:
+        """Its turn never came (-x, Ctrl-C): closing the control pipe is 'the parent is gone', on which
+        a child kills what it started and exits; it is waited for briefly, then killed."""
+        self.started.close()
+        for stream in (self.started.events, self.started.stdout, self.started.stderr):
+            if stream is not None:
+                stream.close()
+        if draining.wait(self.started.process, DISCARD_GRACE_S) is None:
+            self.started.process.send_signal(signal.SIGKILL)
+            draining.wait(self.started.process, DISCARD_GRACE_S)
+
+
+DISCARD_GRACE_S = 2.0  # a staged child exits within milliseconds of its control pipe's end
+
+
 class Attempt:
     """One child process running (part of) a heavy unit."""
 
@@ -76,13 +107,19 @@ class Attempt:
 
     @classmethod
     def launch(cls, launchers: Launchers, request: UnitRequest, *, placement: Placement, settings: Settings,
-               gpu: memory.GpuReader | None, post: Post, contexts: Contexts | None = None) -> Attempt:
+               gpu: memory.GpuReader | None, post: Post, contexts: Contexts | None = None,
+               staged: Staged | None = None) -> Attempt:
         """Start a child for ``request`` where ``placement`` says and read its events into ``post``.
-        ``contexts``: after it, wait for its CUDA contexts to be gone too (the parent trap)."""
+        ``contexts``: after it, wait for its CUDA contexts to be gone too (the parent trap).
+        ``staged``: the child started already, ahead of its turn: it is told to run instead."""
         positions = placement.gpus or None
         baseline = gpu.device_used_mib(positions) if gpu else None
         foreign = gpu.foreign_mib(positions, set()) if gpu and placement.may_share else 0
-        method, started, why = launchers.start(request)
+        if staged is None:
+            method, started, why = launchers.start(request)
+        else:
+            method, started, why = staged.method, staged.started, staged.why
+            staged.go(request.maxfail)
         sup = supervise.Supervisor(started.process, gpu, baseline, "the child", positions, foreign)
         attempt = cls(started, method, why, sup, request.unit, settings, contexts)
         threading.Thread(target=attempt._read, args=(post,), name=f"heavy-events-{request.unit}",

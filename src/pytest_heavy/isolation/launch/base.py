@@ -27,9 +27,11 @@ class UnitRequest:
     maxfail: int  # failures left before the session stops (0: no limit)
     items: list[pytest.Item] = field(default_factory=list)  # the parent's items (fork)
     env: dict[str, str] = field(default_factory=dict)
+    staged: bool = False  # ahead of its turn: it collects, then waits for ``wire.go`` (template, spawn)
 
     def wire(self) -> RunRequest:
-        return RunRequest(unit=self.unit, nodeids=self.nodeids, paths=self.paths, maxfail=self.maxfail)
+        return RunRequest(unit=self.unit, nodeids=self.nodeids, paths=self.paths, maxfail=self.maxfail,
+                          staged=self.staged)
 
 
 class RefusedError(RuntimeError):
