@@ -470,7 +470,7 @@ def run_session(config: pytest.Config, request: Mapping[str, Any], sender: Sende
     share_basetemp(config)
     if session is None:
         session = start_session(config)
-    go = Go() if request.get("staged") else None
+    go = Go() if request["staged"] else None
     watch_control(control_fd, session, go)
     try:
         config.hook.pytest_collection(session=session)

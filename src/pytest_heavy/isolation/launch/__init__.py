@@ -118,10 +118,7 @@ class Launchers:
                     raise
                 reasons.append(self._refused(name, exc))
                 continue
-            self._say(name, reasons)
-            why = "; ".join(reasons)
-            shown, self._said = ("" if why == self._said else why), why
-            return name, started, shown
+            return name, started, self._used(name, reasons)
         raise AssertionError("spawn, the last method of every chain, never refuses")
 
     def stage(self, request: UnitRequest) -> tuple[str, Started, str] | None:
@@ -141,9 +138,15 @@ class Launchers:
             started = launcher.start(request)
         except RefusedError:
             return None
-        self._say(name, [])
-        self._said = ""
-        return name, started, ""
+        return name, started, self._used(name, [])
+
+    def _used(self, name: str, reasons: list[str]) -> str:
+        """A child started with ``name`` after ``reasons`` refused it the methods before: what the
+        heavy table shows of them (said once while they stay the same)."""
+        self._say(name, reasons)
+        why = "; ".join(reasons)
+        shown, self._said = ("" if why == self._said else why), why
+        return shown
 
     def _say(self, name: str, reasons: list[str]) -> None:
         """Once: the first choice was asked for by name and cannot be used; the template could not
