@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from test_isolation import METHODS
+from methods import PARAMS
 
 LIBRARY = """
 def used_by_a():
@@ -50,7 +50,7 @@ def missing_lines(pytester: pytest.Pytester, *args: str) -> list[int]:
     return report["files"]["mylib.py"]["missing_lines"]
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARAMS)
 def test_children_and_examples_are_measured(project: pytest.Pytester, method: str) -> None:
     assert missing_lines(project, "--heavy-start", method) == []
     assert not list(project.path.glob(".coverage.*"))  # every child's data file was combined

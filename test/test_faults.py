@@ -34,7 +34,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-METHODS = ["spawn", "fork", "template"]
+from methods import METHODS, PARAMS
+from methods import marks as method_marks
+
 RUN_BOUND_S = 120  # a run that takes longer than this never ends, as far as these tests are concerned
 GONE_BOUND_S = 15  # how long processes of a run may take to disappear after it ended
 
@@ -307,7 +309,8 @@ def cell_params() -> list:
     for name in FAULTS:
         for method in METHODS:
             for workers in (1, 2):
-                marks = [pytest.mark.slow] if workers == 2 or name in ALL_SLOW else []
+                slow = workers == 2 or name in ALL_SLOW or method_marks(method)
+                marks = [pytest.mark.slow] if slow else []
                 params.append(pytest.param(name, method, workers, marks=marks,
                                            id=f"{name}-{method}-w{workers}"))
     return params
@@ -348,7 +351,7 @@ def test_waits():
 '''
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARAMS)
 def test_sigkilled_parent_leaves_no_process(tmp_path, method):
     """A SIGKILLed parent cannot write a report; what it guarantees instead: nothing it started,
     nor anything its tests started, outlives it."""

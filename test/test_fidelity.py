@@ -8,7 +8,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-METHODS = ["spawn", "fork", "template"]
+from methods import METHODS, PARAMS, marks
+
 PYTEST_9 = int(pytest.__version__.split(".")[0]) >= 9
 SHORT = re.compile(r"^(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS|SUB[A-Z]+)\b")
 
@@ -73,7 +74,7 @@ class T(unittest.TestCase):
 
 
 @pytest.mark.skipif(not PYTEST_9, reason="subtests are built into pytest >= 9")
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARAMS)
 def test_subtests_keep_the_tests_outcome_and_their_argument_reprs(heavy_pytester, method):
     heavy_pytester.makepyfile(test_h1=SUBTESTS, test_h2=SUBTESTS)
     base, iso = parity(heavy_pytester, method, "-v")
@@ -106,7 +107,7 @@ def test_skip():
 """)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARAMS)
 def test_short_summary_lines_keep_the_crash_message(heavy_pytester, method):
     heavy_pytester.makepyfile(test_h1=FAILURES, test_h2=FAILURES, test_light="def test_light(): pass\n")
     parity(heavy_pytester, method)
@@ -115,7 +116,7 @@ def test_short_summary_lines_keep_the_crash_message(heavy_pytester, method):
 # --- options that broke children ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("args", [["-W", "error"], ["-o", "filterwarnings=error"]], ids=["W-error", "ini"])
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARAMS)
 def test_warnings_as_errors_do_not_break_children(heavy_pytester, method, args):
     """pytest warns when it cannot rewrite an already imported plugin, and a spawned child imports
     pytest-heavy before pytest configures rewriting: under ``-W error`` every child died."""
@@ -124,7 +125,7 @@ def test_warnings_as_errors_do_not_break_children(heavy_pytester, method, args):
     assert "was not run" not in iso.stdout.str()
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARAMS)
 def test_without_the_debugging_plugin(heavy_pytester, method):
     """``-p no:debugging`` removes ``--pdb``/``--trace``: the plan read them and failed with INTERNALERROR."""
     heavy_pytester.makepyfile(test_h1=FAILURES, test_h2=FAILURES)
@@ -145,10 +146,10 @@ def test_d(): assert 0
 STOP_RULES = {"sw": ["--sw"], "sw-skip": ["--sw-skip"], "x": ["-x"], "maxfail": ["--maxfail=2"]}
 
 
-# --sw-skip shares --sw's path; its fork and template cells (5 s each) run in the slow tier.
+# --sw-skip shares --sw's path; its spawn and fork cells (5 s each) run in the slow tier.
 @pytest.mark.parametrize("method, args", [
     pytest.param(method, args, id=f"{method}-{rule}",
-                 marks=[pytest.mark.slow] if rule == "sw-skip" and method != "spawn" else [])
+                 marks=[pytest.mark.slow] if rule == "sw-skip" and method != "template" else marks(method))
     for method in METHODS for rule, args in STOP_RULES.items()])
 def test_stop_rules_stop_after_the_same_test(heavy_pytester, method, args):
     """A child stops itself after the failure that stops the session (the parent's 'stop' arrives
@@ -183,7 +184,7 @@ def test_executor():
 """)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARAMS)
 def test_multiprocessing_helpers_are_not_leftovers(heavy_pytester, method):
     """The resource tracker and forkserver exit by themselves once their parent is gone: not
     reported as leaked; a process a test really leaves behind still is."""
@@ -218,7 +219,7 @@ def progress(result):
 
 
 @pytest.mark.parametrize("args", [["-o", "log_cli=true"], ["--log-cli-level=DEBUG"]], ids=["ini", "level"])
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARAMS)
 def test_live_logs_of_isolated_tests(heavy_pytester, method, args):
     """pytest attaches its live-log handler in its own run loop, which spawn and template children
     replace, and a child's terminal is silenced: live logs were lost."""
@@ -229,7 +230,7 @@ def test_live_logs_of_isolated_tests(heavy_pytester, method, args):
     assert "WARNING  app:test_h2.py:7 warn-line" in iso.outlines
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARAMS)
 def test_log_file_holds_every_process_records(heavy_pytester, method):
     """One --log-file for the session, with its level, written by the parent and every child (a
     child opened it anew, emptying it, or never attached its handler)."""
@@ -270,7 +271,7 @@ def suite_xml(path):
 
 
 @pytest.mark.parametrize("family", ["xunit1", "xunit2"])
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARAMS)
 def test_junit_suite_properties_attributes_and_report_hooks_once(heavy_pytester, method, family):
     """record_testsuite_property/record_xml_attribute reach the parent's junit file (the child has
     none, so they were dropped); a conftest's report hook sees each report once (child and parent
@@ -305,7 +306,7 @@ def pytest_collection_modifyitems(items):
 """
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARAMS)
 def test_set_parameters_run_under_the_parents_node_ids(heavy_pytester, method, monkeypatch):
     """Ids by position over a set: a fresh interpreter (another hash secret) orders the set
     differently, and ran another parameter under the parent's node id."""
@@ -336,7 +337,7 @@ def test_a():
 ''')
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARAMS)
 def test_failing_doctest_short_summary_has_no_message(heavy_pytester, method):
     """A doctest failure has no crash line: in-process its -rA line has no message; its text
     travelled as a string and the line gained the text's first line (' - 004')."""
@@ -370,7 +371,7 @@ def test_fd_write():
 
 @pytest.mark.parametrize("args", [["-v"], ["--capture=tee-sys"], ["--capture=sys"]],
                          ids=["fd", "tee-sys", "sys"])
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARAMS)
 def test_output_past_the_capture_reaches_the_terminal(heavy_pytester, method, args):
     """capsys.disabled(), tee-sys's echo and fd writes under --capture=sys reach the terminal in
     one process; a child's went to the parent's pipe and were dropped."""
@@ -388,7 +389,7 @@ def test_a(tmp_path):
 """)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARAMS)
 def test_tmp_path_one_tree_per_session(heavy_pytester, method):
     """Every process's tmp_path directories in the parent's --basetemp, numbered as in-process (each
     child made its own tree, or emptied the given one as it started)."""

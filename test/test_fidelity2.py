@@ -13,7 +13,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from test_fidelity import METHODS, heavy, parity
+from methods import METHODS, PARAMS, marks
+from test_fidelity import heavy, parity
 
 # --- invocation_params ------------------------------------------------------------------------------
 
@@ -24,7 +25,7 @@ def test_args(pytestconfig, record_property):
 """
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARAMS)
 def test_invocation_params_are_the_parents(heavy_pytester, method):
     """A spawned or template child was configured from arguments of its own (rootdir, ini file):
     a test read those, not the command line the user typed."""
@@ -48,7 +49,7 @@ def pytest_terminal_summary(terminalreporter):
 """
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARAMS)
 def test_terminal_summary_hooks_run_once_in_the_parent(heavy_pytester, method):
     """A spawned or template child ended its session with every plugin's terminal summary too,
     written to its silenced terminal: wasted work (hypothesis's imports all of hypothesis in each
@@ -77,7 +78,7 @@ def warnings_summary(result):
     return text[text.index("warnings summary"):text.index("-- Docs")]
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARAMS)
 def test_config_warnings_counted_once(heavy_pytester, method):
     """A spawned or template child validates the ini file again when it collects its module: the
     unknown key's PytestConfigWarning came back from every child (listed and counted once per child)."""
@@ -101,7 +102,7 @@ def test_slow():
 
 
 # fork kept the dump (its copy of stderr is the parent's): that cell runs in the slow tier
-@pytest.mark.parametrize("method", [pytest.param(m, marks=[pytest.mark.slow] if m == "fork" else [])
+@pytest.mark.parametrize("method", [pytest.param(m, marks=[pytest.mark.slow] if m == "fork" else marks(m))
                                     for m in METHODS])
 def test_faulthandler_timeout_dump_reaches_stderr(heavy_pytester, method):
     """pytest points the faulthandler_timeout dump at a copy of stderr made at configure time: in a
@@ -151,7 +152,7 @@ def run_with_pdb(pytester, *args):
     return proc.returncode, (out + rest).decode().splitlines()
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARAMS)
 def test_breakpoint_without_pdb_uses_the_terminal(heavy_pytester, method):
     """``breakpoint()`` suspends pytest's capture and runs pdb on the terminal's stdin and stdout: a
     spawned or template child had /dev/null for stdin (BdbQuit, no prompt) and every child's stdout
@@ -187,7 +188,7 @@ def suite_properties(path):
                   for p in root.iter("property"))
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARAMS)
 def test_hypothesis_statistics_in_junit(heavy_pytester, method):
     """hypothesis records each test's statistics through pytest's junit writer, which only the
     parent has: the child's stand-in (isolation/junit.py) carries them to it."""
@@ -211,7 +212,7 @@ def snapshot_files(path):
     return {p.name: p.read_text() for p in sorted((path / "__snapshots__").iterdir())}
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARAMS)
 def test_syrupy_snapshots_of_isolated_modules(heavy_pytester, method):
     """syrupy judges unused snapshots once, at the session's end, from what every test asserted:
     the parent knew nothing of its children's assertions, so their snapshots were unused (exit 1),
@@ -242,7 +243,7 @@ def test_bench(benchmark):
 """)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARAMS)
 def test_benchmark_results_of_isolated_modules(heavy_pytester, method):
     """pytest-benchmark saves and shows its results at the session's end: the parent had none of
     its children's (missing from the table and --benchmark-json), and each spawned or template

@@ -11,7 +11,8 @@ import xml.etree.ElementTree as ET
 import psutil
 import pytest
 
-METHODS = ["spawn", "fork", "template"]
+from methods import METHODS, PARAMS
+
 # Checked without importing torch here: this process stays as light as the parents it tests.
 NEEDS_TORCH = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
 
@@ -93,7 +94,7 @@ def iso(heavy_pytester):
     return heavy_pytester
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", METHODS)  # spawn too: the one parity check of it in the default tier
 def test_isolated_run_matches_in_process_run(iso, method):
     iso.makepyfile(test_one=PARITY_SUITE, test_two=PARITY_SUITE)
     base = iso.runpytest_subprocess("-rA", "--heavy-isolate", "never", "--junitxml=base.xml")
@@ -143,7 +144,7 @@ def test_passes(resource):
 @pytest.mark.parametrize("options", [["--setup-show"], ["-l", "--tb=short"], ["--tb=native", "-vv"],
                                      ["--tb=line"], ["-W", "error::RuntimeWarning", "--log-level=INFO"]],
                          ids=["setup-show", "locals-short", "native-vv", "line", "W-error-log"])
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARAMS)
 def test_isolated_run_matches_in_process_run_with_options(iso, method, options):
     """Children are whole pytest processes: options that need the terminal writer or change how
     failures are explained give the same reports isolated as in one process."""
@@ -190,7 +191,7 @@ def test_after():
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARAMS)
 def test_each_test_keeps_its_own_output(iso, method, workers):
     """Children side by side never see each other's captured output; a test whose child dies
     keeps what it printed; stderr a conftest hook writes between tests reaches the crash message."""
@@ -282,7 +283,7 @@ def test_last(): pass
 """
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARAMS)
 def test_crash_costs_one_test_and_the_rest_runs_in_a_fresh_child(iso, method):
     iso.makepyfile(test_crash=CRASH_SUITE,
                    test_other="import pytest\npytestmark = pytest.mark.requires_heavy_ram\n"
@@ -471,7 +472,7 @@ def test_pdb_turns_isolation_off_with_a_warning(iso):
     assert "heavy modules" not in result.stdout.str()
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARAMS)
 def test_dash_s_streams_child_output_live(iso, method):
     body = ("import pytest\npytestmark = pytest.mark.requires_heavy_ram\n"
             "def test_x(): print('LIVE-FROM-CHILD')\n")

@@ -8,7 +8,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-METHODS = ["spawn", "fork", "template"]
+from methods import PARAMS
+
 # For tests that wait out real timeouts: fork in the default tier, the other methods in the slow tier.
 METHODS_FORK_FAST = [pytest.param("spawn", marks=pytest.mark.slow), "fork",
                      pytest.param("template", marks=pytest.mark.slow)]
@@ -164,7 +165,7 @@ def test_fails_always():
 
 
 @needs("pytest_rerunfailures")
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARAMS)
 def test_rerunfailures_reruns_in_the_child_reported_as_in_process(heavy_pytester, method):
     heavy_pytester.makeini("[pytest]\nheavy_ram_gib = 4\njunit_family = xunit1\n")
     heavy_pytester.makepyfile(test_a=FLAKY_MODULE, test_b=FLAKY_MODULE)
@@ -250,7 +251,7 @@ async def test_async_fails(resource):
 
 
 @needs("pytest_asyncio")
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARAMS)
 @pytest.mark.parametrize("mode", ["strict", "auto"])
 def test_asyncio_tests_and_fixtures_in_isolated_modules(heavy_pytester, mode, method):
     body = ASYNC_STRICT if mode == "strict" else ASYNC_AUTO
@@ -279,7 +280,7 @@ def never_called():
 
 
 @needs("pytest_cov")
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARAMS)
 def test_cov_one_combined_report_with_the_childrens_lines(heavy_pytester, method):
     heavy_pytester.makepyfile(**{"mylib/__init__.py": COV_PACKAGE})
     heavy_pytester.makepyprojecttoml("""
@@ -317,7 +318,7 @@ def test_draw(request, i):
 
 
 @needs("pytest_randomly")
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARAMS)
 def test_randomly_same_order_and_seeds_as_in_process(heavy_pytester, method):
     heavy_pytester.makepyfile(test_a=RANDOM_MODULE, test_b=RANDOM_MODULE)
     draws = []
@@ -360,7 +361,7 @@ def test_pytest_split_and_heavy_split_coexist(heavy_pytester):
 
 
 @needs("pytest_forked")
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARAMS)
 def test_forked_runs_each_test_in_a_fork_of_the_child(heavy_pytester, method):
     """--forked forks once more per test inside the child: outcomes are those of --forked alone,
     and a crash costs only that test's fork, not the child."""

@@ -25,6 +25,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from methods import PARAMS
 from pytest_heavy.gpu import mps
 
 FAKES = Path(__file__).resolve().parent / "fakes"
@@ -274,11 +275,10 @@ def test_an_absurd_gpu_count_is_refused_at_once(heavy_pytester):
 
 # --- what crosses from a child to the parent, and from a child to what its tests start ---------------
 
-METHODS = ["spawn", "fork", "template"]
 ISOLATED = "import pytest\npytestmark = pytest.mark.requires_heavy_ram\n"
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARAMS)
 def test_a_childs_warning_category_is_never_imported_into_the_parent(heavy_pytester, method):
     """The parent used to import whatever module a child named as a warning's category."""
     heavy_pytester.makepyfile(
@@ -297,7 +297,7 @@ def test_a_childs_warning_category_is_never_imported_into_the_parent(heavy_pytes
     assert (heavy_pytester.path / "parent-modules.txt").read_text() == "False"
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARAMS)
 def test_the_child_marker_does_not_reach_what_tests_start(heavy_pytester, method, tmp_path_factory):
     """A nested pytest of a project that never opted in stays off (it came up enabled, as a child):
     the marker it inherits names the child, not itself."""
