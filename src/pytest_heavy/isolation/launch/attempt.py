@@ -53,17 +53,21 @@ class Ended:
         return self.progress and (self.current is not None or not self.stopped)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Staged:
     """A child started ahead of its turn (``controller.stage_next``): it collects its module while
-    the child before it runs, then waits for ``go``. Nothing reads its pipes until then, and its
-    tests are not its unit's books' until an ``Attempt`` takes it over."""
+    the child before it runs, then waits for ``go``. Nothing reads its pipes until an ``Attempt``
+    takes it over, and its tests are not its unit's books' until then."""
 
     method: str
     started: Started
     why: str
+    gone: bool = False  # told to run (once: the controller may tell it before its Attempt does)
 
     def go(self, maxfail: int) -> None:
+        if self.gone:
+            return
+        self.gone = True
         try:
             os.write(self.started.control, wire.go(maxfail))
         except OSError:  # it died meanwhile: its attempt finds it so
@@ -81,6 +85,7 @@ class Staged:
             draining.wait(self.started.process, DISCARD_GRACE_S)
 
 
+PIPES_END_S = 0.05  # how long a child's pipes may take to reach their end once it exited
 DISCARD_GRACE_S = 2.0  # a staged child exits within milliseconds of its control pipe's end
 
 
@@ -102,6 +107,7 @@ class Attempt:
         self.progress = False  # at least one test started in this attempt
         self.current: str | None = None  # the test it runs now
         self.inodes = procs.pipe_inodes(started.events, started.stdout, started.stderr)  # who holds them?
+        self.reader: threading.Thread | None = None  # reads its event stream into the controller's inbox
         self.out = draining.Drain(started.stdout) if started.stdout else None
         self.err = draining.Drain(started.stderr) if started.stderr else None
 
@@ -122,8 +128,9 @@ class Attempt:
             staged.go(request.maxfail)
         sup = supervise.Supervisor(started.process, gpu, baseline, "the child", positions, foreign)
         attempt = cls(started, method, why, sup, request.unit, settings, contexts)
-        threading.Thread(target=attempt._read, args=(post,), name=f"heavy-events-{request.unit}",
-                         daemon=True).start()
+        attempt.reader = threading.Thread(target=attempt._read, args=(post,), daemon=True,
+                                          name=f"heavy-events-{request.unit}")
+        attempt.reader.start()
         return attempt
 
     def _read(self, post: Post) -> None:
@@ -256,9 +263,15 @@ class Attempt:
 
     def _holders(self) -> list[psutil.Process]:
         """Processes that still hold this child's pipes open, once it is gone: a leftover wherever it
-        went, also one that neither its session nor the tree samples saw. Scanned (a few ms through
-        /proc) only while a pipe is still open, as it may be for a moment after the child's 'done'."""
-        if self.eof and not any(d.reading() for d in (self.out, self.err) if d):
+        went, also one that neither its session nor the tree samples saw. Scanned (~5 ms through
+        /proc) only while a pipe is still open once its readers had ``PIPES_END_S`` to see it end,
+        as they do within milliseconds of a child's exit when nothing else holds them."""
+        deadline = time.monotonic() + PIPES_END_S
+        for reader in (self.reader, *(d for d in (self.out, self.err) if d)):
+            if reader is not None:
+                reader.join(max(0.0, deadline - time.monotonic()))
+        reader_done = self.reader is None or not self.reader.is_alive()
+        if (self.eof or reader_done) and not any(d.reading() for d in (self.out, self.err) if d):
             return []
         return procs.pipe_holders(self.inodes)
 
