@@ -106,3 +106,35 @@ def test_a_module_that_needs_a_gpu_is_not_staged(fake_gpu):
     result = fake_gpu.runpytest_subprocess("-p", "pynvml")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["test_a.py *template*", "test_b.py *template*"])
+
+
+# The parent's books on test_a's child take 2 s here, after that child exited.
+SLOW_BOOKS = """
+import time
+
+def pytest_heavy_unit_finish(config, record):
+    if record.unit.endswith("test_a.py"):
+        time.sleep(2)
+        with open("a-finished", "w") as fh:
+            fh.write(repr(time.time()))
+"""
+STARTED = """
+import time, pytest
+pytestmark = pytest.mark.requires_heavy_ram
+
+def test_{name}():
+    with open("{name}-started", "w") as fh:
+        fh.write(repr(time.time()))
+"""
+
+
+def test_the_next_child_runs_once_the_one_before_said_done(heavy_pytester):
+    """A staged child starts its tests when the child before it has reported everything, not once
+    that one has exited and the parent closed its books on it; its reports still come after."""
+    heavy_pytester.makeconftest(SLOW_BOOKS)
+    heavy_pytester.makepyfile(test_a=STARTED.format(name="a"), test_b=STARTED.format(name="b"))
+    result = heavy_pytester.runpytest_subprocess("-v", "-p", "no:randomly")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*test_a.py::test_a PASSED*", "*test_b.py::test_b PASSED*"])
+    started_b = float((heavy_pytester.path / "b-started").read_text())
+    assert started_b < float((heavy_pytester.path / "a-finished").read_text())

@@ -45,7 +45,7 @@ class Controller:
         self.ready = Ready(schedule.make(run.settings, run.hardware, peaks or {}), run.hardware)
         self.beside_others = False  # other processes run children on these GPUs too (pytest-xdist's workers)
         self.upcoming: list[UnitRun] = []  # heavy units yet to start, in the order they will (stage_next)
-        self.staged: dict[UnitRun, Staged] = {}  # the next one's child, collecting ahead of its turn
+        self.staged: dict[UnitRun, Staged] = {}  # started ahead of their turn (go_early)
 
     def run_units(self, units: list[Unit]) -> None:
         parent_items = [item for unit in units if unit.module is None for item in unit.items]
@@ -139,6 +139,7 @@ class Controller:
                         attempt.note(event)
                         self.replay_events(ur, attempt, ur.take(event))
                 ur, attempt, batch = self.inbox.get_nowait()
+        self.go_early()
         for ur, attempt in list(self.running.items()):
             self.stopping()  # told first, also when the end of the child before it stopped the session
             if attempt.watch():
@@ -174,19 +175,35 @@ class Controller:
     def stage_next(self) -> None:
         """Start the next heavy unit's child now, while this one runs: it forks (or spawns), starts up
         and collects its module meanwhile, then waits for its turn (``wire.go``), so a module's
-        collection in its child costs no wall time once the first module runs. Only one child at a
+        collection in its child costs no wall time once the first module runs. One child waits at a
         time (collection order), and not for a unit that needs a GPU: its module's import may touch
         the GPU the running child uses, whose release is checked before the next one starts."""
-        if self.staged or not self.upcoming or self.stopping():
+        if any(not staged.gone for staged in self.staged.values()) or self.stopping():
             return
-        ur = self.upcoming[0]
-        if ur.unit.gpu or ur.unit.gpus:
+        ur = next((ur for ur in self.upcoming if ur not in self.staged), None)
+        if ur is None or ur.unit.gpu or ur.unit.gpus:
             return
         env = dict(self.env)
         self.hook.pytest_heavy_child_env(config=self.config, unit=ur.name, env=env)
         staged = self.launchers.stage(ur.request(env, stops.failures_left(self.session), staged=True))
         if staged is not None:
             self.staged[ur] = Staged(*staged)
+
+    def go_early(self) -> None:
+        """The one running child said 'done' with nothing left to run: the staged child, next in
+        line, starts its tests now instead of once that one has exited (a child that imported a big
+        library takes ~15 ms to unmap its memory) and been closed, and the one after it is staged.
+        Its events wait in its pipe until its ``Attempt`` reads them, after the one before it ended.
+        Not beside a GPU unit (the next child waits for that one's GPU memory to be released), nor
+        once the session stops."""
+        if len(self.running) != 1 or not self.ready.units or self.stopping():
+            return
+        ((ur, attempt),) = self.running.items()
+        staged = self.staged.get(self.ready.units[0])
+        if staged is None or staged.gone or not attempt.done or ur.pending or ur.unit.gpu or ur.unit.gpus:
+            return
+        staged.go(stops.failures_left(self.session))
+        self.stage_next()
 
     # --- the events the unit's books return, one short method each ----------------------------------
 
