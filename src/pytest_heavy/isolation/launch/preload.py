@@ -174,3 +174,5 @@ class Preloads:
             sys.meta_path.remove(self._spotter)
             self._spotter.unwrap()
             self._spotter.flush()  # imports the module's code made without an import statement returning
+            if self._run.template is not None:  # unless this module's import made a snapshot (configuring)
+                self._run.template.configure()

@@ -106,11 +106,22 @@ class TemplateLauncher:
         self._retired: list[TemplateLauncher] = []  # templates this one replaced, reaped at close
         self._gone = False
         self._closed = False
+        self._configuring = False
         threading.Thread(target=self._read, name="heavy-template", daemon=True).start()
-        # Configure pytest there now, beside the parent's collection: left to the first child, it
-        # cost that child ~0.15 s (plugins' configure, the session's fixture parsing) on the way.
-        self.sent.update(preload)
-        self._send(preload=list(preload), explicit=True)
+        if preload or reset is not None:  # a snapshot, or packages named up front: needed soon
+            self.configure()
+
+    def configure(self) -> None:
+        """Have the template configure pytest for the children now (once), and import the packages
+        ``heavy_preload`` names, beside the parent's collection: left to the first child, configuring
+        cost that child ~0.15 s (plugins' configure, the session's fixture parsing) on the way. The
+        template forked at session start is told once a test module has been collected: where that
+        module's import of torch makes a snapshot, which replaces it, that CPU would be spent for
+        nothing beside the parent's own import of torch."""
+        if not self._configuring:
+            self._configuring = True
+            self.sent.update(self._explicit)
+            self._send(preload=list(self._explicit), explicit=True)
 
     def snapshot(self, reset: Callable[[], None]) -> TemplateLauncher:
         """A template forked from this process now, which holds every package imported so far, to
@@ -131,6 +142,7 @@ class TemplateLauncher:
         new = [name for name in names if name not in self.sent]
         if not new or self._gone:
             return
+        self._configuring = True  # the template configures before it imports them
         self.sent.update(new)
         self._send(preload=new, explicit=explicit)
 
