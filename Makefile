@@ -68,8 +68,8 @@ $(OLDEST_VENV)/.installed: pyproject.toml
 	$(OLDEST_VENV)/bin/python -m pip install -q -e . --group dev '$(OLDEST_PYTEST)'
 	@touch $@
 
-test-oldest: $(OLDEST_VENV)/.installed ## isolation and plugin tests on the oldest supported pytest (8.0)
-	$(OLDEST_VENV)/bin/python -m pytest -p no:randomly $(OLDEST_TESTS) $(PYTEST_ARGS)
+test-oldest: $(OLDEST_VENV)/.installed ## isolation and plugin tests on the oldest supported pytest (8.0), slow cells too
+	$(OLDEST_VENV)/bin/python -m pytest -p no:randomly --heavy-run-slow $(OLDEST_TESTS) $(PYTEST_ARGS)
 
 examples: $(STAMP) ## run docs/examples as tests
 	$(PY) -m pytest -rs docs/examples $(PYTEST_ARGS)
