@@ -13,9 +13,9 @@ METHODS = ["spawn", "fork", "template"]
 SLOW = {"spawn"}  # the methods whose cells run in the slow tier
 
 
-def marks(method: str) -> list[pytest.MarkDecorator]:
-    """The marks of a cell run under ``method``: slow for spawn."""
-    return [pytest.mark.slow] if method in SLOW else []
+def marks(method: str, slow: bool = False) -> list[pytest.MarkDecorator]:
+    """The marks of a cell run under ``method``: slow for spawn, or where the test says ``slow``."""
+    return [pytest.mark.slow] if slow or method in SLOW else []
 
 
 PARAMS = [pytest.param(m, marks=marks(m), id=m) for m in METHODS]

@@ -309,8 +309,7 @@ def cell_params() -> list:
     for name in FAULTS:
         for method in METHODS:
             for workers in (1, 2):
-                slow = workers == 2 or name in ALL_SLOW or method_marks(method)
-                marks = [pytest.mark.slow] if slow else []
+                marks = method_marks(method, slow=workers == 2 or name in ALL_SLOW)
                 params.append(pytest.param(name, method, workers, marks=marks,
                                            id=f"{name}-{method}-w{workers}"))
     return params

@@ -149,7 +149,7 @@ STOP_RULES = {"sw": ["--sw"], "sw-skip": ["--sw-skip"], "x": ["-x"], "maxfail": 
 # --sw-skip shares --sw's path; its spawn and fork cells (5 s each) run in the slow tier.
 @pytest.mark.parametrize("method, args", [
     pytest.param(method, args, id=f"{method}-{rule}",
-                 marks=[pytest.mark.slow] if rule == "sw-skip" and method != "template" else marks(method))
+                 marks=marks(method, slow=rule == "sw-skip" and method != "template"))
     for method in METHODS for rule, args in STOP_RULES.items()])
 def test_stop_rules_stop_after_the_same_test(heavy_pytester, method, args):
     """A child stops itself after the failure that stops the session (the parent's 'stop' arrives

@@ -102,7 +102,7 @@ def test_slow():
 
 
 # fork kept the dump (its copy of stderr is the parent's): that cell runs in the slow tier
-@pytest.mark.parametrize("method", [pytest.param(m, marks=[pytest.mark.slow] if m == "fork" else marks(m))
+@pytest.mark.parametrize("method", [pytest.param(m, marks=marks(m, slow=m == "fork"))
                                     for m in METHODS])
 def test_faulthandler_timeout_dump_reaches_stderr(heavy_pytester, method):
     """pytest points the faulthandler_timeout dump at a copy of stderr made at configure time: in a

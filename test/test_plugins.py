@@ -8,11 +8,10 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from methods import PARAMS
+from methods import METHODS, PARAMS, marks
 
 # For tests that wait out real timeouts: fork in the default tier, the other methods in the slow tier.
-METHODS_FORK_FAST = [pytest.param("spawn", marks=pytest.mark.slow), "fork",
-                     pytest.param("template", marks=pytest.mark.slow)]
+METHODS_FORK_FAST = [pytest.param(m, marks=marks(m, slow=m != "fork"), id=m) for m in METHODS]
 
 
 def needs(module):

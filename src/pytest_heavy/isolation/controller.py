@@ -181,7 +181,7 @@ class Controller:
         if any(not staged.gone for staged in self.staged.values()) or self.stopping():
             return
         ur = next((ur for ur in self.upcoming if ur not in self.staged), None)
-        if ur is None or ur.unit.gpu or ur.unit.gpus:
+        if ur is None or ur.unit.on_gpu:
             return
         env = dict(self.env)
         self.hook.pytest_heavy_child_env(config=self.config, unit=ur.name, env=env)
@@ -200,7 +200,7 @@ class Controller:
             return
         ((ur, attempt),) = self.running.items()
         staged = self.staged.get(self.ready.units[0])
-        if staged is None or staged.gone or not attempt.done or ur.pending or ur.unit.gpu or ur.unit.gpus:
+        if staged is None or staged.gone or not attempt.done or ur.pending or ur.unit.on_gpu:
             return
         staged.go(stops.failures_left(self.session))
         self.stage_next()

@@ -42,6 +42,11 @@ class Unit:
             self.ram_gib = max(self.ram_gib, item_needs.ram_gib)
         self.vram_gib = max(self.vram_gib, item_needs.vram_gib or 0.0)
 
+    @property
+    def on_gpu(self) -> bool:
+        """Whether its child uses a GPU: routed GPU tests, or tests that need one."""
+        return self.gpu or self.gpus > 0
+
     def job(self) -> Job:
         """What the scheduler is handed for this unit's child."""
         assert self.module is not None, "only a module unit runs in a child"

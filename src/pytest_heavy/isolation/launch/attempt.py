@@ -270,8 +270,8 @@ class Attempt:
         for reader in (self.reader, *(d for d in (self.out, self.err) if d)):
             if reader is not None:
                 reader.join(max(0.0, deadline - time.monotonic()))
-        reader_done = self.reader is None or not self.reader.is_alive()
-        if (self.eof or reader_done) and not any(d.reading() for d in (self.out, self.err) if d):
+        events_ended = self.reader is None or not self.reader.is_alive()  # it ends at the stream's end
+        if events_ended and not any(d.reading() for d in (self.out, self.err) if d):
             return []
         return procs.pipe_holders(self.inodes)
 
