@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+
+from pytest_heavy import draining
 
 TORCH_DOUBLE = Path(__file__).resolve().parent / "fakes" / "torch_double"
 
@@ -243,3 +248,42 @@ def test_heavy_preload_is_still_honoured_by_every_snapshot_and_a_typo_named_once
     result.stdout.fnmatch_lines(["test_p1.py *template *", "test_p2.py *template *"])
     assert len([line for line in result.outlines if "no_such_module_xyz" in line]) == 1, result.outlines
     assert len((site / "imports.log").read_text().split()) == 1  # heavylib: by the parent only
+
+
+class StatusFromElsewhere:
+    """A process that has exited and whose status comes a while later from another process, as a
+    template's child's does (the template reaps it and sends its status over the socket)."""
+
+    def __init__(self, delay: float) -> None:
+        self._popen = subprocess.Popen([sys.executable, "-c", "pass"])
+        self.pid = self._popen.pid
+        self._delay = delay
+        self._known_at: float | None = None
+        self.polls = 0
+
+    def poll(self) -> int | None:
+        self.polls += 1
+        if self._known_at is None:  # exited? (left unreaped: its pidfd stays readable)
+            if os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                self._known_at = time.monotonic() + self._delay
+            return None
+        return 0 if time.monotonic() >= self._known_at else None
+
+    def send_signal(self, sig: int) -> None:
+        self._popen.send_signal(sig)
+
+    def reap(self) -> None:
+        self._popen.wait()
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="the pidfd wait is Linux's")
+def test_waiting_for_a_status_that_comes_from_elsewhere_does_not_spin():
+    """Between a template child's exit and the template's word on it, its pidfd stays readable: the
+    wait must not select on it again and again (it spun a core at every child's end, beside the
+    next child) but ask every millisecond."""
+    proc = StatusFromElsewhere(delay=0.2)
+    try:
+        assert draining.wait(proc, 10) == 0
+    finally:
+        proc.reap()
+    assert proc.polls < 1000  # ~200 (0.2 s at 1 ms); a spinning wait asks tens of thousands of times

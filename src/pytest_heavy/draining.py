@@ -17,6 +17,7 @@ from typing import IO, Protocol
 
 POLL_S = 0.01  # without a pidfd
 RECHECK_S = 0.1
+REAPED_POLL_S = 0.001  # exited, and reaped by another process, which tells us its status (template)
 
 
 class Process(Protocol):
@@ -37,11 +38,14 @@ def wait(proc: Process, timeout: float | None, drains: Sequence[Drain] = (),
     Sleeps in ``select`` on a pidfd (Linux 5.3+), which wakes the moment the process exits: no polling
     delay is added to a short example or child. ``poll()`` is still asked at least every
     ``RECHECK_S``, so a pid that was reaped elsewhere (a template's child) cannot hold us up.
+    Where the pidfd says the process exited but ``poll()`` does not know it yet (a template's child:
+    the template reaps it and sends its status), the pidfd stays readable, so it is dropped and
+    ``poll()`` asked every ``REAPED_POLL_S``: selecting on it again would spin a core until then.
     Unthreaded ``drains`` are read in the same ``select`` while it waits, and ``tick`` is called at
     each wake (at least every ``RECHECK_S``).
     """
     deadline = None if timeout is None else time.monotonic() + timeout
-    pidfd = _pidfd(proc.pid)
+    pidfd, poll_s = _pidfd(proc.pid), POLL_S
     try:
         while (code := proc.poll()) is None:
             left = None if deadline is None else deadline - time.monotonic()
@@ -51,9 +55,10 @@ def wait(proc: Process, timeout: float | None, drains: Sequence[Drain] = (),
             if tick is not None:
                 tick()
             if pidfd is None:
-                _select(drains, [], min(step, POLL_S))
-            else:
-                _select(drains, [pidfd], step)
+                _select(drains, [], min(step, poll_s))
+            elif pidfd in _select(drains, [pidfd], step) and proc.poll() is None:
+                os.close(pidfd)
+                pidfd, poll_s = None, REAPED_POLL_S
         return code
     finally:
         if pidfd is not None:
@@ -70,13 +75,15 @@ def pump(drains: Sequence[Drain], timeout: float) -> None:
             drain.join(max(0.0, deadline - time.monotonic()))
 
 
-def _select(drains: Sequence[Drain], others: list[int], timeout: float) -> None:
-    """One ``select`` on ``others`` and the open unthreaded drains; reads a chunk from each ready one."""
+def _select(drains: Sequence[Drain], others: list[int], timeout: float) -> list[int]:
+    """One ``select`` on ``others`` and the open unthreaded drains; reads a chunk from each ready one.
+    Returns the ready fds."""
     polled = {d.fileno(): d for d in drains if d.polled()}
     ready, _, _ = select.select([*others, *polled], [], [], timeout)
     for fd in ready:
         if fd in polled:
             polled[fd].pump()
+    return ready
 
 
 def _pidfd(pid: int) -> int | None:
