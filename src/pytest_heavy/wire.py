@@ -258,7 +258,8 @@ def _frame(pickler: pickle.Pickler, buffer: io.BytesIO, event: dict[str, Any]) -
         return bytes(frame)
 
 
-READ_PAUSE_S = 0.005  # between two reads of a child's events: see ``batches``
+READ_PAUSE_S = 0.005  # between two reads of a busy child's events: see ``batches``
+BUSY_FRAMES = 10  # a read that brought more (two tests' events) finds the child busy: pause after it
 PIPE_SIZE = 1 << 20  # the most an unprivileged process may ask for (/proc/sys/fs/pipe-max-size)
 
 
@@ -271,8 +272,11 @@ def batches(stream: IO[bytes]) -> Iterator[list[Message]]:
     every one of those writes, and on a busy machine the child loses its CPU to it each time (0.3 ms
     a write on the 2-core VM, a quarter of such a child's time). So the reader takes what is there,
     then pauses a few milliseconds while the writes pile up in the pipe (enlarged to hold them) and
-    nobody waits on it: the child's writes stay as prompt, and cost a plain syscall each. What one
-    read brought is handed on as one list: the parent passes it between threads once, not per event.
+    nobody waits on it: the child's writes stay as prompt, and cost a plain syscall each. It pauses
+    only while the child is that busy (a read brought more than ``BUSY_FRAMES`` events): a child whose
+    tests take milliseconds each is read at once, so its last words ('done') and the next staged
+    child's turn are not held back by a pause. What one read brought is handed on as one list: the
+    parent passes it between threads once, not per event.
     """
     try:
         fd = stream.fileno()
@@ -289,7 +293,8 @@ def batches(stream: IO[bytes]) -> Iterator[list[Message]]:
         if batch:
             yield batch
         pending = pending[at:]
-        time.sleep(pause)
+        if len(batch) > BUSY_FRAMES:
+            time.sleep(pause)
 
 
 def _frames(view: memoryview) -> tuple[list[Message], int]:
