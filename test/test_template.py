@@ -287,3 +287,29 @@ def test_waiting_for_a_status_that_comes_from_elsewhere_does_not_spin():
     finally:
         proc.reap()
     assert proc.polls < 1000  # ~200 (0.2 s at 1 ms); a spinning wait asks tens of thousands of times
+
+
+FROZEN_AT_IMPORT = """
+import gc, pytest
+pytestmark = pytest.mark.requires_heavy_ram
+with open("frozen_at_import.txt", "a") as out:
+    out.write(f"{gc.get_freeze_count()}\\n")
+
+def test_one():
+    pass
+"""
+
+
+@pytest.mark.parametrize(("args", "frozen"), [(("--heavy-start", "template"), True),
+                                              (("--heavy-start", "template", "--heavy-find-leaks"), False),
+                                              (("--heavy-isolate", "never"), False)],
+                         ids=["template", "find-leaks", "no-template"])
+def test_the_heap_is_frozen_where_the_template_is_forked(heavy_pytester, args, frozen):
+    """A template shares pytest's pages until one of the two writes them; a full collection in pytest
+    (torch's import runs two) writes to every object it walks: the objects the template shares are
+    frozen at its fork, unless the freeze is off (--heavy-find-leaks) or there is no template. The
+    first line is the parent's import of the first module, while it collects."""
+    heavy_pytester.makepyfile(test_a=FROZEN_AT_IMPORT, test_b=FROZEN_AT_IMPORT)
+    heavy_pytester.runpytest_subprocess("-p", "no:randomly", *args).assert_outcomes(passed=2)
+    at_import = int((heavy_pytester.path / "frozen_at_import.txt").read_text().split()[0])
+    assert (at_import > 10_000) if frozen else at_import == 0

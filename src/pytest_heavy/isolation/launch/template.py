@@ -90,6 +90,7 @@ class TemplateLauncher:
         sys.stdout.flush()
         sys.stderr.flush()
         parent = os.getpid()
+        cleanup.before_fork(config)
         pid = fork_quietly()
         if pid == 0:
             self._sock.close()
