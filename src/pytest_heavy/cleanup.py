@@ -22,8 +22,9 @@ turns the freeze off. It is this process's state, so a session nested in another
 runs) leaves it alone, and so do isolated children (their module is gone when they exit) unless
 cleanup is on, as before. Where it is on, the heap is also frozen each time a template process is
 forked from pytest (``before_fork``): the two share every page until one writes it, and a full
-collection in pytest writes to every object it walks, so each one copied all the pages the template
-shares (the two during torch's import cost 3x as much as without the template).
+collection in pytest writes to every object it walks, copying each page the template shares. Frozen,
+those objects are neither walked nor copied: torch's import, whose two full collections took 43 ms
+and 61 ms beside a template forked at session start, takes 15 ms and 37 ms for them.
 
 Torch is never imported here: ``empty_cache`` runs only when a test already imported torch and
 CUDA is already initialized in this process, so cleanup never creates a CUDA context.
