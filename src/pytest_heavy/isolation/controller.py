@@ -190,17 +190,18 @@ class Controller:
             self.staged[ur] = Staged(*staged)
 
     def go_early(self) -> None:
-        """The one running child said 'done' with nothing left to run: the staged child, next in
-        line, starts its tests now instead of once that one has exited (a child that imported a big
-        library takes ~15 ms to unmap its memory) and been closed, and the one after it is staged.
-        Its events wait in its pipe until its ``Attempt`` reads them, after the one before it ended.
-        Not beside a GPU unit (the next child waits for that one's GPU memory to be released), nor
-        once the session stops."""
+        """The one running child has reported the last of its tests: the staged child, next in line,
+        starts its tests now instead of once that one has ended its session (plugins' sessionfinish,
+        its leftovers killed), exited (a child that imported a big library takes ~15 ms to unmap its
+        memory) and been closed, and the one after it is staged. Its events wait in its pipe until its
+        ``Attempt`` reads them, after the one before it ended. Not beside a GPU unit (the next child
+        waits for that one's GPU memory to be released), nor once the session stops."""
         if len(self.running) != 1 or not self.ready.units or self.stopping():
             return
         ((ur, attempt),) = self.running.items()
         staged = self.staged.get(self.ready.units[0])
-        if staged is None or staged.gone or not attempt.done or ur.pending or ur.unit.on_gpu:
+        reported_all = not ur.pending and attempt.current is None and (attempt.progress or attempt.done)
+        if staged is None or staged.gone or not reported_all or ur.unit.on_gpu:
             return
         staged.go(stops.failures_left(self.session))
         self.stage_next()

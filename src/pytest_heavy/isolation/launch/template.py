@@ -321,7 +321,7 @@ class Template:
 
     def setup(self) -> pytest.Session:
         """Configure pytest as a child does, once: every plugin and conftest it loads is already imported."""
-        from .. import child
+        from .. import child, session_state
         from .base import child_args, child_options, import_for_children
 
         if self.session is None:
@@ -331,6 +331,7 @@ class Template:
             child.enable_stack_dumps()
             config = child.configure(options, args)
             self.session = child.start_session(config)
+            session_state.register_child(config)  # once here, not in every child: ~1 ms each
             record_thread_baseline()  # as in the parent, at session start: plugins' threads are harmless
             import_for_children()
         return self.session
