@@ -582,7 +582,9 @@ def test_the_event_stream_keeps_every_frame_whole_and_in_order_across_reused_pic
     os.write(write_fd, wire.encode({"event": "done", "exitstatus": 0})[:-3])  # torn
     os.close(write_fd)
     with os.fdopen(read_fd, "rb") as stream:
-        events = [event for batch in wire.batches(stream) for event in batch]
+        reader, events = wire.EventStream(stream), []
+        while (batch := reader.read()) is not None:
+            events += batch
     assert [e["event"] for e in events] == ["logstart", "report"] * 3
     assert [e["data"]["i"] for e in events if e["event"] == "report"] == [0, 1, 2]
     assert all(e.get("location", e.get("data", {}).get("location")) == location for e in events)

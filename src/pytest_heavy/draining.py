@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 POLL_S = 0.01  # without a pidfd
 RECHECK_S = 0.1
@@ -55,8 +55,8 @@ def wait(proc: Process, timeout: float | None, drains: Sequence[Drain] = (),
             if tick is not None:
                 tick()
             if pidfd is None:
-                _select(drains, [], min(step, poll_s))
-            elif pidfd in _select(drains, [pidfd], step) and proc.poll() is None:
+                pump_ready(drains, [], min(step, poll_s))
+            elif pidfd in pump_ready(drains, [pidfd], step) and proc.poll() is None:
                 os.close(pidfd)
                 pidfd, poll_s = None, REAPED_POLL_S
         return code
@@ -69,15 +69,15 @@ def pump(drains: Sequence[Drain], timeout: float) -> None:
     """Read the drains until each reached EOF or ``timeout`` seconds passed."""
     deadline = time.monotonic() + timeout
     while (polled := [d for d in drains if d.polled()]) and (left := deadline - time.monotonic()) > 0:
-        _select(polled, [], left)
+        pump_ready(polled, [], left)
     for drain in drains:  # those handed to a thread: wait for it
         if not drain.polled():
             drain.join(max(0.0, deadline - time.monotonic()))
 
 
-def _select(drains: Sequence[Drain], others: list[int], timeout: float) -> list[int]:
-    """One ``select`` on ``others`` and the open unthreaded drains; reads a chunk from each ready one.
-    Returns the ready fds."""
+def pump_ready(drains: Sequence[Drain], others: Sequence[Any], timeout: float) -> list[Any]:
+    """One ``select`` on ``others`` (fds, or objects with ``fileno``) and the open unthreaded drains;
+    reads a chunk from each ready drain. Returns what was ready, as given."""
     polled = {d.fileno(): d for d in drains if d.polled()}
     ready, _, _ = select.select([*others, *polled], [], [], timeout)
     for fd in ready:

@@ -111,7 +111,8 @@ class Peaks:
 
 class TreeMonitor:
     """Sample a process tree every ``interval`` seconds until ``stop``: in a daemon thread, or, with
-    ``threaded=False``, whenever its owner's wait loop calls ``tick``."""
+    ``threaded=False``, whenever its owner's wait loop (or reader thread) calls ``tick``; no sample
+    is taken once ``stop`` returned."""
 
     def __init__(self, pid: int, gpu: GpuReader | None, interval: float = 0.1, *,
                  just_started: bool = False, threaded: bool = True) -> None:
@@ -120,6 +121,7 @@ class TreeMonitor:
         self._gpu = gpu
         self._interval = interval
         self._stop = threading.Event()
+        self._sampling = threading.Lock()  # stop() waits for a sample in progress in another thread
         # just_started: the process cannot have descendants yet, so the first sample reads only its
         # own entry, not every process's parent in /proc (what an example's start pays)
         self._root_only = just_started
@@ -166,10 +168,17 @@ class TreeMonitor:
         now = time.monotonic()
         if now >= self._next:
             self._next = now + self._interval
-            self._sample()
+            with self._sampling:
+                if not self._stop.is_set():
+                    self._sample()
+
+    def due_in(self) -> float:
+        """Seconds until the next ``tick`` samples."""
+        return max(0.0, self._next - time.monotonic())
 
     def stop(self) -> Peaks:
-        self._stop.set()
+        with self._sampling:
+            self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         return self.peaks

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import IO, Any, Literal, TypedDict
 
 # --- environment -----------------------------------------------------------------------------------
@@ -258,43 +258,56 @@ def _frame(pickler: pickle.Pickler, buffer: io.BytesIO, event: dict[str, Any]) -
         return bytes(frame)
 
 
-READ_PAUSE_S = 0.005  # between two reads of a busy child's events: see ``batches``
+READ_PAUSE_S = 0.005  # between two reads of a busy child's events: see ``EventStream``
 BUSY_FRAMES = 10  # a read that brought more (two tests' events) finds the child busy: pause after it
 PIPE_SIZE = 1 << 20  # the most an unprivileged process may ask for (/proc/sys/fs/pipe-max-size)
 
 
-def batches(stream: IO[bytes]) -> Iterator[list[Message]]:
-    """Parse events until EOF, as the lists each read brought; a torn last frame (child killed
-    mid-write) is dropped.
+class EventStream:
+    """A child's events, read as they come by a caller that selects on ``fileno``: each ``read``
+    returns the events its bytes completed (none for a part of a frame), None at the end; a torn last
+    frame (child killed mid-write) is dropped. A stream that is not a pipe (a test's fake) is read as
+    a file (``fd`` None).
 
     Each event is written as it happens (a child that dies next must have told everything before it),
-    so a module of 10,000 quick tests writes 50,000 times. A reader blocked in ``read`` is woken by
+    so a module of 10,000 quick tests writes 50,000 times. A reader blocked on the pipe is woken by
     every one of those writes, and on a busy machine the child loses its CPU to it each time (0.3 ms
-    a write on the 2-core VM, a quarter of such a child's time). So the reader takes what is there,
-    then pauses a few milliseconds while the writes pile up in the pipe (enlarged to hold them) and
-    nobody waits on it: the child's writes stay as prompt, and cost a plain syscall each. It pauses
-    only while the child is that busy (a read brought more than ``BUSY_FRAMES`` events): a child whose
-    tests take milliseconds each is read at once, so its last words ('done') and the next staged
-    child's turn are not held back by a pause. What one read brought is handed on as one list: the
-    parent passes it between threads once, not per event.
+    a write on the 2-core VM, a quarter of such a child's time). So after a read that finds the child
+    that ``busy`` (more than ``BUSY_FRAMES`` events at once) the reader pauses a few milliseconds while
+    the writes pile up in the pipe (enlarged to hold them) and nobody waits on it: the child's writes
+    stay as prompt, and cost a plain syscall each. A child whose tests take milliseconds each is read
+    at once, so its last test's report, and the next staged child's turn, wait for no pause. What one
+    read brought is handed on as one list: the parent passes it between threads once, not per event.
     """
-    try:
-        fd = stream.fileno()
-    except (OSError, ValueError, AttributeError):  # not a pipe (a test's fake stream): read it as a file
-        read, pause = stream.read, 0.0
-    else:
-        with contextlib.suppress(OSError, AttributeError):  # F_SETPIPE_SZ is Linux's; the default works too
-            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)  # type: ignore[attr-defined]
-        read, pause = functools.partial(os.read, fd), READ_PAUSE_S
-    pending = b""
-    while chunk := read(PIPE_SIZE):
-        pending += chunk
-        batch, at = _frames(memoryview(pending))
-        if batch:
-            yield batch
-        pending = pending[at:]
-        if len(batch) > BUSY_FRAMES:
-            time.sleep(pause)
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._pending = b""
+        self.fd: int | None
+        try:
+            self.fd = stream.fileno()
+        except (OSError, ValueError, AttributeError):
+            self.fd, self._read = None, stream.read
+        else:
+            with contextlib.suppress(OSError, AttributeError):  # Linux's; the default size works too
+                fcntl.fcntl(self.fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)  # type: ignore[attr-defined]
+            self._read = functools.partial(os.read, self.fd)
+
+    def fileno(self) -> int:
+        assert self.fd is not None
+        return self.fd
+
+    def read(self) -> list[Message] | None:
+        chunk = self._read(PIPE_SIZE)
+        if not chunk:
+            return None
+        self._pending += chunk
+        batch, at = _frames(memoryview(self._pending))
+        self._pending = self._pending[at:]
+        return batch
+
+    def pause_after(self, batch: list[Message]) -> None:
+        if self.fd is not None and len(batch) > BUSY_FRAMES:
+            time.sleep(READ_PAUSE_S)
 
 
 def _frames(view: memoryview) -> tuple[list[Message], int]:

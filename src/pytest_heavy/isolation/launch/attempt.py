@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -107,9 +108,9 @@ class Attempt:
         self.progress = False  # at least one test started in this attempt
         self.current: str | None = None  # the test it runs now
         self.inodes = procs.pipe_inodes(started.events, started.stdout, started.stderr)  # who holds them?
-        self.reader: threading.Thread | None = None  # reads its event stream into the controller's inbox
-        self.out = draining.Drain(started.stdout) if started.stdout else None
-        self.err = draining.Drain(started.stderr) if started.stderr else None
+        self.reader: threading.Thread | None = None  # reads its pipes, and samples its tree (``_read``)
+        self.out = draining.Drain(started.stdout, threaded=False) if started.stdout else None
+        self.err = draining.Drain(started.stderr, threaded=False) if started.stderr else None
 
     @classmethod
     def launch(cls, launchers: Launchers, request: UnitRequest, *, placement: Placement, settings: Settings,
@@ -126,18 +127,44 @@ class Attempt:
         else:
             method, started, why = staged.method, staged.started, staged.why
             staged.go(request.maxfail)
-        sup = supervise.Supervisor(started.process, gpu, baseline, "the child", positions, foreign)
+        sup = supervise.Supervisor(started.process, gpu, baseline, "the child", positions, foreign,
+                                   threaded=False)
         attempt = cls(started, method, why, sup, request.unit, settings, contexts)
         attempt.reader = threading.Thread(target=attempt._read, args=(post,), daemon=True,
-                                          name=f"heavy-events-{request.unit}")
+                                          name=f"heavy-child-{request.unit}")
         attempt.reader.start()
         return attempt
 
     def _read(self, post: Post) -> None:
+        """The child's one thread here: its events into ``post`` (the lists each read brought, then
+        None at their end), its stdout and stderr drained, its tree sampled between reads, until every
+        pipe reached its end. One thread, not one for each: the parent starts it while the staged
+        child it takes over runs its tests, and on a busy machine each thread start waits for a core."""
+        drains = [drain for drain in (self.out, self.err) if drain]
+        monitor = self.sup.monitor
+        events, reading = wire.EventStream(self.started.events), True
         with self.started.events:
-            for batch in wire.batches(self.started.events):
-                post(self, batch)
-        post(self, None)
+            if events.fd is None:  # not pipes (a scripted launcher's streams): files, read in turn
+                while (batch := events.read()) is not None:
+                    post(self, batch)
+                post(self, None)
+                for drain in drains:
+                    while drain.pump():
+                        pass
+                return
+            while reading or any(drain.polled() for drain in drains):
+                if events in draining.pump_ready(drains, [events] if reading else [], monitor.due_in()):
+                    batch = events.read()
+                    if batch is None:
+                        reading = False
+                        post(self, None)
+                    elif batch:
+                        post(self, batch)
+                        events.pause_after(batch)
+                try:
+                    monitor.tick()
+                except Exception:  # sampling must never stop the reading: the child would block on a pipe
+                    traceback.print_exc()
 
     @property
     def pid(self) -> int:
@@ -216,9 +243,8 @@ class Attempt:
         then wait (bounded) for the GPU memory it held; ``shared``: other children ran on its GPUs."""
         self.finished = True
         peaks = self.sup.reap(self._holders())
-        for drain in (self.out, self.err):
-            if drain:
-                drain.join(timeout=5)
+        if self.reader is not None:  # the rest of its stdout and stderr
+            self.reader.join(timeout=5)
         captured = self.started.close()
         terminal = captured.pop("terminal", "").rstrip("\n")
         pids = self.contexts({self.pid, *peaks.seen}) if self.contexts else None
@@ -264,15 +290,12 @@ class Attempt:
     def _holders(self) -> list[psutil.Process]:
         """Processes that still hold this child's pipes open, once it is gone: a leftover wherever it
         went, also one that neither its session nor the tree samples saw. Scanned (~5 ms through
-        /proc) only while a pipe is still open once its readers had ``PIPES_END_S`` to see it end,
-        as they do within milliseconds of a child's exit when nothing else holds them."""
-        deadline = time.monotonic() + PIPES_END_S
-        for reader in (self.reader, *(d for d in (self.out, self.err) if d)):
-            if reader is not None:
-                reader.join(max(0.0, deadline - time.monotonic()))
-        events_ended = self.reader is None or not self.reader.is_alive()  # it ends at the stream's end
-        if events_ended and not any(d.reading() for d in (self.out, self.err) if d):
-            return []
+        /proc) only while a pipe is still open once its reader had ``PIPES_END_S`` to see them end, as
+        it does within milliseconds of a child's exit when nothing else holds them."""
+        if self.reader is not None:
+            self.reader.join(PIPES_END_S)  # it ends at the end of every pipe
+            if not self.reader.is_alive():
+                return []
         return procs.pipe_holders(self.inodes)
 
     def tail(self, lines: int = 40) -> str:
