@@ -179,9 +179,10 @@ class TestMonitor(TreeMonitor):
     test starts are left out: the template and the module children running beside the test are
     pytest-heavy's, not the test's (what the test itself starts is counted, sessions included).
 
-    Its thread is named ``heavy-monitor-<pid>`` like the parent's monitors, so a pytest process that
-    measures its own tests may still fork children (``fork_unsafe_reason`` counts only foreign
-    threads). A fork does not inherit the thread: ``Measure`` starts a new monitor there.
+    Its thread is named ``heavy-monitor-<pid>`` (``heavy-*``, like the parent's thread for each
+    child), so a pytest process that measures its own tests may still fork children
+    (``fork_unsafe_reason`` counts only foreign threads). A fork does not inherit the thread:
+    ``Measure`` starts a new monitor there.
     """
 
     __test__ = False  # not a pytest test class, whatever its name says
