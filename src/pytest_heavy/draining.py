@@ -123,10 +123,11 @@ class Drain:
     def background(self) -> None:
         """Read the rest in a thread of its own."""
         if self._thread is None and not self._eof:
-            self._thread = threading.Thread(target=self._run, name="heavy-drain", daemon=True)
+            self._thread = threading.Thread(target=self.read_to_end, name="heavy-drain", daemon=True)
             self._thread.start()
 
-    def _run(self) -> None:
+    def read_to_end(self) -> None:
+        """Read until EOF, blocking (a thread of its own, or a stream that never blocks)."""
         while self.pump():
             pass
 

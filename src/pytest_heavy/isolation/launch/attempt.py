@@ -149,8 +149,7 @@ class Attempt:
                     post(self, batch)
                 post(self, None)
                 for drain in drains:
-                    while drain.pump():
-                        pass
+                    drain.read_to_end()
                 return
             while reading or any(drain.polled() for drain in drains):
                 if events in draining.pump_ready(drains, [events] if reading else [], monitor.due_in()):
