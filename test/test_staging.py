@@ -140,26 +140,16 @@ def pytest_sessionfinish(session):
 """
 
 
-def test_the_next_child_runs_once_the_one_before_reported_its_last_test(heavy_pytester):
-    """Not once that child has ended its session: plugins' sessionfinish (a coverage save, a
-    snapshot write) runs beside the next module's tests, as in one process, where it runs once at
-    the end; the reports still come in module order."""
-    heavy_pytester.makeconftest(SLOW_CHILD_END)
+@pytest.mark.parametrize(("conftest", "a_over"), [(SLOW_CHILD_END, "a-ended"), (SLOW_BOOKS, "a-finished")],
+                         ids=["child-session-end", "parent-books"])
+def test_the_next_child_runs_once_the_one_before_reported_its_last_test(heavy_pytester, conftest, a_over):
+    """Not once that child has ended its session (plugins' sessionfinish, a coverage save or a
+    snapshot write, runs beside the next module's tests, as in one process, where it runs once at
+    the end), exited, and the parent closed its books on it; the reports still come in module order."""
+    heavy_pytester.makeconftest(conftest)
     heavy_pytester.makepyfile(test_a=STARTED.format(name="a"), test_b=STARTED.format(name="b"))
     result = heavy_pytester.runpytest_subprocess("-v", "-p", "no:randomly")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*test_a.py::test_a PASSED*", "*test_b.py::test_b PASSED*"])
     started_b = float((heavy_pytester.path / "b-started").read_text())
-    assert started_b < float((heavy_pytester.path / "a-ended").read_text())
-
-
-def test_the_next_child_runs_once_the_one_before_said_done(heavy_pytester):
-    """A staged child starts its tests when the child before it has reported everything, not once
-    that one has exited and the parent closed its books on it; its reports still come after."""
-    heavy_pytester.makeconftest(SLOW_BOOKS)
-    heavy_pytester.makepyfile(test_a=STARTED.format(name="a"), test_b=STARTED.format(name="b"))
-    result = heavy_pytester.runpytest_subprocess("-v", "-p", "no:randomly")
-    result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["*test_a.py::test_a PASSED*", "*test_b.py::test_b PASSED*"])
-    started_b = float((heavy_pytester.path / "b-started").read_text())
-    assert started_b < float((heavy_pytester.path / "a-finished").read_text())
+    assert started_b < float((heavy_pytester.path / a_over).read_text())
